@@ -1,0 +1,15 @@
+//! Engram's core types. Pure logic: no I/O, no threads.
+//!
+//! A [`Memory`] is an episode stored in a memory space ([`SpaceId`]): text content, an embedding,
+//! a [`Confidence`], a timestamp, metadata and weighted [`Link`]s to other memories.
+
+mod confidence;
+mod error;
+mod ids;
+pub mod limits;
+mod memory;
+
+pub use confidence::{Confidence, ConfidenceCategory};
+pub use error::CoreError;
+pub use ids::{MemoryId, SpaceId};
+pub use memory::{Link, Memory};

@@ -1,0 +1,15 @@
+//! Engram's storage engine: one write-ahead log per node with group commit, columnar
+//! memory-mapped segments per space, crash-proof recovery. Byte layouts: `docs/format.md`.
+
+mod codec;
+pub mod disk;
+pub mod error;
+pub mod fault;
+pub mod numa;
+pub mod op;
+pub mod segment;
+pub mod wal;
+
+pub use disk::{Disk, DiskFile, Mapped, RealDisk};
+pub use error::{Result, StorageError};
+pub use op::Op;

@@ -1,0 +1,302 @@
+//! The operations a WAL record carries, and their payload encoding (format version 1, see
+//! `docs/format.md`).
+
+use std::collections::BTreeMap;
+
+use engram_core::limits::*;
+use engram_core::{Link, Memory, MemoryId};
+
+use crate::codec::*;
+use crate::error::{corrupted, Result};
+
+/// What a WAL record does to its space.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Store (or replace) one memory.
+    Remember(Memory),
+    /// Store several memories, all or nothing.
+    RememberBatch(Vec<Memory>),
+    /// Delete a memory (a tombstone).
+    Forget(MemoryId),
+    /// Add or reweight the link `from -> to`.
+    Link {
+        from: MemoryId,
+        to: MemoryId,
+        weight: f32,
+    },
+    /// Remove the link `from -> to`.
+    Unlink { from: MemoryId, to: MemoryId },
+    /// Create the space.
+    SpaceCreate { dimension: u32, created_at_us: i64 },
+    /// Drop the space and everything in it.
+    SpaceDrop,
+}
+
+/// Operation codes, the `op` byte of a record header.
+pub mod code {
+    pub const REMEMBER: u8 = 1;
+    pub const REMEMBER_BATCH: u8 = 2;
+    pub const FORGET: u8 = 3;
+    pub const LINK: u8 = 4;
+    pub const UNLINK: u8 = 5;
+    pub const SPACE_CREATE: u8 = 6;
+    pub const SPACE_DROP: u8 = 7;
+}
+
+impl Op {
+    pub fn code(&self) -> u8 {
+        match self {
+            Op::Remember(_) => code::REMEMBER,
+            Op::RememberBatch(_) => code::REMEMBER_BATCH,
+            Op::Forget(_) => code::FORGET,
+            Op::Link { .. } => code::LINK,
+            Op::Unlink { .. } => code::UNLINK,
+            Op::SpaceCreate { .. } => code::SPACE_CREATE,
+            Op::SpaceDrop => code::SPACE_DROP,
+        }
+    }
+
+    /// Appends the payload encoding to `out`.
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Remember(m) => encode_memory(m, out),
+            Op::RememberBatch(ms) => {
+                put_u32(out, ms.len() as u32);
+                for m in ms {
+                    encode_memory(m, out);
+                }
+            }
+            Op::Forget(id) => put_str16(out, id.as_str()),
+            Op::Link { from, to, weight } => {
+                put_str16(out, from.as_str());
+                put_str16(out, to.as_str());
+                put_f32(out, *weight);
+            }
+            Op::Unlink { from, to } => {
+                put_str16(out, from.as_str());
+                put_str16(out, to.as_str());
+            }
+            Op::SpaceCreate {
+                dimension,
+                created_at_us,
+            } => {
+                put_u32(out, *dimension);
+                put_i64(out, *created_at_us);
+            }
+            Op::SpaceDrop => {}
+        }
+    }
+
+    /// Decodes a payload. Never panics on arbitrary bytes.
+    pub fn decode_payload(code: u8, payload: &[u8]) -> Result<Op> {
+        let mut r = Reader::new(payload);
+        let op = match code {
+            code::REMEMBER => Op::Remember(decode_memory(&mut r)?),
+            code::REMEMBER_BATCH => {
+                let n = r.u32("batch count")? as usize;
+                if n > MAX_BATCH {
+                    return corrupted(format!("batch of {n} memories exceeds {MAX_BATCH}"));
+                }
+                let mut ms = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ms.push(decode_memory(&mut r)?);
+                }
+                Op::RememberBatch(ms)
+            }
+            code::FORGET => Op::Forget(memory_id(r.str16("memory id")?)?),
+            code::LINK => Op::Link {
+                from: memory_id(r.str16("link from")?)?,
+                to: memory_id(r.str16("link to")?)?,
+                weight: r.f32("link weight")?,
+            },
+            code::UNLINK => Op::Unlink {
+                from: memory_id(r.str16("unlink from")?)?,
+                to: memory_id(r.str16("unlink to")?)?,
+            },
+            code::SPACE_CREATE => Op::SpaceCreate {
+                dimension: r.u32("dimension")?,
+                created_at_us: r.i64("created_at")?,
+            },
+            code::SPACE_DROP => Op::SpaceDrop,
+            other => return corrupted(format!("unknown operation code {other}")),
+        };
+        r.finish("operation payload")?;
+        Ok(op)
+    }
+}
+
+pub(crate) fn memory_id(s: &str) -> Result<MemoryId> {
+    match MemoryId::new(s) {
+        Ok(id) => Ok(id),
+        Err(e) => corrupted(e.to_string()),
+    }
+}
+
+/// Memory encoding: id (u16 len + bytes), confidence f32, timestamp i64, content (u32 len +
+/// bytes), embedding (u32 dim + f32s), metadata (see [`encode_metadata`]), links (see
+/// [`encode_links`]).
+pub(crate) fn encode_memory(m: &Memory, out: &mut Vec<u8>) {
+    out.reserve(32 + m.id.as_str().len() + m.content.len() + 4 * m.embedding.len());
+    put_str16(out, m.id.as_str());
+    put_f32(out, m.confidence);
+    put_i64(out, m.timestamp_us);
+    put_u32(out, m.content.len() as u32);
+    out.extend_from_slice(m.content.as_bytes());
+    put_u32(out, m.embedding.len() as u32);
+    for v in &m.embedding {
+        put_f32(out, *v);
+    }
+    encode_metadata(&m.metadata, out);
+    encode_links(&m.links, out);
+}
+
+/// u16 count, then (u16 len + key, u16 len + value) per entry, keys ascending.
+pub(crate) fn encode_metadata(meta: &BTreeMap<String, String>, out: &mut Vec<u8>) {
+    put_u16(out, meta.len() as u16);
+    for (k, v) in meta {
+        put_str16(out, k);
+        put_str16(out, v);
+    }
+}
+
+/// u16 count, then (u16 len + target id, f32 weight) per link.
+pub(crate) fn encode_links(links: &[Link], out: &mut Vec<u8>) {
+    put_u16(out, links.len() as u16);
+    for l in links {
+        put_str16(out, l.to.as_str());
+        put_f32(out, l.weight);
+    }
+}
+
+pub(crate) fn decode_memory(r: &mut Reader<'_>) -> Result<Memory> {
+    let id = memory_id(r.str16("memory id")?)?;
+    let confidence = r.f32("confidence")?;
+    let timestamp_us = r.i64("timestamp")?;
+    let content_len = r.u32("content length")? as usize;
+    if content_len > MAX_CONTENT_LEN {
+        return corrupted(format!("content of {content_len} bytes exceeds the limit"));
+    }
+    let content = r.utf8(content_len, "content")?.to_string();
+    let dim = r.u32("dimension")? as usize;
+    if dim > MAX_DIMENSION {
+        return corrupted(format!("dimension {dim} exceeds {MAX_DIMENSION}"));
+    }
+    let raw = r.take(dim * 4, "embedding")?;
+    let embedding = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let metadata = decode_metadata(r)?;
+    let links = decode_links(r)?;
+    Ok(Memory {
+        id,
+        content,
+        embedding,
+        confidence,
+        timestamp_us,
+        metadata,
+        links,
+    })
+}
+
+pub(crate) fn decode_metadata(r: &mut Reader<'_>) -> Result<BTreeMap<String, String>> {
+    let n = r.u16("metadata count")? as usize;
+    if n > MAX_METADATA_ENTRIES {
+        return corrupted(format!(
+            "{n} metadata entries exceed {MAX_METADATA_ENTRIES}"
+        ));
+    }
+    let mut meta = BTreeMap::new();
+    for _ in 0..n {
+        let k = r.str16("metadata key")?.to_string();
+        let v = r.str16("metadata value")?.to_string();
+        meta.insert(k, v);
+    }
+    Ok(meta)
+}
+
+pub(crate) fn decode_links(r: &mut Reader<'_>) -> Result<Vec<Link>> {
+    let n = r.u16("link count")? as usize;
+    if n > MAX_LINKS {
+        return corrupted(format!("{n} links exceed {MAX_LINKS}"));
+    }
+    let mut links = Vec::with_capacity(n);
+    for _ in 0..n {
+        let to = memory_id(r.str16("link target")?)?;
+        let weight = r.f32("link weight")?;
+        links.push(Link { to, weight });
+    }
+    Ok(links)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn arb_memory() -> impl Strategy<Value = Memory> {
+        (
+            "[a-zA-Z0-9_:.-]{1,40}",
+            "\\PC{1,200}",
+            proptest::collection::vec(-1.0f32..1.0, 0..40),
+            0.0f32..=1.0,
+            any::<i64>(),
+            proptest::collection::btree_map("[a-z]{0,8}", "\\PC{0,16}", 0..4),
+            proptest::collection::vec(("[a-z0-9]{1,20}", 0.01f32..=1.0), 0..5),
+        )
+            .prop_map(
+                |(id, content, embedding, confidence, ts, metadata, links)| Memory {
+                    id: MemoryId::new(id).unwrap(),
+                    content,
+                    embedding,
+                    confidence,
+                    timestamp_us: ts,
+                    metadata,
+                    links: links
+                        .into_iter()
+                        .map(|(to, weight)| Link {
+                            to: MemoryId::new(to).unwrap(),
+                            weight,
+                        })
+                        .collect(),
+                },
+            )
+    }
+
+    pub(crate) fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            arb_memory().prop_map(Op::Remember),
+            proptest::collection::vec(arb_memory(), 0..4).prop_map(Op::RememberBatch),
+            "[a-z0-9]{1,30}".prop_map(|s| Op::Forget(MemoryId::new(s).unwrap())),
+            ("[a-z0-9]{1,30}", "[a-z0-9]{1,30}", 0.01f32..=1.0).prop_map(|(a, b, w)| Op::Link {
+                from: MemoryId::new(a).unwrap(),
+                to: MemoryId::new(b).unwrap(),
+                weight: w
+            }),
+            ("[a-z0-9]{1,30}", "[a-z0-9]{1,30}").prop_map(|(a, b)| Op::Unlink {
+                from: MemoryId::new(a).unwrap(),
+                to: MemoryId::new(b).unwrap()
+            }),
+            (1u32..4096, any::<i64>()).prop_map(|(d, t)| Op::SpaceCreate {
+                dimension: d,
+                created_at_us: t
+            }),
+            Just(Op::SpaceDrop),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn op_round_trip(op in arb_op()) {
+            let mut buf = Vec::new();
+            op.encode_payload(&mut buf);
+            let back = Op::decode_payload(op.code(), &buf).unwrap();
+            prop_assert_eq!(back, op);
+        }
+
+        #[test]
+        fn decode_never_panics(code in 0u8..10, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Op::decode_payload(code, &bytes);
+        }
+    }
+}

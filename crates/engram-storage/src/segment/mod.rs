@@ -1,0 +1,9 @@
+//! A space's immutable columnar segment files. Byte layout: `docs/format.md`.
+
+mod builder;
+mod format;
+mod reader;
+
+pub use builder::{write_segment, RowData};
+pub use format::{parse_segment_file_name, segment_file_name, SEGMENT_FORMAT_VERSION};
+pub use reader::{Lookup, Segment, SegmentInfo};
