@@ -71,6 +71,12 @@ impl MemoryId {
     }
 }
 
+impl std::borrow::Borrow<str> for MemoryId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for MemoryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

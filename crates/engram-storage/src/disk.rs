@@ -31,6 +31,9 @@ pub trait DiskFile: Send {
 /// File-system operations the engine uses. Paths are absolute or relative to the process.
 pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates one directory (its parent must exist). Its name is durable after
+    /// [`Disk::sync_dir`] on the parent.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Names (not paths) of the entries of a directory, in no particular order.
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     fn exists(&self, path: &Path) -> bool;
@@ -162,6 +165,13 @@ impl Disk for RealDisk {
         Ok(())
     }
 
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        match fs::create_dir(path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            r => r,
+        }
+    }
+
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in fs::read_dir(path)? {
@@ -238,6 +248,13 @@ impl Disk for RealDisk {
 /// Writes `bytes` to `path` atomically and durably: a temporary file is written and synced,
 /// renamed over `path`, and the directory synced.
 pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_file_renamed(disk, path, bytes)?;
+    disk.sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Like [`write_file_atomic`] but leaves the directory sync to the caller, who syncs once for
+/// several files.
+pub fn write_file_renamed(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
@@ -246,8 +263,7 @@ pub fn write_file_atomic(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> io::Resu
     file.write_all(bytes)?;
     file.sync()?;
     drop(file);
-    disk.rename(&tmp, path)?;
-    disk.sync_dir(dir)
+    disk.rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub enum StorageError {
     Latched(String),
     #[error("memory space {0:?} does not exist")]
     SpaceNotFound(String),
+    #[error("memory {0:?} does not exist in this space")]
+    MemoryNotFound(String),
     #[error("memory space {0:?} already exists")]
     SpaceExists(String),
     #[error("the store is shut down")]

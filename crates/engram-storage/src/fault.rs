@@ -441,6 +441,17 @@ impl Disk for FaultDisk {
         Ok(())
     }
 
+    /// Directories are durable as soon as they exist on this disk (see the module doc).
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        if !self.shared.lock().parent_exists(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("parent of {} does not exist", path.display()),
+            ));
+        }
+        self.create_dir_all(path)
+    }
+
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let st = self.shared.lock();
         if !st.dir_exists(path) {

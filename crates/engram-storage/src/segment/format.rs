@@ -32,7 +32,7 @@ pub const DIR_ENTRY_LEN: usize = 32;
 pub const FOOTER_LEN: usize = HEADER_LEN + COLUMN_COUNT * DIR_ENTRY_LEN;
 pub const ALIGN: usize = 64;
 
-const _: () = assert!(FOOTER_LEN % ALIGN == 0);
+const _: () = assert!(FOOTER_LEN.is_multiple_of(ALIGN));
 
 /// Column kinds, in file order.
 pub mod col {

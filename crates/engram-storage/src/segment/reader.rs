@@ -77,7 +77,7 @@ impl Segment {
                 bytes.len()
             ));
         }
-        if bytes.as_ptr() as usize % ALIGN != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(ALIGN) {
             return corrupted("segment bytes are not 64-byte aligned in memory");
         }
         let footer_at = bytes.len() - FOOTER_LEN;

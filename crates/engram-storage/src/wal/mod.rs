@@ -6,7 +6,9 @@ mod record;
 mod scan;
 mod writer;
 
-pub use file::{wal_file_name, WalFileHeader, WAL_FILE_HEADER_LEN, WAL_FORMAT_VERSION};
+pub use file::{
+    parse_wal_file_name, wal_file_name, WalFileHeader, WAL_FILE_HEADER_LEN, WAL_FORMAT_VERSION,
+};
 pub use record::{
     decode_record, encode_record, DecodedRecord, RecordHeader, RECORD_HEADER_LEN, RECORD_MAGIC,
 };

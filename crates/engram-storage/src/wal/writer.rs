@@ -18,11 +18,13 @@ pub struct WalWriter {
     segment_bytes: u64,
     /// Every WAL file, oldest first: (first sequence, path). The last is the current one.
     files: Vec<(u64, PathBuf)>,
+    /// Sizes of the files before the current one, in the order of `files`.
+    closed_bytes: Vec<u64>,
 }
 
 impl WalWriter {
-    /// Opens the writer on an existing, verified file (its valid end is its length), or creates
-    /// a new file starting at `next_sequence` when `existing` is `None`.
+    /// Opens the writer on the newest of `files` (verified and truncated to its valid end by
+    /// recovery), or creates a new file starting at `next_sequence` when there is none.
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: &Path,
@@ -33,7 +35,12 @@ impl WalWriter {
         match files.last().cloned() {
             Some((first, path)) => {
                 let file = disk.open_append(&path).at(&path)?;
+                let mut closed_bytes = Vec::with_capacity(files.len());
+                for (_, p) in &files[..files.len() - 1] {
+                    closed_bytes.push(disk.file_len(p).at(p)?);
+                }
                 Ok(Self {
+                    closed_bytes,
                     disk,
                     dir: dir.to_path_buf(),
                     file,
@@ -47,6 +54,7 @@ impl WalWriter {
                 let (file, path) = create_file(&*disk, dir, next_sequence)?;
                 files.push((next_sequence, path.clone()));
                 Ok(Self {
+                    closed_bytes: Vec::new(),
                     disk,
                     dir: dir.to_path_buf(),
                     file,
@@ -74,11 +82,18 @@ impl WalWriter {
         self.file.sync().at(&self.path)
     }
 
-    fn roll(&mut self, first_sequence: u64) -> Result<()> {
+    /// Whether the current file holds any record.
+    pub fn current_has_records(&self) -> bool {
+        self.file.len() > WAL_FILE_HEADER_LEN as u64
+    }
+
+    /// Starts a new file whose first record will have sequence `first_sequence` or later.
+    pub fn roll(&mut self, first_sequence: u64) -> Result<()> {
         // The current file is synced by the commit that wrote it; sync again in case the last
         // batch failed between write and sync, so that an older file never has a torn tail.
         self.file.sync().at(&self.path)?;
         let (file, path) = create_file(&*self.disk, &self.dir, first_sequence)?;
+        self.closed_bytes.push(self.file.len());
         self.file = file;
         self.path = path.clone();
         self.first_sequence = first_sequence;
@@ -93,6 +108,7 @@ impl WalWriter {
         // File i holds sequences [first_i, first_{i+1}).
         while self.files.len() > 1 && self.files[1].0 <= checkpoint {
             let (_, path) = self.files.remove(0);
+            self.closed_bytes.remove(0);
             self.disk.remove_file(&path).at(&path)?;
             deleted += 1;
         }
@@ -112,13 +128,7 @@ impl WalWriter {
 
     /// Bytes in all WAL files.
     pub fn total_bytes(&self) -> u64 {
-        let current = self.file.len();
-        self.files
-            .iter()
-            .filter(|(_, p)| *p != self.path)
-            .map(|(_, p)| self.disk.file_len(p).unwrap_or(0))
-            .sum::<u64>()
-            + current
+        self.closed_bytes.iter().sum::<u64>() + self.file.len()
     }
 }
 

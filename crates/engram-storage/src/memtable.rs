@@ -1,0 +1,62 @@
+//! A space's records that are in the WAL but not yet in a segment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use engram_core::{Memory, MemoryId};
+
+/// The newest state of one id in a memtable.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Live(Arc<Memory>),
+    Tombstone,
+}
+
+/// Applied records of one space, newest state per id.
+#[derive(Debug, Default)]
+pub struct Memtable {
+    pub entries: HashMap<MemoryId, Entry>,
+    /// Lowest and highest WAL sequence applied here; `None` when nothing was.
+    pub min_seq: Option<u64>,
+    pub max_seq: u64,
+    /// Approximate heap bytes held.
+    pub bytes: usize,
+}
+
+impl Memtable {
+    /// Records that the record `seq` was applied here.
+    pub fn note(&mut self, seq: u64) {
+        self.min_seq = Some(self.min_seq.map_or(seq, |m| m.min(seq)));
+        self.max_seq = self.max_seq.max(seq);
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.min_seq.is_none()
+    }
+
+    pub fn put(&mut self, memory: Memory) {
+        self.bytes += memory_bytes(&memory);
+        self.entries
+            .insert(memory.id.clone(), Entry::Live(Arc::new(memory)));
+    }
+
+    pub fn tombstone(&mut self, id: MemoryId) {
+        self.bytes += 64 + id.as_str().len();
+        self.entries.insert(id, Entry::Tombstone);
+    }
+}
+
+/// Approximate heap bytes of a memory.
+pub fn memory_bytes(m: &Memory) -> usize {
+    128 + m.id.as_str().len()
+        + m.content.len()
+        + m.embedding.len() * 4
+        + m.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + m.links
+            .iter()
+            .map(|l| l.to.as_str().len() + 32)
+            .sum::<usize>()
+}

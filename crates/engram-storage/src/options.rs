@@ -1,0 +1,67 @@
+//! Tunables of the storage engine, with defaults.
+
+use std::time::Duration;
+
+/// Options of a [`crate::Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A WAL file rolls to a new one past this size.
+    pub wal_segment_bytes: u64,
+    /// The largest WAL record accepted (header, space id and payload).
+    pub max_record_bytes: usize,
+    /// Bytes of records waiting for the next group commit before writers wait (back-pressure).
+    pub max_pending_bytes: usize,
+    /// Flush every space when the WAL holds more than this.
+    pub wal_flush_bytes: u64,
+    /// Flush every space when memtables hold more than this.
+    pub memtable_flush_bytes: usize,
+    /// Flush dirty spaces once no write has come for this long (the "low load" trigger).
+    pub idle_flush_after: Duration,
+    /// Merge a space's segments once it has more than this many.
+    pub max_segments_per_space: usize,
+    /// Open spaces kept loaded; clean ones beyond this are released, least recently used first.
+    pub max_open_spaces: usize,
+    /// Run the background compactor thread.
+    pub background_compaction: bool,
+    /// How often the compactor looks for work.
+    pub compaction_tick: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            wal_segment_bytes: 64 << 20,
+            max_record_bytes: 32 << 20,
+            max_pending_bytes: 64 << 20,
+            wal_flush_bytes: 1 << 30,
+            memtable_flush_bytes: 1 << 30,
+            idle_flush_after: Duration::from_secs(2),
+            max_segments_per_space: 8,
+            max_open_spaces: 4096,
+            background_compaction: true,
+            compaction_tick: Duration::from_millis(100),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Checks the relations between options: a record must fit in a WAL file and in a batch.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_record_bytes as u64 > self.wal_segment_bytes {
+            return Err(format!(
+                "max_record_bytes ({}) exceeds wal_segment_bytes ({})",
+                self.max_record_bytes, self.wal_segment_bytes
+            ));
+        }
+        if self.max_record_bytes > self.max_pending_bytes {
+            return Err(format!(
+                "max_record_bytes ({}) exceeds max_pending_bytes ({})",
+                self.max_record_bytes, self.max_pending_bytes
+            ));
+        }
+        if self.max_open_spaces == 0 {
+            return Err("max_open_spaces must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Reading the WAL at startup: files are read and verified in parallel, then their records are
+//! handed back in sequence order. Torn tails are truncated; corrupt regions are quarantined.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::disk::Disk;
+use crate::error::{IoContext, Result};
+use crate::options::StoreOptions;
+use crate::quarantine::Quarantine;
+use crate::store::RecoveryReport;
+use crate::wal::{scan_wal_file, ScanOutcome, ScannedRecord};
+
+/// What the WAL holds.
+pub struct Recovered {
+    /// Every valid record, files in order, records in file order.
+    pub records: Vec<ScannedRecord>,
+    /// The WAL files kept (first sequence, path), oldest first.
+    pub files: Vec<(u64, PathBuf)>,
+    /// The next sequence is at least this (from the newest file's header).
+    pub next_seq_floor: u64,
+    pub report: RecoveryReport,
+}
+
+pub fn scan_wal(
+    disk: &dyn Disk,
+    wal_dir: &Path,
+    opts: &StoreOptions,
+    quarantine: &Quarantine,
+) -> Result<Recovered> {
+    let started = Instant::now();
+    let mut files: Vec<(u64, PathBuf)> = disk
+        .list_dir(wal_dir)
+        .at(wal_dir)?
+        .into_iter()
+        .filter_map(|n| crate::wal::parse_wal_file_name(&n).map(|s| (s, wal_dir.join(n))))
+        .collect();
+    files.sort();
+    let mut maps = Vec::with_capacity(files.len());
+    for (_, p) in &files {
+        maps.push(disk.map(p).at(p)?);
+    }
+    let last = files.len().saturating_sub(1);
+    // Verify and decode in parallel: file i on thread i % threads.
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(files.len())
+        .max(1);
+    let mut outcomes: Vec<Option<ScanOutcome>> = (0..files.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let maps = &maps;
+                scope.spawn(move || {
+                    (t..maps.len())
+                        .step_by(threads)
+                        .map(|i| (i, scan_wal_file(&maps[i], i == last, opts.max_record_bytes)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, out) in h.join().expect("WAL scan thread panicked") {
+                outcomes[i] = Some(out);
+            }
+        }
+    });
+    let mut report = RecoveryReport {
+        wal_files: files.len(),
+        ..Default::default()
+    };
+    let mut records = Vec::new();
+    let mut kept = Vec::with_capacity(files.len());
+    let mut floor = 1;
+    for (i, ((first, path), outcome)) in files.into_iter().zip(outcomes).enumerate() {
+        let out = outcome.expect("every file was scanned");
+        report.wal_bytes += out.file_len;
+        for bad in &out.bad {
+            let bytes = &maps[i][bad.offset as usize..(bad.offset + bad.len) as usize];
+            quarantine.save_region(&path, bad.offset, bytes, probable_space(bytes), &bad.reason);
+        }
+        if let Some(h) = out.header {
+            floor = floor.max(h.first_sequence);
+        }
+        if let Some(torn) = &out.torn_tail {
+            report.torn_tail_bytes += torn.len;
+            if torn.offset == 0 {
+                // The newest file never got its header: nothing in it was acknowledged.
+                tracing::warn!(path = %path.display(), "removing a WAL file whose header was torn");
+                disk.remove_file(&path).at(&path)?;
+                disk.sync_dir(wal_dir).at(wal_dir)?;
+                records.extend(out.records);
+                continue;
+            }
+            tracing::warn!(
+                path = %path.display(),
+                offset = torn.offset,
+                bytes = torn.len,
+                reason = %torn.reason,
+                "truncating the torn tail of the WAL (a crash mid-append; never acknowledged)"
+            );
+            disk.truncate(&path, torn.offset).at(&path)?;
+        }
+        floor = floor.max(first);
+        records.extend(out.records);
+        kept.push((first, path));
+    }
+    drop(maps);
+    report.elapsed = started.elapsed();
+    Ok(Recovered {
+        records,
+        files: kept,
+        next_seq_floor: floor,
+        report,
+    })
+}
+
+/// The space id in a damaged record's header, if it still reads as one.
+fn probable_space(bytes: &[u8]) -> Option<String> {
+    let n = *bytes.get(12)? as usize;
+    let s = std::str::from_utf8(bytes.get(32..32 + n)?).ok()?;
+    engram_core::SpaceId::is_valid(s).then(|| s.to_string())
+}

@@ -1,0 +1,429 @@
+//! One memory space on this node: its metadata, memtables and sealed segments. Reads see the
+//! active memtable, then the frozen one (being flushed), then segments newest first.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use engram_core::{Link, Memory, SpaceId};
+use parking_lot::{Mutex, RwLock};
+
+use crate::disk::{write_file_atomic, Disk};
+use crate::error::{IoContext, Result, StorageError};
+use crate::memtable::{Entry, Memtable};
+use crate::meta::{SpaceMeta, SPACE_META_FILE};
+use crate::op::{encode_links, encode_metadata, Op};
+use crate::segment::{
+    parse_segment_file_name, segment_file_name, write_segment, Lookup, RowData, Segment,
+};
+
+/// A space's mutable state, behind one lock.
+#[derive(Debug)]
+pub struct SpaceState {
+    pub meta: SpaceMeta,
+    /// Whether `space.meta` is on disk.
+    pub meta_persisted: bool,
+    pub dropped: bool,
+    pub active: Memtable,
+    pub frozen: Option<Arc<Memtable>>,
+    /// Sealed segments, oldest first (ascending max sequence).
+    pub segments: Vec<Arc<Segment>>,
+    /// Every record of this space up to this sequence is in `segments` (or `space.meta`).
+    pub flushed_seq: u64,
+}
+
+/// One memory space.
+#[derive(Debug)]
+pub struct Space {
+    pub id: SpaceId,
+    pub dir: PathBuf,
+    pub state: RwLock<SpaceState>,
+    /// Logical time of last use, for the LRU of open spaces.
+    pub last_used: AtomicU64,
+    /// Held while this space's files are being changed (flush, merge, drop).
+    pub files: Mutex<()>,
+}
+
+impl Space {
+    /// A space created by a WAL record, with nothing on disk yet.
+    pub fn new_in_memory(id: SpaceId, dir: PathBuf, meta: SpaceMeta) -> Self {
+        Self {
+            id,
+            dir,
+            state: RwLock::new(SpaceState {
+                meta,
+                meta_persisted: false,
+                dropped: false,
+                active: Memtable::default(),
+                frozen: None,
+                segments: Vec::new(),
+                flushed_seq: 0,
+            }),
+            last_used: AtomicU64::new(0),
+            files: Mutex::new(()),
+        }
+    }
+
+    /// Opens a space from its directory: reads `space.meta`, opens every segment (mapping it),
+    /// removes temporary files and segments a merge has superseded. `Ok(None)` when the
+    /// directory has no `space.meta` (a space whose creation never reached a flush).
+    /// A segment that does not open (corrupt footer or directory) is handed to `on_corrupt`
+    /// (which moves it aside) and skipped.
+    pub fn load(
+        disk: &dyn Disk,
+        id: SpaceId,
+        dir: PathBuf,
+        on_corrupt: &mut dyn FnMut(&Path, &StorageError),
+    ) -> Result<Option<Self>> {
+        let meta_path = dir.join(SPACE_META_FILE);
+        if !disk.exists(&meta_path) {
+            return Ok(None);
+        }
+        let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
+        let mut ranges = Vec::new();
+        let mut removed = false;
+        for name in disk.list_dir(&dir).at(&dir)? {
+            if name.ends_with(".tmp") {
+                let p = dir.join(&name);
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            } else if let Some(r) = parse_segment_file_name(&name) {
+                ranges.push(r);
+            }
+        }
+        // A merge's output covers the ranges of its inputs; inputs left by a crash between the
+        // rename of the output and their removal are superseded.
+        ranges.sort_by_key(|&(min, max)| (min, std::cmp::Reverse(max)));
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        for r in ranges {
+            if kept.iter().any(|k| k.0 <= r.0 && r.1 <= k.1) {
+                let p = dir.join(segment_file_name(r.0, r.1));
+                tracing::info!(path = %p.display(), "removing a segment superseded by a merge");
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            } else {
+                kept.push(r);
+            }
+        }
+        if removed {
+            disk.sync_dir(&dir).at(&dir)?;
+        }
+        kept.sort_by_key(|r| r.1);
+        let mut segments = Vec::with_capacity(kept.len());
+        let mut flushed_seq = meta.created_seq;
+        for (min, max) in &kept {
+            let path = dir.join(segment_file_name(*min, *max));
+            match Segment::open(disk, &path) {
+                Ok(seg) => {
+                    flushed_seq = flushed_seq.max(*max);
+                    segments.push(Arc::new(seg));
+                }
+                Err(e @ StorageError::Corrupted(_)) => {
+                    tracing::error!(path = %path.display(), error = %e, "corrupt segment moved to quarantine");
+                    on_corrupt(&path, &e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(Self {
+            id,
+            dir,
+            state: RwLock::new(SpaceState {
+                meta,
+                meta_persisted: true,
+                dropped: false,
+                active: Memtable::default(),
+                frozen: None,
+                segments,
+                flushed_seq,
+            }),
+            last_used: AtomicU64::new(0),
+            files: Mutex::new(()),
+        }))
+    }
+
+    pub fn touch(&self, clock: u64) {
+        self.last_used.store(clock, Ordering::Relaxed);
+    }
+}
+
+impl SpaceState {
+    /// The newest version of a memory, or `None` if absent or deleted.
+    pub fn get(&self, id: &str) -> Result<Option<Memory>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some((**m).clone()),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.memory(row)?)),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(matches!(e, Entry::Live(_)));
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(_) => return Ok(true),
+                Lookup::Tombstone => return Ok(false),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Calls `f` with the newest version of every live memory, in no particular order.
+    pub fn for_each(&self, mut f: impl FnMut(Memory)) -> Result<()> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            for (id, e) in &table.entries {
+                if seen.insert(id.as_str()) {
+                    if let Entry::Live(m) = e {
+                        f((**m).clone());
+                    }
+                }
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            for row in 0..seg.rows() {
+                let id = seg.id(row)?;
+                if seen.insert(id) {
+                    f(seg.memory(row)?);
+                }
+            }
+            for t in 0..seg.info().tombstones {
+                seen.insert(seg.tombstone(t)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of live memories (exact; walks the ids).
+    pub fn count(&self) -> Result<usize> {
+        let mut n = 0;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            for (id, e) in &table.entries {
+                if seen.insert(id.as_str()) && matches!(e, Entry::Live(_)) {
+                    n += 1;
+                }
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            for row in 0..seg.rows() {
+                if seen.insert(seg.id(row)?) {
+                    n += 1;
+                }
+            }
+            for t in 0..seg.info().tombstones {
+                seen.insert(seg.tombstone(t)?);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies one operation (already durable in the WAL at `seq`). Deterministic, so replay
+    /// gives the same state; operations on absent memories change nothing.
+    pub fn apply(&mut self, seq: u64, op: Op) -> Result<()> {
+        self.active.note(seq);
+        match op {
+            Op::Remember(m) => self.active.put(m),
+            Op::RememberBatch(ms) => {
+                for m in ms {
+                    self.active.put(m);
+                }
+            }
+            Op::Forget(id) => self.active.tombstone(id),
+            Op::Link { from, to, weight } => {
+                if let Some(mut m) = self.get(from.as_str())? {
+                    if let Some(l) = m.links.iter_mut().find(|l| l.to == to) {
+                        l.weight = weight;
+                    } else if m.links.len() < engram_core::limits::MAX_LINKS {
+                        m.links.push(Link { to, weight });
+                    }
+                    self.active.put(m);
+                }
+            }
+            Op::Unlink { from, to } => {
+                if let Some(mut m) = self.get(from.as_str())? {
+                    let before = m.links.len();
+                    m.links.retain(|l| l.to != to);
+                    if m.links.len() != before {
+                        self.active.put(m);
+                    }
+                }
+            }
+            Op::SpaceCreate { .. } | Op::SpaceDrop => {}
+        }
+        Ok(())
+    }
+
+    /// Bytes in sealed segments.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.file_len() as u64).sum()
+    }
+}
+
+/// Flushes the space's active memtable (or a frozen one left by a failed flush) into a new
+/// segment. Reads and writes go on meanwhile. Returns the bytes written.
+pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
+    let _files = space.files.lock();
+    let (frozen, meta, meta_persisted, has_segments) = {
+        let mut st = space.state.write();
+        if st.dropped {
+            return Ok(0);
+        }
+        if st.frozen.is_none() {
+            if st.active.is_clean() {
+                return Ok(0);
+            }
+            let table = std::mem::take(&mut st.active);
+            st.frozen = Some(Arc::new(table));
+        }
+        let frozen = st.frozen.clone().expect("frozen memtable set above");
+        (frozen, st.meta, st.meta_persisted, !st.segments.is_empty())
+    };
+    let mut written = 0;
+    if !meta_persisted {
+        disk.create_dir_all(&space.dir).at(&space.dir)?;
+        let p = space.dir.join(SPACE_META_FILE);
+        write_file_atomic(disk, &p, &meta.encode()).at(&p)?;
+    }
+    let mut new_segment = None;
+    if !frozen.entries.is_empty() {
+        let mut live: Vec<&Memory> = Vec::new();
+        let mut tombs: Vec<&str> = Vec::new();
+        for (id, e) in &frozen.entries {
+            match e {
+                Entry::Live(m) => live.push(m),
+                // Tombstones only matter when an older segment may hold the id.
+                Entry::Tombstone if has_segments => tombs.push(id.as_str()),
+                Entry::Tombstone => {}
+            }
+        }
+        live.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        tombs.sort_unstable();
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = live
+            .iter()
+            .map(|m| {
+                let (mut md, mut ln) = (Vec::new(), Vec::new());
+                encode_metadata(&m.metadata, &mut md);
+                encode_links(&m.links, &mut ln);
+                (md, ln)
+            })
+            .collect();
+        let rows: Vec<RowData> = live
+            .iter()
+            .zip(&encoded)
+            .map(|(m, (md, ln))| RowData {
+                id: m.id.as_str(),
+                embedding: &m.embedding,
+                confidence: m.confidence,
+                timestamp_us: m.timestamp_us,
+                content: &m.content,
+                metadata: Cow::Borrowed(md),
+                links: Cow::Borrowed(ln),
+            })
+            .collect();
+        if !rows.is_empty() || !tombs.is_empty() {
+            let min = frozen.min_seq.unwrap_or(frozen.max_seq);
+            let path = space.dir.join(segment_file_name(min, frozen.max_seq));
+            written = write_segment(
+                disk,
+                &path,
+                meta.dimension as usize,
+                min,
+                frozen.max_seq,
+                &rows,
+                &tombs,
+            )?;
+            new_segment = Some(Arc::new(Segment::open(disk, &path)?));
+        }
+    }
+    let mut st = space.state.write();
+    if let Some(seg) = new_segment {
+        st.segments.push(seg);
+    }
+    st.meta_persisted = true;
+    st.flushed_seq = st.flushed_seq.max(frozen.max_seq);
+    st.frozen = None;
+    Ok(written)
+}
+
+/// Merges all of a space's segments into one, dropping replaced versions, deleted memories and
+/// their tombstones. Returns the bytes written.
+pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
+    let _files = space.files.lock();
+    let (inputs, dimension) = {
+        let st = space.state.read();
+        if st.dropped || st.segments.len() < 2 {
+            return Ok(0);
+        }
+        (st.segments.clone(), st.meta.dimension as usize)
+    };
+    // Newest version of each id: scan newest segment first.
+    let mut newest: HashMap<&str, Option<(usize, usize)>> = HashMap::new();
+    for (si, seg) in inputs.iter().enumerate().rev() {
+        for row in 0..seg.rows() {
+            newest.entry(seg.id(row)?).or_insert(Some((si, row)));
+        }
+        for t in 0..seg.info().tombstones {
+            newest.entry(seg.tombstone(t)?).or_insert(None);
+        }
+    }
+    let mut live: Vec<(&str, usize, usize)> = newest
+        .into_iter()
+        .filter_map(|(id, v)| v.map(|(s, r)| (id, s, r)))
+        .collect();
+    live.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut rows = Vec::with_capacity(live.len());
+    for &(id, si, row) in &live {
+        let seg = &inputs[si];
+        rows.push(RowData {
+            id,
+            embedding: seg.embedding(row),
+            confidence: seg.confidence(row),
+            timestamp_us: seg.timestamp(row),
+            content: seg.content(row)?,
+            metadata: Cow::Borrowed(seg.raw_metadata(row)?),
+            links: Cow::Borrowed(seg.raw_links(row)?),
+        });
+    }
+    let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
+    let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
+    let path = space.dir.join(segment_file_name(min, max));
+    let written = write_segment(disk, &path, dimension, min, max, &rows, &[])?;
+    let merged = Arc::new(Segment::open(disk, &path)?);
+    {
+        let mut st = space.state.write();
+        st.segments
+            .retain(|s| !inputs.iter().any(|i| Arc::ptr_eq(i, s)));
+        st.segments.insert(0, merged);
+    }
+    for seg in &inputs {
+        if seg.path() != path {
+            disk.remove_file(seg.path()).at(seg.path())?;
+        }
+    }
+    disk.sync_dir(&space.dir).at(&space.dir)?;
+    Ok(written)
+}
+
+/// The directory of a space below the node's root.
+pub fn space_dir(root: &Path, id: &SpaceId) -> PathBuf {
+    root.join("spaces").join(id.as_str())
+}

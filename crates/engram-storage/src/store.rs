@@ -1,0 +1,929 @@
+//! The node's store: every space on this node, one WAL with group commit, background
+//! compaction, recovery. The commit protocol and crash analysis are in `docs/format.md`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use engram_core::{Memory, MemoryId, SpaceId};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::disk::{Disk, RealDisk};
+use crate::error::{IoContext, Result, StorageError};
+use crate::meta::SpaceMeta;
+use crate::numa::{NumaPlacer, NumaTopology};
+use crate::op::Op;
+use crate::options::StoreOptions;
+use crate::quarantine::{Quarantine, QuarantineReport};
+use crate::space::{self, space_dir, Space, SpaceState};
+use crate::wal::WalWriter;
+use crate::wal::{encode_record, RECORD_HEADER_LEN};
+
+/// Where a known space is.
+#[derive(Clone)]
+enum Slot {
+    /// On disk, not opened: nothing mapped, no handle.
+    OnDisk,
+    Loaded(Arc<Space>),
+}
+
+/// A record waiting to be applied once durable.
+struct Pending {
+    seq: u64,
+    space: SpaceId,
+    op: Op,
+}
+
+struct CommitState {
+    /// Encoded records of the next group commit.
+    buf: Vec<u8>,
+    spare: Vec<u8>,
+    pending: Vec<Pending>,
+    next_seq: u64,
+    written_seq: u64,
+    durable_seq: u64,
+    /// Every record up to here is durable and applied to its space.
+    applied_seq: u64,
+    flushing: bool,
+    /// Set by a failed write or fsync: the WAL refuses writes until reopened.
+    failed: Option<String>,
+}
+
+/// Counters, readable without locks.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub records: AtomicU64,
+    pub group_commits: AtomicU64,
+    pub wal_bytes_written: AtomicU64,
+    pub fsync_micros_total: AtomicU64,
+    pub flushes: AtomicU64,
+    pub merges: AtomicU64,
+    pub compaction_bytes: AtomicU64,
+    pub spaces_loaded: AtomicU64,
+    pub spaces_released: AtomicU64,
+}
+
+/// What recovery did when the store was opened.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub wal_files: usize,
+    pub wal_bytes: u64,
+    pub records_replayed: u64,
+    pub records_skipped: u64,
+    pub torn_tail_bytes: u64,
+    pub quarantined: usize,
+    pub elapsed: Duration,
+}
+
+/// A space's figures.
+#[derive(Debug, Clone)]
+pub struct SpaceStatus {
+    pub id: SpaceId,
+    pub dimension: u32,
+    pub created_at_us: i64,
+    pub memories: usize,
+    pub segments: usize,
+    pub segment_rows: usize,
+    pub segment_bytes: u64,
+    pub memtable_entries: usize,
+    pub memtable_bytes: usize,
+    pub flushed_seq: u64,
+    pub durable_seq: u64,
+    pub quarantined_records: usize,
+}
+
+/// The node's figures.
+#[derive(Debug, Clone)]
+pub struct StoreStatus {
+    pub written_seq: u64,
+    pub durable_seq: u64,
+    pub wal_files: usize,
+    pub wal_bytes: u64,
+    pub spaces: usize,
+    pub spaces_loaded: usize,
+    pub latched: Option<String>,
+    pub quarantined: Vec<QuarantineReport>,
+    pub recovery: RecoveryReport,
+}
+
+struct Inner {
+    disk: Arc<dyn Disk>,
+    root: PathBuf,
+    spaces_dir: PathBuf,
+    opts: StoreOptions,
+    commit: Mutex<CommitState>,
+    commit_cv: Condvar,
+    /// `None` until recovery has read the existing WAL files.
+    writer: Mutex<Option<WalWriter>>,
+    spaces: RwLock<HashMap<SpaceId, Slot>>,
+    /// Serialises space creation and drop checks with their records.
+    catalog: Mutex<()>,
+    clock: AtomicU64,
+    /// Dropped spaces whose directories are still to be removed, with the drop's sequence.
+    pending_drops: Mutex<Vec<(u64, Arc<Space>)>>,
+    /// One compaction pass at a time.
+    compaction: Mutex<()>,
+    quarantine: Quarantine,
+    stats: StoreStats,
+    started: Instant,
+    last_commit_us: AtomicU64,
+    shutdown: Mutex<bool>,
+    shutdown_cv: Condvar,
+    closed: AtomicBool,
+    numa: NumaPlacer,
+    recovery: Mutex<RecoveryReport>,
+}
+
+/// The storage engine of one node.
+pub struct Store {
+    inner: Arc<Inner>,
+    compactor: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `root` on the real file system.
+    pub fn open_dir(root: &Path, opts: StoreOptions) -> Result<Store> {
+        Self::open(Arc::new(RealDisk), root, opts)
+    }
+
+    /// Opens (or creates) the store in `root`: recovers the WAL and starts the compactor.
+    pub fn open(disk: Arc<dyn Disk>, root: &Path, opts: StoreOptions) -> Result<Store> {
+        opts.validate().map_err(StorageError::Invalid)?;
+        let started = Instant::now();
+        let wal_dir = root.join("wal");
+        let spaces_dir = root.join("spaces");
+        for d in [root, &wal_dir, &spaces_dir] {
+            disk.create_dir_all(d).at(d)?;
+        }
+        let quarantine = Quarantine::new(disk.clone(), root.join("quarantine"));
+        let topology = NumaTopology::detect().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read the NUMA topology; assuming one node");
+            NumaTopology::read_from(Path::new("/nonexistent")).unwrap_or_else(|_| unreachable!())
+        });
+        // The set of spaces is their directories; nothing is opened yet.
+        let mut spaces = HashMap::new();
+        for name in disk.list_dir(&spaces_dir).at(&spaces_dir)? {
+            match SpaceId::new(name.clone()) {
+                Ok(id) => {
+                    spaces.insert(id, Slot::OnDisk);
+                }
+                Err(_) => {
+                    tracing::warn!(name, "ignoring an entry of spaces/ that is not a space id")
+                }
+            }
+        }
+        let recovered = crate::recovery::scan_wal(&*disk, &wal_dir, &opts, &quarantine)?;
+        let inner = Arc::new(Inner {
+            disk: disk.clone(),
+            root: root.to_path_buf(),
+            spaces_dir,
+            commit: Mutex::new(CommitState {
+                buf: Vec::new(),
+                spare: Vec::new(),
+                pending: Vec::new(),
+                next_seq: 1,
+                written_seq: 0,
+                durable_seq: 0,
+                applied_seq: 0,
+                flushing: false,
+                failed: None,
+            }),
+            commit_cv: Condvar::new(),
+            writer: Mutex::new(None),
+            opts,
+            spaces: RwLock::new(spaces),
+            catalog: Mutex::new(()),
+            clock: AtomicU64::new(0),
+            pending_drops: Mutex::new(Vec::new()),
+            compaction: Mutex::new(()),
+            quarantine,
+            stats: StoreStats::default(),
+            started,
+            last_commit_us: AtomicU64::new(0),
+            shutdown: Mutex::new(false),
+            shutdown_cv: Condvar::new(),
+            closed: AtomicBool::new(false),
+            numa: NumaPlacer::new(topology),
+            recovery: Mutex::new(RecoveryReport::default()),
+        });
+        // Replay in sequence order.
+        let mut report = recovered.report;
+        let mut last_seq = 0u64;
+        for rec in recovered.records {
+            if rec.sequence <= last_seq {
+                tracing::warn!(
+                    seq = rec.sequence,
+                    last_seq,
+                    "skipping an out-of-order WAL record"
+                );
+                report.records_skipped += 1;
+                continue;
+            }
+            last_seq = rec.sequence;
+            if inner.apply(rec.sequence, rec.space, rec.op, true)? {
+                report.records_replayed += 1;
+            } else {
+                report.records_skipped += 1;
+            }
+        }
+        let next_seq = (last_seq + 1).max(recovered.next_seq_floor);
+        {
+            let mut c = inner.commit.lock();
+            c.next_seq = next_seq;
+            c.written_seq = next_seq - 1;
+            c.durable_seq = next_seq - 1;
+            c.applied_seq = next_seq - 1;
+        }
+        *inner.writer.lock() = Some(WalWriter::open(
+            disk,
+            &wal_dir,
+            recovered.files,
+            next_seq,
+            inner.opts.wal_segment_bytes,
+        )?);
+        report.quarantined = inner.quarantine.reports().len();
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            wal_files = report.wal_files,
+            wal_bytes = report.wal_bytes,
+            replayed = report.records_replayed,
+            skipped = report.records_skipped,
+            torn_tail_bytes = report.torn_tail_bytes,
+            quarantined = report.quarantined,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "store recovered"
+        );
+        *inner.recovery.lock() = report;
+        let compactor = if inner.opts.background_compaction {
+            let bg = inner.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("engram-compactor".into())
+                    .spawn(move || bg.compactor_loop())
+                    .map_err(|e| StorageError::Io {
+                        path: root.to_path_buf(),
+                        source: e,
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Store {
+            inner,
+            compactor: Mutex::new(compactor),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    /// Creates a space. Durable when this returns.
+    pub fn create_space(&self, id: &SpaceId, dimension: u32) -> Result<u64> {
+        if dimension == 0 || dimension as usize > engram_core::limits::MAX_DIMENSION {
+            return Err(StorageError::Invalid(format!(
+                "dimension {dimension} is outside 1..={}",
+                engram_core::limits::MAX_DIMENSION
+            )));
+        }
+        let _catalog = self.inner.catalog.lock();
+        if self.inner.space(id)?.is_some() {
+            return Err(StorageError::SpaceExists(id.to_string()));
+        }
+        self.inner.submit(
+            id,
+            Op::SpaceCreate {
+                dimension,
+                created_at_us: now_us(),
+            },
+        )
+    }
+
+    /// Drops a space and all its memories. Durable when this returns; its files are removed by
+    /// the compactor.
+    pub fn drop_space(&self, id: &SpaceId) -> Result<u64> {
+        let _catalog = self.inner.catalog.lock();
+        if self.inner.space(id)?.is_none() {
+            return Err(StorageError::SpaceNotFound(id.to_string()));
+        }
+        self.inner.submit(id, Op::SpaceDrop)
+    }
+
+    pub fn space_exists(&self, id: &SpaceId) -> Result<bool> {
+        Ok(self.inner.space(id)?.is_some())
+    }
+
+    /// Every space's id, sorted.
+    pub fn list_spaces(&self) -> Vec<SpaceId> {
+        let mut ids: Vec<SpaceId> = self.inner.spaces.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn space_meta(&self, id: &SpaceId) -> Result<SpaceMeta> {
+        Ok(self.inner.require(id)?.state.read().meta)
+    }
+
+    /// Stores (or replaces) one memory. Durable when this returns.
+    pub fn remember(&self, space: &SpaceId, memory: Memory) -> Result<u64> {
+        let s = self.inner.require(space)?;
+        let dim = s.state.read().meta.dimension as usize;
+        memory
+            .validate(dim)
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let seq = self.inner.submit(space, Op::Remember(memory))?;
+        drop(s);
+        Ok(seq)
+    }
+
+    /// Stores several memories, all or nothing (one WAL record).
+    pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
+        if memories.len() > engram_core::limits::MAX_BATCH {
+            return Err(StorageError::Invalid(format!(
+                "batch of {} memories exceeds the limit of {}",
+                memories.len(),
+                engram_core::limits::MAX_BATCH
+            )));
+        }
+        let s = self.inner.require(space)?;
+        let dim = s.state.read().meta.dimension as usize;
+        for (i, m) in memories.iter().enumerate() {
+            m.validate(dim)
+                .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;
+        }
+        let seq = self.inner.submit(space, Op::RememberBatch(memories))?;
+        drop(s);
+        Ok(seq)
+    }
+
+    /// Deletes a memory. `Ok(false)` if it was not there (nothing written).
+    pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
+        let s = self.inner.require(space)?;
+        if !s.state.read().contains(id.as_str())? {
+            return Ok(false);
+        }
+        self.inner.submit(space, Op::Forget(id.clone()))?;
+        Ok(true)
+    }
+
+    /// Adds (or reweights) the link `from -> to`; both must exist. Weight in `(0, 1]`.
+    pub fn link(
+        &self,
+        space: &SpaceId,
+        from: &MemoryId,
+        to: &MemoryId,
+        weight: f32,
+    ) -> Result<u64> {
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(StorageError::Invalid(format!(
+                "link weight {weight} is outside (0, 1]"
+            )));
+        }
+        let s = self.inner.require(space)?;
+        for id in [from, to] {
+            if !s.state.read().contains(id.as_str())? {
+                return Err(StorageError::MemoryNotFound(id.to_string()));
+            }
+        }
+        self.inner.submit(
+            space,
+            Op::Link {
+                from: from.clone(),
+                to: to.clone(),
+                weight,
+            },
+        )
+    }
+
+    /// Removes the link `from -> to`.
+    pub fn unlink(&self, space: &SpaceId, from: &MemoryId, to: &MemoryId) -> Result<u64> {
+        let s = self.inner.require(space)?;
+        if !s.state.read().contains(from.as_str())? {
+            return Err(StorageError::MemoryNotFound(from.to_string()));
+        }
+        self.inner.submit(
+            space,
+            Op::Unlink {
+                from: from.clone(),
+                to: to.clone(),
+            },
+        )
+    }
+
+    /// The newest version of a memory.
+    pub fn get(&self, space: &SpaceId, id: &str) -> Result<Option<Memory>> {
+        self.inner.require(space)?.state.read().get(id)
+    }
+
+    /// Calls `f` with every live memory of the space, in no particular order.
+    pub fn for_each(&self, space: &SpaceId, f: impl FnMut(Memory)) -> Result<()> {
+        self.inner.require(space)?.state.read().for_each(f)
+    }
+
+    /// Runs `f` on the space's state under its read lock (for the engine: segments, memtables).
+    pub fn read_space<R>(&self, space: &SpaceId, f: impl FnOnce(&SpaceState) -> R) -> Result<R> {
+        Ok(f(&self.inner.require(space)?.state.read()))
+    }
+
+    pub fn space_status(&self, id: &SpaceId) -> Result<SpaceStatus> {
+        let s = self.inner.require(id)?;
+        let durable_seq = self.inner.commit.lock().durable_seq;
+        let st = s.state.read();
+        Ok(SpaceStatus {
+            id: id.clone(),
+            dimension: st.meta.dimension,
+            created_at_us: st.meta.created_at_us,
+            memories: st.count()?,
+            segments: st.segments.len(),
+            segment_rows: st.segments.iter().map(|s| s.rows()).sum(),
+            segment_bytes: st.segment_bytes(),
+            memtable_entries: st.active.entries.len()
+                + st.frozen.as_ref().map_or(0, |f| f.entries.len()),
+            memtable_bytes: st.active.bytes + st.frozen.as_ref().map_or(0, |f| f.bytes),
+            flushed_seq: st.flushed_seq,
+            durable_seq,
+            quarantined_records: self.inner.quarantine.count_for_space(id.as_str()),
+        })
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let (written_seq, durable_seq, latched) = {
+            let c = self.inner.commit.lock();
+            (c.written_seq, c.durable_seq, c.failed.clone())
+        };
+        let (wal_files, wal_bytes) = self
+            .inner
+            .writer
+            .lock()
+            .as_ref()
+            .map_or((0, 0), |w| (w.file_count(), w.total_bytes()));
+        let spaces = self.inner.spaces.read();
+        StoreStatus {
+            written_seq,
+            durable_seq,
+            wal_files,
+            wal_bytes,
+            spaces: spaces.len(),
+            spaces_loaded: spaces
+                .values()
+                .filter(|s| matches!(s, Slot::Loaded(_)))
+                .count(),
+            latched,
+            quarantined: self.inner.quarantine.reports(),
+            recovery: self.inner.recovery.lock().clone(),
+        }
+    }
+
+    /// Flushes every memtable to segments, merges where due, checkpoints the WAL and releases
+    /// idle spaces: what the background compactor does, now.
+    pub fn compact(&self) -> Result<()> {
+        self.inner.compact_pass(true)
+    }
+
+    /// Merges every space with more than one segment into one.
+    pub fn merge_all(&self) -> Result<()> {
+        let _pass = self.inner.compaction.lock();
+        for space in self.inner.loaded_spaces() {
+            let n = space::merge_all(&*self.inner.disk, &space)?;
+            if n > 0 {
+                self.inner.stats.merges.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .compaction_bytes
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the compactor. Every acknowledged write is already durable; nothing else is
+    /// needed to close.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        *self.inner.shutdown.lock() = true;
+        self.inner.shutdown_cv.notify_all();
+        if let Some(h) = self.compactor.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Inner {
+    /// The space, loading it from disk if needed; `None` if it does not exist.
+    fn space(&self, id: &SpaceId) -> Result<Option<Arc<Space>>> {
+        let clock = self.clock.fetch_add(1, Ordering::Relaxed);
+        {
+            let map = self.spaces.read();
+            match map.get(id) {
+                None => return Ok(None),
+                Some(Slot::Loaded(s)) => {
+                    s.touch(clock);
+                    return Ok(Some(s.clone()));
+                }
+                Some(Slot::OnDisk) => {}
+            }
+        }
+        let mut map = self.spaces.write();
+        match map.get(id) {
+            None => Ok(None),
+            Some(Slot::Loaded(s)) => Ok(Some(s.clone())),
+            Some(Slot::OnDisk) => {
+                let dir = space_dir(&self.root, id);
+                let q = &self.quarantine;
+                let loaded = Space::load(&*self.disk, id.clone(), dir, &mut |path, err| {
+                    q.quarantine_file(path, &err.to_string())
+                })?;
+                match loaded {
+                    Some(space) => {
+                        self.place(&space);
+                        space.touch(clock);
+                        let space = Arc::new(space);
+                        map.insert(id.clone(), Slot::Loaded(space.clone()));
+                        self.stats.spaces_loaded.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(space))
+                    }
+                    None => {
+                        // A directory without space.meta: a creation that never reached a
+                        // flush (its record, if durable, is replayed from the WAL).
+                        map.remove(id);
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn require(&self, id: &SpaceId) -> Result<Arc<Space>> {
+        self.space(id)?
+            .ok_or_else(|| StorageError::SpaceNotFound(id.to_string()))
+    }
+
+    /// NUMA: on a machine with several nodes, prefer the space's node for its mapped pages.
+    fn place(&self, space: &Space) {
+        if let Some(node) = self.numa.node_for_space(space.id.as_str()) {
+            for seg in &space.state.read().segments {
+                if let Err(e) = self.numa.bind_memory(node, seg.mapped()) {
+                    tracing::debug!(error = %e, "NUMA placement of a segment failed");
+                }
+            }
+        }
+    }
+
+    fn loaded_spaces(&self) -> Vec<Arc<Space>> {
+        self.spaces
+            .read()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Loaded(s) => Some(s.clone()),
+                Slot::OnDisk => None,
+            })
+            .collect()
+    }
+
+    /// Appends one record and waits until it is durable and applied (group commit).
+    fn submit(&self, space: &SpaceId, op: Op) -> Result<u64> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(StorageError::Closed);
+        }
+        let mut payload = Vec::new();
+        op.encode_payload(&mut payload);
+        let size = RECORD_HEADER_LEN + space.as_str().len() + payload.len();
+        if size > self.opts.max_record_bytes {
+            return Err(StorageError::RecordTooLarge {
+                size,
+                limit: self.opts.max_record_bytes,
+            });
+        }
+        let mut c = self.commit.lock();
+        // Back-pressure: wait while the next batch is full.
+        while c.failed.is_none()
+            && !c.buf.is_empty()
+            && c.buf.len() + size > self.opts.max_pending_bytes
+        {
+            self.commit_cv.wait(&mut c);
+        }
+        if let Some(f) = &c.failed {
+            return Err(StorageError::Latched(f.clone()));
+        }
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        encode_record(&mut c.buf, seq, now_us(), space, op.code(), &payload);
+        c.pending.push(Pending {
+            seq,
+            space: space.clone(),
+            op,
+        });
+        loop {
+            if c.applied_seq >= seq {
+                return Ok(seq);
+            }
+            if let Some(f) = &c.failed {
+                return Err(StorageError::Latched(f.clone()));
+            }
+            if c.flushing {
+                self.commit_cv.wait(&mut c);
+                continue;
+            }
+            // Lead the next group commit: everything queued so far.
+            c.flushing = true;
+            let spare = std::mem::take(&mut c.spare);
+            let buf = std::mem::replace(&mut c.buf, spare);
+            let batch = std::mem::take(&mut c.pending);
+            drop(c);
+            let result = self.write_batch(&buf, &batch);
+            let last = batch.last().map_or(0, |p| p.seq);
+            let result = result.and_then(|()| {
+                for p in batch {
+                    self.apply(p.seq, p.space, p.op, false)?;
+                }
+                Ok(())
+            });
+            c = self.commit.lock();
+            c.flushing = false;
+            let mut buf = buf;
+            buf.clear();
+            c.spare = buf;
+            match result {
+                Ok(()) => {
+                    c.applied_seq = last;
+                    self.last_commit_us
+                        .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL write failed; refusing writes until reopened");
+                    c.failed = Some(e.to_string());
+                }
+            }
+            self.commit_cv.notify_all();
+        }
+    }
+
+    fn write_batch(&self, buf: &[u8], batch: &[Pending]) -> Result<()> {
+        let first = batch.first().map_or(0, |p| p.seq);
+        let last = batch.last().map_or(0, |p| p.seq);
+        let mut guard = self.writer.lock();
+        let w = guard.as_mut().ok_or(StorageError::Closed)?;
+        w.write(buf, first)?;
+        self.commit.lock().written_seq = last;
+        let t = Instant::now();
+        w.sync()?;
+        drop(guard);
+        self.commit.lock().durable_seq = last;
+        let s = &self.stats;
+        s.fsync_micros_total
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        s.group_commits.fetch_add(1, Ordering::Relaxed);
+        s.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        s.wal_bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies one durable record to its space. Deterministic, in sequence order, the same at
+    /// commit and at replay. Returns whether it changed anything.
+    fn apply(&self, seq: u64, space_id: SpaceId, op: Op, replaying: bool) -> Result<bool> {
+        if let Op::SpaceCreate {
+            dimension,
+            created_at_us,
+        } = op
+        {
+            if self.space(&space_id)?.is_some() {
+                return Ok(false);
+            }
+            let meta = SpaceMeta {
+                dimension,
+                created_at_us,
+                created_seq: seq,
+            };
+            let space =
+                Space::new_in_memory(space_id.clone(), space_dir(&self.root, &space_id), meta);
+            space.state.write().active.note(seq);
+            space.touch(self.clock.fetch_add(1, Ordering::Relaxed));
+            self.spaces
+                .write()
+                .insert(space_id, Slot::Loaded(Arc::new(space)));
+            return Ok(true);
+        }
+        let Some(space) = self.space(&space_id)? else {
+            if !replaying {
+                tracing::warn!(space = %space_id, seq, "record for a space that no longer exists");
+            }
+            return Ok(false);
+        };
+        let mut st = space.state.write();
+        if st.dropped || seq <= st.flushed_seq {
+            return Ok(false);
+        }
+        if let Op::SpaceDrop = op {
+            st.dropped = true;
+            drop(st);
+            self.spaces.write().remove(&space_id);
+            self.pending_drops.lock().push((seq, space));
+            return Ok(true);
+        }
+        st.apply(seq, op)?;
+        Ok(true)
+    }
+
+    fn compactor_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut stop = self.shutdown.lock();
+                if *stop {
+                    return;
+                }
+                self.shutdown_cv
+                    .wait_for(&mut stop, self.opts.compaction_tick);
+                if *stop {
+                    return;
+                }
+            }
+            if let Err(e) = self.compact_pass(false) {
+                tracing::error!(error = %e, "compaction pass failed; will retry");
+            }
+        }
+    }
+
+    /// One compaction pass: remove dropped spaces, flush memtables when due (or `force`), merge
+    /// spaces with too many segments, checkpoint the WAL, release idle spaces.
+    fn compact_pass(&self, force: bool) -> Result<()> {
+        let _pass = self.compaction.lock();
+        self.remove_dropped()?;
+        let loaded = self.loaded_spaces();
+        let dirty: Vec<Arc<Space>> = loaded
+            .iter()
+            .filter(|s| {
+                let st = s.state.read();
+                !st.active.is_clean() || st.frozen.is_some()
+            })
+            .cloned()
+            .collect();
+        if !dirty.is_empty() {
+            let mem_bytes: usize = dirty.iter().map(|s| s.state.read().active.bytes).sum();
+            let wal_bytes = self.writer.lock().as_ref().map_or(0, |w| w.total_bytes());
+            let idle_us = (self.started.elapsed().as_micros() as u64)
+                .saturating_sub(self.last_commit_us.load(Ordering::Relaxed));
+            let due = force
+                || wal_bytes > self.opts.wal_flush_bytes
+                || mem_bytes > self.opts.memtable_flush_bytes
+                || idle_us > self.opts.idle_flush_after.as_micros() as u64;
+            if due {
+                self.flush_spaces(&dirty)?;
+            }
+        }
+        drop(dirty);
+        for space in &loaded {
+            let many = space.state.read().segments.len() > self.opts.max_segments_per_space;
+            if many {
+                let n = space::merge_all(&*self.disk, space)?;
+                self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        drop(loaded);
+        self.checkpoint()?;
+        self.release_idle();
+        Ok(())
+    }
+
+    /// Flushes spaces in parallel (I/O bound: several fsyncs per space), then makes the new
+    /// space directories durable.
+    fn flush_spaces(&self, dirty: &[Arc<Space>]) -> Result<()> {
+        let threads = 8.min(dirty.len()).max(1);
+        let next = AtomicU64::new(0);
+        let errors: Mutex<Vec<StorageError>> = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(space) = dirty.get(i) else { break };
+                    match space::flush(&*self.disk, space) {
+                        Ok(n) => {
+                            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                            self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().push(e),
+                    }
+                });
+            }
+        });
+        self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
+        match errors.into_inner().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn remove_dropped(&self) -> Result<()> {
+        let drops: Vec<(u64, Arc<Space>)> = self.pending_drops.lock().clone();
+        if drops.is_empty() {
+            return Ok(());
+        }
+        for (_, space) in &drops {
+            let _files = space.files.lock();
+            if self.disk.exists(&space.dir) {
+                self.disk.remove_dir_all(&space.dir).at(&space.dir)?;
+            }
+        }
+        self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
+        self.pending_drops
+            .lock()
+            .retain(|(seq, _)| !drops.iter().any(|(s, _)| s == seq));
+        Ok(())
+    }
+
+    /// Deletes WAL files whose every record is in a segment.
+    fn checkpoint(&self) -> Result<()> {
+        let mut cp = self.commit.lock().applied_seq + 1;
+        for space in self.loaded_spaces() {
+            let st = space.state.read();
+            for m in [
+                st.active.min_seq,
+                st.frozen.as_ref().and_then(|f| f.min_seq),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                cp = cp.min(m);
+            }
+        }
+        for (seq, _) in self.pending_drops.lock().iter() {
+            cp = cp.min(*seq);
+        }
+        let mut guard = self.writer.lock();
+        let n = match guard.as_mut() {
+            Some(w) => {
+                // Every record written so far is in a segment: start a fresh file so that the
+                // current one can go too, and a restart replays nothing.
+                let written = self.commit.lock().written_seq;
+                if cp > written && w.current_has_records() {
+                    w.roll(written + 1)?;
+                }
+                w.delete_before(cp)?
+            }
+            None => 0,
+        };
+        drop(guard);
+        if n > 0 {
+            tracing::debug!(
+                deleted = n,
+                checkpoint = cp,
+                "WAL files removed after checkpoint"
+            );
+        }
+        Ok(())
+    }
+
+    /// Releases clean spaces beyond the open-space limit, least recently used first.
+    fn release_idle(&self) {
+        let max = self.opts.max_open_spaces;
+        let mut map = self.spaces.write();
+        let loaded = map
+            .values()
+            .filter(|s| matches!(s, Slot::Loaded(_)))
+            .count();
+        if loaded <= max {
+            return;
+        }
+        let mut candidates: Vec<(u64, SpaceId)> = map
+            .iter()
+            .filter_map(|(id, s)| match s {
+                // Only the map holds it: nobody is reading or applying to it.
+                Slot::Loaded(sp) if Arc::strong_count(sp) == 1 => {
+                    let st = sp.state.read();
+                    (st.active.is_clean() && st.frozen.is_none() && st.meta_persisted)
+                        .then(|| (sp.last_used.load(Ordering::Relaxed), id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        candidates.sort_unstable();
+        for (_, id) in candidates.into_iter().take(loaded - max) {
+            map.insert(id, Slot::OnDisk);
+            self.stats.spaces_released.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

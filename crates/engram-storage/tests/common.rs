@@ -1,0 +1,64 @@
+//! Helpers shared by the storage integration tests.
+#![allow(dead_code)]
+
+use engram_core::{Memory, MemoryId, SpaceId};
+use engram_storage::StoreOptions;
+
+pub fn sid(s: &str) -> SpaceId {
+    SpaceId::new(s).unwrap()
+}
+
+pub fn mid(s: &str) -> MemoryId {
+    MemoryId::new(s).unwrap()
+}
+
+/// A memory whose content and embedding are derived from its id, so a reader can check it is
+/// intact.
+pub fn memory(id: &str, dim: usize) -> Memory {
+    Memory {
+        id: mid(id),
+        content: expected_content(id),
+        embedding: expected_embedding(id, dim),
+        confidence: 0.7,
+        timestamp_us: 1_700_000_000_000_000,
+        metadata: [("source".to_string(), "test".to_string())].into(),
+        links: vec![],
+    }
+}
+
+pub fn expected_content(id: &str) -> String {
+    format!("memory {id}: the quick brown fox jumps over the lazy dog")
+}
+
+pub fn expected_embedding(id: &str, dim: usize) -> Vec<f32> {
+    let seed = id
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    (0..dim)
+        .map(|i| ((seed.wrapping_add((i as u32).wrapping_mul(2654435761)) % 1000) as f32) / 1000.0)
+        .collect()
+}
+
+pub fn assert_intact(m: &Memory, dim: usize) {
+    assert_eq!(
+        m.content,
+        expected_content(m.id.as_str()),
+        "content of {}",
+        m.id
+    );
+    assert_eq!(
+        m.embedding,
+        expected_embedding(m.id.as_str(), dim),
+        "embedding of {}",
+        m.id
+    );
+}
+
+/// Options for tests: no background thread, small files so rolls and checkpoints happen.
+pub fn test_options() -> StoreOptions {
+    StoreOptions {
+        wal_segment_bytes: 64 << 10,
+        background_compaction: false,
+        ..Default::default()
+    }
+}
