@@ -58,6 +58,7 @@ pub fn assert_intact(m: &Memory, dim: usize) {
 pub fn test_options() -> StoreOptions {
     StoreOptions {
         wal_segment_bytes: 64 << 10,
+        max_record_bytes: 32 << 10,
         background_compaction: false,
         ..Default::default()
     }
