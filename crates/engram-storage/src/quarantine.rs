@@ -74,6 +74,17 @@ impl Quarantine {
         space: Option<String>,
         reason: &str,
     ) {
+        // The region stays in its WAL file until a checkpoint removes the file; a later
+        // restart finds it again and must not report it twice.
+        if self
+            .reports
+            .lock()
+            .iter()
+            .any(|r| r.source == source && r.offset == offset)
+        {
+            tracing::warn!(source = %source.display(), offset, "corrupt WAL region (already quarantined) skipped");
+            return;
+        }
         let base = format!("{}@{offset}", file_name(source));
         let saved_to = self.dir.join(format!("{base}.bad"));
         let report = QuarantineReport {
@@ -125,11 +136,12 @@ impl Quarantine {
 
     fn write_report(&self, base: &str, r: &QuarantineReport) -> std::io::Result<()> {
         let text = format!(
-            "source={}\noffset={}\nlen={}\nspace={}\nreason={}\n",
+            "source={}\noffset={}\nlen={}\nspace={}\nsaved_to={}\nreason={}\n",
             r.source.display(),
             r.offset,
             r.len,
             r.space.as_deref().unwrap_or(""),
+            r.saved_to.display(),
             r.reason.replace('\n', " ")
         );
         write_file_atomic(
@@ -179,6 +191,6 @@ fn parse_report(text: &str) -> Option<QuarantineReport> {
         len: get("len")?.parse().ok()?,
         space,
         reason: get("reason")?.to_string(),
-        saved_to: PathBuf::new(),
+        saved_to: PathBuf::from(get("saved_to").unwrap_or("")),
     })
 }
