@@ -773,11 +773,19 @@ impl Inner {
         let _pass = self.compaction.lock();
         self.remove_dropped()?;
         let loaded = self.loaded_spaces();
+        // A space dropped (and perhaps created again) since `remove_dropped` above still has its
+        // old directory: its new incarnation waits for the next pass, after the removal.
+        let dropping: Vec<SpaceId> = self
+            .pending_drops
+            .lock()
+            .iter()
+            .map(|(_, s)| s.id.clone())
+            .collect();
         let dirty: Vec<Arc<Space>> = loaded
             .iter()
             .filter(|s| {
                 let st = s.state.read();
-                !st.active.is_clean() || st.frozen.is_some()
+                (!st.active.is_clean() || st.frozen.is_some()) && !dropping.contains(&s.id)
             })
             .cloned()
             .collect();

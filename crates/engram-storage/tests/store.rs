@@ -259,3 +259,26 @@ fn background_compactor_flushes_when_idle() {
     }
     assert_intact(&store.get(&s, "m").unwrap().unwrap(), 8);
 }
+
+#[test]
+fn drop_and_recreate_between_passes_keeps_the_new_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = sid("a");
+    {
+        let store = Store::open_dir(dir.path(), test_options()).unwrap();
+        store.create_space(&a, 4).unwrap();
+        store.remember(&a, memory("old", 4)).unwrap();
+        store.compact().unwrap();
+        // Drop and create again with no pass in between; two passes follow.
+        store.drop_space(&a).unwrap();
+        store.create_space(&a, 4).unwrap();
+        store.remember(&a, memory("new", 4)).unwrap();
+        store.compact().unwrap();
+        store.compact().unwrap();
+        assert!(store.get(&a, "old").unwrap().is_none());
+        assert_intact(&store.get(&a, "new").unwrap().unwrap(), 4);
+    }
+    let store = Store::open_dir(dir.path(), test_options()).unwrap();
+    assert!(store.get(&a, "old").unwrap().is_none());
+    assert_intact(&store.get(&a, "new").unwrap().unwrap(), 4);
+}
