@@ -31,6 +31,10 @@ pub enum StorageError {
     MemoryNotFound(String),
     #[error("memory space {0:?} already exists")]
     SpaceExists(String),
+    /// A file written by a newer (or unknown) format version: refused, never treated as
+    /// corruption.
+    #[error("unsupported format version: {0}")]
+    UnsupportedVersion(String),
     #[error("the store is shut down")]
     Closed,
 }

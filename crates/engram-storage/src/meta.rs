@@ -7,7 +7,7 @@
 //! ```
 
 use crate::codec::Reader;
-use crate::error::{corrupted, Result};
+use crate::error::{corrupted, Result, StorageError};
 
 pub const SPACE_META_FILE: &str = "space.meta";
 const MAGIC: [u8; 8] = *b"ENGRSPC\0";
@@ -56,7 +56,9 @@ impl SpaceMeta {
             return corrupted("space.meta: checksum mismatch");
         }
         if version != VERSION {
-            return corrupted(format!("space.meta version {version} is not supported"));
+            return Err(StorageError::UnsupportedVersion(format!(
+                "space.meta version {version} is not supported (this build reads {VERSION})"
+            )));
         }
         if dimension == 0 || dimension as usize > engram_core::limits::MAX_DIMENSION {
             return corrupted(format!("space.meta: dimension {dimension}"));

@@ -1,15 +1,22 @@
 //! Reading the WAL at startup: files are read and verified in parallel, then their records are
-//! handed back in sequence order. Torn tails are truncated; corrupt regions are quarantined.
+//! handed back in file order (the store applies them in sequence order, skipping any record
+//! that does not follow the one before). Torn tails are truncated; corrupt regions are
+//! quarantined; a file of an unknown format version stops recovery with a clear error.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::disk::Disk;
+use crate::error::StorageError;
 use crate::error::{IoContext, Result};
 use crate::options::StoreOptions;
 use crate::quarantine::Quarantine;
 use crate::store::RecoveryReport;
 use crate::wal::{scan_wal_file, ScanOutcome, ScannedRecord};
+
+/// Records are read back whatever `max_record_bytes` is now (it may have been larger when they
+/// were written): the only bound is the u32 payload length.
+const READ_RECORD_LIMIT: usize = u32::MAX as usize;
 
 /// What the WAL holds.
 pub struct Recovered {
@@ -25,7 +32,7 @@ pub struct Recovered {
 pub fn scan_wal(
     disk: &dyn Disk,
     wal_dir: &Path,
-    opts: &StoreOptions,
+    _opts: &StoreOptions,
     quarantine: &Quarantine,
 ) -> Result<Recovered> {
     let started = Instant::now();
@@ -54,7 +61,7 @@ pub fn scan_wal(
                 scope.spawn(move || {
                     (t..maps.len())
                         .step_by(threads)
-                        .map(|i| (i, scan_wal_file(&maps[i], i == last, opts.max_record_bytes)))
+                        .map(|i| (i, scan_wal_file(&maps[i], i == last, READ_RECORD_LIMIT)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -74,6 +81,12 @@ pub fn scan_wal(
     let mut floor = 1;
     for (i, ((first, path), outcome)) in files.into_iter().zip(outcomes).enumerate() {
         let out = outcome.expect("every file was scanned");
+        if let Some(why) = out.unsupported {
+            return Err(StorageError::UnsupportedVersion(format!(
+                "{}: {why}; open this data directory with the Engram version that wrote it",
+                path.display()
+            )));
+        }
         report.wal_bytes += out.file_len;
         for bad in &out.bad {
             let bytes = &maps[i][bad.offset as usize..(bad.offset + bad.len) as usize];

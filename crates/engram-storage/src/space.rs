@@ -375,6 +375,10 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
         }
         (st.segments.clone(), st.meta.dimension as usize)
     };
+    // Column checksums of the inputs are checked here, before their rows are copied.
+    for seg in &inputs {
+        seg.verify()?;
+    }
     // Newest version of each id: scan newest segment first.
     let mut newest: HashMap<&str, Option<(usize, usize)>> = HashMap::new();
     for (si, seg) in inputs.iter().enumerate().rev() {
@@ -408,6 +412,7 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
     let path = space.dir.join(segment_file_name(min, max));
     let written = write_segment(disk, &path, dimension, min, max, &rows, &[])?;
     let merged = Arc::new(Segment::open(disk, &path)?);
+    merged.verify()?;
     {
         let mut st = space.state.write();
         st.segments

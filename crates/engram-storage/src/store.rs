@@ -181,6 +181,7 @@ impl Store {
                 }
             }
         }
+        let quarantined_before = quarantine.reports().len();
         let recovered = crate::recovery::scan_wal(&*disk, &wal_dir, &opts, &quarantine)?;
         let inner = Arc::new(Inner {
             disk: disk.clone(),
@@ -235,7 +236,21 @@ impl Store {
                 report.records_skipped += 1;
             }
         }
-        let next_seq = (last_seq + 1).max(recovered.next_seq_floor);
+        let mut next_seq = (last_seq + 1).max(recovered.next_seq_floor);
+        if report.torn_tail_bytes > 0 || inner.quarantine.reports().len() > quarantined_before {
+            // The WAL lost bytes at its end or in the middle: its last record may not be the
+            // newest sequence on disk (a rotted record may already be in a segment). Never
+            // reuse a sequence a segment or space holds: it would be skipped at apply.
+            let floor = max_persisted_seq(&*inner.disk, &inner.spaces_dir)?;
+            if floor >= next_seq {
+                tracing::warn!(
+                    floor,
+                    next_seq,
+                    "next sequence raised above what segments hold"
+                );
+                next_seq = floor + 1;
+            }
+        }
         {
             let mut c = inner.commit.lock();
             c.next_seq = next_seq;
@@ -566,8 +581,13 @@ impl Inner {
                         Ok(Some(space))
                     }
                     None => {
-                        // A directory without space.meta: a creation that never reached a
-                        // flush (its record, if durable, is replayed from the WAL).
+                        // A directory without space.meta holds no segment (a flush writes the
+                        // meta first; a drop removes it last): a creation that never reached a
+                        // flush, or a removal cut short. Its records, if any, are in the WAL.
+                        let dir = space_dir(&self.root, id);
+                        tracing::info!(dir = %dir.display(), "clearing a space directory without space.meta");
+                        self.disk.remove_dir_all(&dir).at(&dir)?;
+                        self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
                         map.remove(id);
                         Ok(None)
                     }
@@ -852,9 +872,7 @@ impl Inner {
         }
         for (_, space) in &drops {
             let _files = space.files.lock();
-            if self.disk.exists(&space.dir) {
-                self.disk.remove_dir_all(&space.dir).at(&space.dir)?;
-            }
+            remove_space_dir(&*self.disk, &space.dir)?;
         }
         self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
         self.pending_drops
@@ -934,4 +952,48 @@ impl Inner {
             self.stats.spaces_released.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Removes a space's directory so that a crash at any point leaves either a loadable space
+/// (`space.meta` present: the drop record, still in the WAL, is replayed and removes it again)
+/// or a directory without `space.meta`, which holds no segment and is cleared on sight.
+fn remove_space_dir(disk: &dyn Disk, dir: &Path) -> Result<()> {
+    if !disk.exists(dir) {
+        return Ok(());
+    }
+    let meta = dir.join(crate::meta::SPACE_META_FILE);
+    for name in disk.list_dir(dir).at(dir)? {
+        let p = dir.join(&name);
+        if p != meta {
+            disk.remove_file(&p).at(&p)?;
+        }
+    }
+    disk.sync_dir(dir).at(dir)?;
+    if disk.exists(&meta) {
+        disk.remove_file(&meta).at(&meta)?;
+        disk.sync_dir(dir).at(dir)?;
+    }
+    disk.remove_dir_all(dir).at(dir)
+}
+
+/// The highest sequence held by any space's files: segment ranges and `space.meta`. Reads
+/// every space directory, so it runs only when recovery lost part of the WAL.
+fn max_persisted_seq(disk: &dyn Disk, spaces_dir: &Path) -> Result<u64> {
+    let mut max = 0;
+    for name in disk.list_dir(spaces_dir).at(spaces_dir)? {
+        let dir = spaces_dir.join(&name);
+        let Ok(entries) = disk.list_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            if let Some((_, hi)) = crate::segment::parse_segment_file_name(&e) {
+                max = max.max(hi);
+            } else if e == crate::meta::SPACE_META_FILE {
+                if let Ok(m) = disk.read(&dir.join(&e)).map(|b| SpaceMeta::decode(&b)) {
+                    max = max.max(m.map_or(0, |m| m.created_seq));
+                }
+            }
+        }
+    }
+    Ok(max)
 }

@@ -10,7 +10,7 @@ use engram_core::{Link, Memory};
 use super::format::*;
 use crate::codec::Reader;
 use crate::disk::{Disk, Mapped};
-use crate::error::{corrupted, IoContext, Result};
+use crate::error::{corrupted, IoContext, Result, StorageError};
 use crate::op::{decode_links, decode_metadata, memory_id};
 
 /// What a segment's footer says.
@@ -101,9 +101,9 @@ impl Segment {
             return corrupted("segment footer checksum mismatch");
         }
         if version != SEGMENT_FORMAT_VERSION {
-            return corrupted(format!(
+            return Err(StorageError::UnsupportedVersion(format!(
                 "segment format version {version} is not supported (this build reads {SEGMENT_FORMAT_VERSION})"
-            ));
+            )));
         }
         if columns != COLUMN_COUNT {
             return corrupted(format!("{columns} columns, expected {COLUMN_COUNT}"));

@@ -12,7 +12,7 @@
 //! File name: the first sequence as 20 decimal digits, `.wal`.
 
 use crate::codec::Reader;
-use crate::error::{corrupted, Result};
+use crate::error::{corrupted, Result, StorageError};
 
 pub const WAL_FILE_MAGIC: [u8; 8] = *b"ENGRWAL\0";
 pub const WAL_FORMAT_VERSION: u32 = 1;
@@ -47,9 +47,9 @@ impl WalFileHeader {
         }
         let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
         if version != WAL_FORMAT_VERSION {
-            return corrupted(format!(
+            return Err(StorageError::UnsupportedVersion(format!(
                 "WAL format version {version} is not supported (this build reads {WAL_FORMAT_VERSION})"
-            ));
+            )));
         }
         let mut s = [0u8; 8];
         s.copy_from_slice(&head[16..24]);

@@ -39,6 +39,9 @@ pub struct ScanOutcome {
     pub torn_tail: Option<BadRegion>,
     /// Bytes on disk.
     pub file_len: u64,
+    /// The file's header names a format version this build does not read: nothing else was
+    /// scanned, and recovery must refuse rather than truncate or quarantine.
+    pub unsupported: Option<String>,
 }
 
 /// Scans `bytes`, the whole content of one WAL file. `is_last` says whether it is the newest
@@ -63,6 +66,10 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
     }
     match WalFileHeader::decode(bytes) {
         Ok(h) => out.header = Some(h),
+        Err(e @ crate::error::StorageError::UnsupportedVersion(_)) => {
+            out.unsupported = Some(e.to_string());
+            return out;
+        }
         Err(e) => out.bad.push(BadRegion {
             offset: 0,
             len: WAL_FILE_HEADER_LEN as u64,
