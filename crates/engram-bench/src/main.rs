@@ -1,1 +1,80 @@
-fn main() {}
+//! Engram's whole-system benchmarks. Each figure is printed as one `BENCH <name> <value> <unit>`
+//! line; every other line is for humans and never starts with `BENCH`.
+//!
+//! Usage: `engram-bench <suite> [--quick]`.
+
+mod storage;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: engram-bench <suite> [--quick]
+suites:
+  storage   the storage engine: durable writes, recovery, gets, memory, many spaces
+options:
+  --quick   a short run (about a minute) instead of the full one (several minutes)";
+
+/// The suites this build runs.
+const SUITES: &[&str] = &["storage"];
+
+/// Suites that are planned but not built yet.
+const PLANNED: &[&str] = &["recall", "http", "placement", "text"];
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut quick = false;
+    let mut suite = None;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            a if a.starts_with('-') => {
+                eprintln!("error: unknown option {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            a if suite.is_none() => suite = Some(a.to_string()),
+            a => {
+                eprintln!("error: unexpected argument {a:?} (one suite per run)\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(suite) = suite else {
+        eprintln!("error: no suite given\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match suite.as_str() {
+        "storage" => storage::run(quick),
+        s if PLANNED.contains(&s) => {
+            eprintln!(
+                "error: suite {s:?} is not implemented yet (available: {})\n{USAGE}",
+                SUITES.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+        s => {
+            eprintln!(
+                "error: unknown suite {s:?} (available: {})\n{USAGE}",
+                SUITES.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: suite {suite} failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -82,6 +82,7 @@ pub fn scan_wal(
     for (i, ((first, path), outcome)) in files.into_iter().zip(outcomes).enumerate() {
         let out = outcome.expect("every file was scanned");
         if let Some(why) = out.unsupported {
+            let why = why.trim_start_matches("unsupported format version: ");
             return Err(StorageError::UnsupportedVersion(format!(
                 "{}: {why}; open this data directory with the Engram version that wrote it",
                 path.display()

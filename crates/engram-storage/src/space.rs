@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use engram_core::{Link, Memory, SpaceId};
@@ -44,6 +44,9 @@ pub struct Space {
     pub last_used: AtomicU64,
     /// Held while this space's files are being changed (flush, merge, drop).
     pub files: Mutex<()>,
+    /// Set when a merge failed (a segment failing its checksums): background merges of this
+    /// space stop until the node restarts.
+    pub merge_blocked: AtomicBool,
 }
 
 impl Space {
@@ -63,6 +66,7 @@ impl Space {
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
+            merge_blocked: AtomicBool::new(false),
         }
     }
 
@@ -141,6 +145,7 @@ impl Space {
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
+            merge_blocked: AtomicBool::new(false),
         }))
     }
 
@@ -411,8 +416,16 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
     let path = space.dir.join(segment_file_name(min, max));
     let written = write_segment(disk, &path, dimension, min, max, &rows, &[])?;
-    let merged = Arc::new(Segment::open(disk, &path)?);
-    merged.verify()?;
+    let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
+    let merged = match merged {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            // Never leave an unverified output under a name that supersedes its inputs.
+            disk.remove_file(&path).at(&path)?;
+            disk.sync_dir(&space.dir).at(&space.dir)?;
+            return Err(e);
+        }
+    };
     {
         let mut st = space.state.write();
         st.segments

@@ -1,7 +1,7 @@
 //! The node's store: every space on this node, one WAL with group commit, background
 //! compaction, recovery. The commit protocol and crash analysis are in `docs/format.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,8 +43,8 @@ struct CommitState {
     spare: Vec<u8>,
     pending: Vec<Pending>,
     next_seq: u64,
-    written_seq: u64,
-    durable_seq: u64,
+    /// The batch being filled; its writers wait on `commit_cvs[batch_id % 2]`.
+    batch_id: u64,
     /// Every record up to here is durable and applied to its space.
     applied_seq: u64,
     flushing: bool,
@@ -115,12 +115,20 @@ struct Inner {
     spaces_dir: PathBuf,
     opts: StoreOptions,
     commit: Mutex<CommitState>,
-    commit_cv: Condvar,
+    /// Writers of batch `b` wait on `commit_cvs[b % 2]`: a finished batch wakes only its own
+    /// writers, plus one writer of the next batch to lead it.
+    commit_cvs: [Condvar; 2],
+    /// Writers waiting for room in a full batch (back-pressure).
+    room_cv: Condvar,
+    written_seq: AtomicU64,
+    durable_seq: AtomicU64,
     /// `None` until recovery has read the existing WAL files.
     writer: Mutex<Option<WalWriter>>,
     spaces: RwLock<HashMap<SpaceId, Slot>>,
-    /// Serialises space creation and drop checks with their records.
-    catalog: Mutex<()>,
+    /// Ids with a creation or drop in flight: each id's existence check and record are
+    /// serialised, while different ids share group commits.
+    catalog: Mutex<HashSet<SpaceId>>,
+    catalog_cv: Condvar,
     clock: AtomicU64,
     /// Dropped spaces whose directories are still to be removed, with the drop's sequence.
     pending_drops: Mutex<Vec<(u64, Arc<Space>)>>,
@@ -192,17 +200,20 @@ impl Store {
                 spare: Vec::new(),
                 pending: Vec::new(),
                 next_seq: 1,
-                written_seq: 0,
-                durable_seq: 0,
+                batch_id: 0,
                 applied_seq: 0,
                 flushing: false,
                 failed: None,
             }),
-            commit_cv: Condvar::new(),
+            commit_cvs: [Condvar::new(), Condvar::new()],
+            room_cv: Condvar::new(),
+            written_seq: AtomicU64::new(0),
+            durable_seq: AtomicU64::new(0),
             writer: Mutex::new(None),
             opts,
             spaces: RwLock::new(spaces),
-            catalog: Mutex::new(()),
+            catalog: Mutex::new(HashSet::new()),
+            catalog_cv: Condvar::new(),
             clock: AtomicU64::new(0),
             pending_drops: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
@@ -237,6 +248,7 @@ impl Store {
             }
         }
         let mut next_seq = (last_seq + 1).max(recovered.next_seq_floor);
+        let mut floor_raised = false;
         if report.torn_tail_bytes > 0 || inner.quarantine.reports().len() > quarantined_before {
             // The WAL lost bytes at its end or in the middle: its last record may not be the
             // newest sequence on disk (a rotted record may already be in a segment). Never
@@ -249,22 +261,29 @@ impl Store {
                     "next sequence raised above what segments hold"
                 );
                 next_seq = floor + 1;
+                floor_raised = true;
             }
         }
         {
             let mut c = inner.commit.lock();
             c.next_seq = next_seq;
-            c.written_seq = next_seq - 1;
-            c.durable_seq = next_seq - 1;
             c.applied_seq = next_seq - 1;
+            inner.written_seq.store(next_seq - 1, Ordering::SeqCst);
+            inner.durable_seq.store(next_seq - 1, Ordering::SeqCst);
         }
-        *inner.writer.lock() = Some(WalWriter::open(
+        let mut writer = WalWriter::open(
             disk,
             &wal_dir,
             recovered.files,
             next_seq,
             inner.opts.wal_segment_bytes,
-        )?);
+        )?;
+        if floor_raised {
+            // Make the raised floor durable: a new file whose header names it, so the next
+            // open starts from it even if nothing is written before then.
+            writer.roll(next_seq)?;
+        }
+        *inner.writer.lock() = Some(writer);
         report.quarantined = inner.quarantine.reports().len();
         report.elapsed = started.elapsed();
         tracing::info!(
@@ -318,7 +337,7 @@ impl Store {
                 engram_core::limits::MAX_DIMENSION
             )));
         }
-        let _catalog = self.inner.catalog.lock();
+        let _busy = self.inner.claim_id(id);
         if self.inner.space(id)?.is_some() {
             return Err(StorageError::SpaceExists(id.to_string()));
         }
@@ -334,7 +353,7 @@ impl Store {
     /// Drops a space and all its memories. Durable when this returns; its files are removed by
     /// the compactor.
     pub fn drop_space(&self, id: &SpaceId) -> Result<u64> {
-        let _catalog = self.inner.catalog.lock();
+        let _busy = self.inner.claim_id(id);
         if self.inner.space(id)?.is_none() {
             return Err(StorageError::SpaceNotFound(id.to_string()));
         }
@@ -459,7 +478,7 @@ impl Store {
 
     pub fn space_status(&self, id: &SpaceId) -> Result<SpaceStatus> {
         let s = self.inner.require(id)?;
-        let durable_seq = self.inner.commit.lock().durable_seq;
+        let durable_seq = self.inner.durable_seq.load(Ordering::SeqCst);
         let st = s.state.read();
         Ok(SpaceStatus {
             id: id.clone(),
@@ -479,10 +498,9 @@ impl Store {
     }
 
     pub fn status(&self) -> StoreStatus {
-        let (written_seq, durable_seq, latched) = {
-            let c = self.inner.commit.lock();
-            (c.written_seq, c.durable_seq, c.failed.clone())
-        };
+        let written_seq = self.inner.written_seq.load(Ordering::SeqCst);
+        let durable_seq = self.inner.durable_seq.load(Ordering::SeqCst);
+        let latched = self.inner.commit.lock().failed.clone();
         let (wal_files, wal_bytes) = self
             .inner
             .writer
@@ -546,7 +564,33 @@ impl Drop for Store {
     }
 }
 
+/// Releases a claimed space id on drop.
+struct IdClaim<'a> {
+    inner: &'a Inner,
+    id: SpaceId,
+}
+
+impl Drop for IdClaim<'_> {
+    fn drop(&mut self) {
+        self.inner.catalog.lock().remove(&self.id);
+        self.inner.catalog_cv.notify_all();
+    }
+}
+
 impl Inner {
+    /// Waits until no creation or drop of `id` is in flight, then claims it.
+    fn claim_id(&self, id: &SpaceId) -> IdClaim<'_> {
+        let mut busy = self.catalog.lock();
+        while busy.contains(id) {
+            self.catalog_cv.wait(&mut busy);
+        }
+        busy.insert(id.clone());
+        IdClaim {
+            inner: self,
+            id: id.clone(),
+        }
+    }
+
     /// The space, loading it from disk if needed; `None` if it does not exist.
     fn space(&self, id: &SpaceId) -> Result<Option<Arc<Space>>> {
         let clock = self.clock.fetch_add(1, Ordering::Relaxed);
@@ -643,13 +687,14 @@ impl Inner {
             && !c.buf.is_empty()
             && c.buf.len() + size > self.opts.max_pending_bytes
         {
-            self.commit_cv.wait(&mut c);
+            self.room_cv.wait(&mut c);
         }
         if let Some(f) = &c.failed {
             return Err(StorageError::Latched(f.clone()));
         }
         let seq = c.next_seq;
         c.next_seq += 1;
+        let my_batch = c.batch_id;
         encode_record(&mut c.buf, seq, now_us(), space, op.code(), &payload);
         c.pending.push(Pending {
             seq,
@@ -664,11 +709,14 @@ impl Inner {
                 return Err(StorageError::Latched(f.clone()));
             }
             if c.flushing {
-                self.commit_cv.wait(&mut c);
+                self.commit_cvs[(my_batch % 2) as usize].wait(&mut c);
                 continue;
             }
             // Lead the next group commit: everything queued so far.
             c.flushing = true;
+            let taken = c.batch_id;
+            c.batch_id += 1;
+            self.room_cv.notify_all();
             let spare = std::mem::take(&mut c.spare);
             let buf = std::mem::replace(&mut c.buf, spare);
             let batch = std::mem::take(&mut c.pending);
@@ -695,9 +743,17 @@ impl Inner {
                 Err(e) => {
                     tracing::error!(error = %e, "WAL write failed; refusing writes until reopened");
                     c.failed = Some(e.to_string());
+                    for cv in &self.commit_cvs {
+                        cv.notify_all();
+                    }
+                    self.room_cv.notify_all();
                 }
             }
-            self.commit_cv.notify_all();
+            self.commit_cvs[(taken % 2) as usize].notify_all();
+            if !c.pending.is_empty() {
+                // One writer of the batch now filling leads it.
+                self.commit_cvs[(c.batch_id % 2) as usize].notify_one();
+            }
         }
     }
 
@@ -707,11 +763,11 @@ impl Inner {
         let mut guard = self.writer.lock();
         let w = guard.as_mut().ok_or(StorageError::Closed)?;
         w.write(buf, first)?;
-        self.commit.lock().written_seq = last;
+        self.written_seq.store(last, Ordering::SeqCst);
         let t = Instant::now();
         w.sync()?;
         drop(guard);
-        self.commit.lock().durable_seq = last;
+        self.durable_seq.store(last, Ordering::SeqCst);
         let s = &self.stats;
         s.fsync_micros_total
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -825,10 +881,19 @@ impl Inner {
         drop(dirty);
         for space in &loaded {
             let many = space.state.read().segments.len() > self.opts.max_segments_per_space;
-            if many {
-                let n = space::merge_all(&*self.disk, space)?;
-                self.stats.merges.fetch_add(1, Ordering::Relaxed);
-                self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+            if many && !space.merge_blocked.load(Ordering::Relaxed) {
+                match space::merge_all(&*self.disk, space) {
+                    Ok(n) => {
+                        self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                        self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    // A segment that fails its checksums stays readable where it is; merging
+                    // this space stops (until restart) so flushes and checkpoints go on.
+                    Err(e) => {
+                        tracing::error!(space = %space.id, error = %e, "merge failed; merges of this space are suspended until restart");
+                        space.merge_blocked.store(true, Ordering::Relaxed);
+                    }
+                }
             }
         }
         drop(loaded);
@@ -904,7 +969,7 @@ impl Inner {
             Some(w) => {
                 // Every record written so far is in a segment: start a fresh file so that the
                 // current one can go too, and a restart replays nothing.
-                let written = self.commit.lock().written_seq;
+                let written = self.written_seq.load(Ordering::SeqCst);
                 if cp > written && w.current_has_records() {
                     w.roll(written + 1)?;
                 }

@@ -56,6 +56,40 @@ fn a_rotted_last_record_already_in_a_segment_never_makes_a_sequence_reused() {
 }
 
 #[test]
+fn the_raised_sequence_floor_survives_a_restart_without_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("s");
+    let saved_wal = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_dir(dir.path(), test_options()).unwrap();
+        store.create_space(&s, 8).unwrap();
+        store.remember(&s, memory("m0", 8)).unwrap();
+        copy_dir(&dir.path().join("wal"), saved_wal.path());
+        store.compact().unwrap();
+    }
+    fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    copy_dir(saved_wal.path(), &dir.path().join("wal"));
+    let wal = fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&wal).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    fs::write(&wal, bytes).unwrap();
+    // Open (raises the floor), close without writing, open again, then write.
+    drop(Store::open_dir(dir.path(), test_options()).unwrap());
+    {
+        let store = Store::open_dir(dir.path(), test_options()).unwrap();
+        store.remember(&s, memory("after", 8)).unwrap();
+    }
+    let store = Store::open_dir(dir.path(), test_options()).unwrap();
+    assert_intact(&store.get(&s, "after").unwrap().unwrap(), 8);
+}
+
+#[test]
 fn a_space_removal_cut_short_never_resurrects_old_memories() {
     let dir = tempfile::tempdir().unwrap();
     let a = sid("a");

@@ -282,3 +282,33 @@ fn drop_and_recreate_between_passes_keeps_the_new_space() {
     assert!(store.get(&a, "old").unwrap().is_none());
     assert_intact(&store.get(&a, "new").unwrap().unwrap(), 4);
 }
+
+#[test]
+fn concurrent_creations_create_each_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_dir(dir.path(), test_options()).unwrap());
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, created) = (store.clone(), created.clone());
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    // Every thread tries ids 0..40: each must be created exactly once.
+                    let id = sid(&format!("s{}", (i + t * 5) % 40));
+                    match store.create_space(&id, 4) {
+                        Ok(_) => {
+                            created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(StorageError::SpaceExists(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(created.load(std::sync::atomic::Ordering::Relaxed), 40);
+    assert_eq!(store.list_spaces().len(), 40);
+}
