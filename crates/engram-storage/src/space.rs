@@ -22,7 +22,6 @@ use crate::segment::{
 /// A space's mutable state, behind one lock.
 #[derive(Debug)]
 pub struct SpaceState {
-    pub meta: SpaceMeta,
     /// Whether `space.meta` is on disk.
     pub meta_persisted: bool,
     pub dropped: bool,
@@ -38,6 +37,8 @@ pub struct SpaceState {
 #[derive(Debug)]
 pub struct Space {
     pub id: SpaceId,
+    /// Fixed at creation: read without the state lock.
+    pub meta: SpaceMeta,
     pub dir: PathBuf,
     pub state: RwLock<SpaceState>,
     /// Logical time of last use, for the LRU of open spaces.
@@ -54,9 +55,9 @@ impl Space {
     pub fn new_in_memory(id: SpaceId, dir: PathBuf, meta: SpaceMeta) -> Self {
         Self {
             id,
+            meta,
             dir,
             state: RwLock::new(SpaceState {
-                meta,
                 meta_persisted: false,
                 dropped: false,
                 active: Memtable::default(),
@@ -133,9 +134,9 @@ impl Space {
         }
         Ok(Some(Self {
             id,
+            meta,
             dir,
             state: RwLock::new(SpaceState {
-                meta,
                 meta_persisted: true,
                 dropped: false,
                 active: Memtable::default(),
@@ -300,7 +301,12 @@ pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
             st.frozen = Some(Arc::new(table));
         }
         let frozen = st.frozen.clone().expect("frozen memtable set above");
-        (frozen, st.meta, st.meta_persisted, !st.segments.is_empty())
+        (
+            frozen,
+            space.meta,
+            st.meta_persisted,
+            !st.segments.is_empty(),
+        )
     };
     let mut written = 0;
     if !meta_persisted {
@@ -378,7 +384,7 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
         if st.dropped || st.segments.len() < 2 {
             return Ok(0);
         }
-        (st.segments.clone(), st.meta.dimension as usize)
+        (st.segments.clone(), space.meta.dimension as usize)
     };
     // Column checksums of the inputs are checked here, before their rows are copied.
     for seg in &inputs {

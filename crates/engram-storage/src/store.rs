@@ -37,17 +37,38 @@ struct Pending {
     op: Op,
 }
 
+/// How a writer learns its record's fate: the flusher sets `state` and unparks the thread, so
+/// waking a writer never touches the commit mutex.
+struct Waiter {
+    thread: std::thread::Thread,
+    /// `WAITING`, `DONE` or `FAILED`.
+    state: std::sync::atomic::AtomicU8,
+}
+
+/// A batch the flusher made durable (or failed to), for the applier.
+struct DurableBatch {
+    batch: Vec<Pending>,
+    waiters: Vec<Arc<Waiter>>,
+    result: Result<()>,
+}
+
+const WAITING: u8 = 0;
+const DONE: u8 = 1;
+const FAILED: u8 = 2;
+
 struct CommitState {
     /// Encoded records of the next group commit.
     buf: Vec<u8>,
     spare: Vec<u8>,
     pending: Vec<Pending>,
+    waiters: Vec<Arc<Waiter>>,
     next_seq: u64,
-    /// The batch being filled; its writers wait on `commit_cvs[batch_id % 2]`.
-    batch_id: u64,
+    /// The flusher is waiting for records.
+    flusher_idle: bool,
+    /// Set by `close`: the flusher drains what is queued and stops.
+    stopping: bool,
     /// Every record up to here is durable and applied to its space.
     applied_seq: u64,
-    flushing: bool,
     /// Set by a failed write or fsync: the WAL refuses writes until reopened.
     failed: Option<String>,
 }
@@ -115,9 +136,8 @@ struct Inner {
     spaces_dir: PathBuf,
     opts: StoreOptions,
     commit: Mutex<CommitState>,
-    /// Writers of batch `b` wait on `commit_cvs[b % 2]`: a finished batch wakes only its own
-    /// writers, plus one writer of the next batch to lead it.
-    commit_cvs: [Condvar; 2],
+    /// The flusher waits here for records.
+    flusher_cv: Condvar,
     /// Writers waiting for room in a full batch (back-pressure).
     room_cv: Condvar,
     written_seq: AtomicU64,
@@ -149,6 +169,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn now_us() -> i64 {
@@ -199,13 +220,14 @@ impl Store {
                 buf: Vec::new(),
                 spare: Vec::new(),
                 pending: Vec::new(),
+                waiters: Vec::new(),
                 next_seq: 1,
-                batch_id: 0,
+                flusher_idle: false,
+                stopping: false,
                 applied_seq: 0,
-                flushing: false,
                 failed: None,
             }),
-            commit_cvs: [Condvar::new(), Condvar::new()],
+            flusher_cv: Condvar::new(),
             room_cv: Condvar::new(),
             written_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
@@ -311,9 +333,20 @@ impl Store {
         } else {
             None
         };
+        let flusher = {
+            let fl = inner.clone();
+            std::thread::Builder::new()
+                .name("engram-wal-flusher".into())
+                .spawn(move || fl.flusher_loop())
+                .map_err(|e| StorageError::Io {
+                    path: root.to_path_buf(),
+                    source: e,
+                })?
+        };
         Ok(Store {
             inner,
             compactor: Mutex::new(compactor),
+            flusher: Mutex::new(Some(flusher)),
         })
     }
 
@@ -372,13 +405,13 @@ impl Store {
     }
 
     pub fn space_meta(&self, id: &SpaceId) -> Result<SpaceMeta> {
-        Ok(self.inner.require(id)?.state.read().meta)
+        Ok(self.inner.require(id)?.meta)
     }
 
     /// Stores (or replaces) one memory. Durable when this returns.
     pub fn remember(&self, space: &SpaceId, memory: Memory) -> Result<u64> {
         let s = self.inner.require(space)?;
-        let dim = s.state.read().meta.dimension as usize;
+        let dim = s.meta.dimension as usize;
         memory
             .validate(dim)
             .map_err(|e| StorageError::Invalid(e.to_string()))?;
@@ -397,7 +430,7 @@ impl Store {
             )));
         }
         let s = self.inner.require(space)?;
-        let dim = s.state.read().meta.dimension as usize;
+        let dim = s.meta.dimension as usize;
         for (i, m) in memories.iter().enumerate() {
             m.validate(dim)
                 .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;
@@ -482,8 +515,8 @@ impl Store {
         let st = s.state.read();
         Ok(SpaceStatus {
             id: id.clone(),
-            dimension: st.meta.dimension,
-            created_at_us: st.meta.created_at_us,
+            dimension: s.meta.dimension,
+            created_at_us: s.meta.created_at_us,
             memories: st.count()?,
             segments: st.segments.len(),
             segment_rows: st.segments.iter().map(|s| s.rows()).sum(),
@@ -553,6 +586,12 @@ impl Store {
         *self.inner.shutdown.lock() = true;
         self.inner.shutdown_cv.notify_all();
         if let Some(h) = self.compactor.lock().take() {
+            let _ = h.join();
+        }
+        // The flusher finishes every queued record (their writers are waiting), then stops.
+        self.inner.commit.lock().stopping = true;
+        self.inner.flusher_cv.notify_all();
+        if let Some(h) = self.flusher.lock().take() {
             let _ = h.join();
         }
     }
@@ -667,7 +706,8 @@ impl Inner {
             .collect()
     }
 
-    /// Appends one record and waits until it is durable and applied (group commit).
+    /// Appends one record and waits until it is durable and applied (group commit: the
+    /// flusher writes everything queued, fsyncs once, applies, then wakes each writer).
     fn submit(&self, space: &SpaceId, op: Op) -> Result<u64> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
@@ -681,9 +721,14 @@ impl Inner {
                 limit: self.opts.max_record_bytes,
             });
         }
+        let waiter = Arc::new(Waiter {
+            thread: std::thread::current(),
+            state: std::sync::atomic::AtomicU8::new(WAITING),
+        });
         let mut c = self.commit.lock();
         // Back-pressure: wait while the next batch is full.
         while c.failed.is_none()
+            && !c.stopping
             && !c.buf.is_empty()
             && c.buf.len() + size > self.opts.max_pending_bytes
         {
@@ -692,67 +737,132 @@ impl Inner {
         if let Some(f) = &c.failed {
             return Err(StorageError::Latched(f.clone()));
         }
+        if c.stopping {
+            return Err(StorageError::Closed);
+        }
         let seq = c.next_seq;
         c.next_seq += 1;
-        let my_batch = c.batch_id;
         encode_record(&mut c.buf, seq, now_us(), space, op.code(), &payload);
         c.pending.push(Pending {
             seq,
             space: space.clone(),
             op,
         });
+        c.waiters.push(waiter.clone());
+        let wake = std::mem::take(&mut c.flusher_idle);
+        drop(c);
+        if wake {
+            self.flusher_cv.notify_one();
+        }
         loop {
-            if c.applied_seq >= seq {
-                return Ok(seq);
+            match waiter.state.load(Ordering::Acquire) {
+                WAITING => std::thread::park(),
+                DONE => return Ok(seq),
+                _ => {
+                    let why = self.commit.lock().failed.clone().unwrap_or_default();
+                    return Err(StorageError::Latched(why));
+                }
             }
-            if let Some(f) = &c.failed {
-                return Err(StorageError::Latched(f.clone()));
+        }
+    }
+
+    /// The WAL flusher, first stage of the commit pipeline: takes everything queued, writes
+    /// it and fsyncs once, then hands the durable batch to the applier and goes on with the
+    /// next batch while that one is applied.
+    fn flusher_loop(self: Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DurableBatch>(2);
+        let applier = {
+            let ap = self.clone();
+            std::thread::Builder::new()
+                .name("engram-wal-applier".into())
+                .spawn(move || ap.applier_loop(rx))
+        };
+        let applier = match applier {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the WAL applier thread");
+                self.commit.lock().failed = Some(format!("could not start the WAL applier: {e}"));
+                return;
             }
-            if c.flushing {
-                self.commit_cvs[(my_batch % 2) as usize].wait(&mut c);
-                continue;
+        };
+        loop {
+            let mut c = self.commit.lock();
+            while c.pending.is_empty() && !c.stopping {
+                c.flusher_idle = true;
+                self.flusher_cv.wait(&mut c);
             }
-            // Lead the next group commit: everything queued so far.
-            c.flushing = true;
-            let taken = c.batch_id;
-            c.batch_id += 1;
-            self.room_cv.notify_all();
+            c.flusher_idle = false;
+            if c.pending.is_empty() {
+                break;
+            }
             let spare = std::mem::take(&mut c.spare);
             let buf = std::mem::replace(&mut c.buf, spare);
             let batch = std::mem::take(&mut c.pending);
+            let waiters = std::mem::take(&mut c.waiters);
+            let latched = c.failed.is_some();
             drop(c);
-            let result = self.write_batch(&buf, &batch);
-            let last = batch.last().map_or(0, |p| p.seq);
-            let result = result.and_then(|()| {
-                for p in batch {
-                    self.apply(p.seq, p.space, p.op, false)?;
+            self.room_cv.notify_all();
+            let result = if latched {
+                Err(StorageError::Latched("an earlier write failed".into()))
+            } else {
+                self.write_batch(&buf, &batch)
+            };
+            if let Err(e) = &result {
+                // Refuse new writes at once, before the applier reaches this batch.
+                let mut c = self.commit.lock();
+                if c.failed.is_none() {
+                    tracing::error!(error = %e, "WAL write failed; refusing writes until reopened");
+                    c.failed = Some(e.to_string());
                 }
-                Ok(())
-            });
-            c = self.commit.lock();
-            c.flushing = false;
+                drop(c);
+                self.room_cv.notify_all();
+            }
             let mut buf = buf;
             buf.clear();
-            c.spare = buf;
-            match result {
+            self.commit.lock().spare = buf;
+            if tx
+                .send(DurableBatch {
+                    batch,
+                    waiters,
+                    result,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = applier.join();
+    }
+
+    /// Second stage: applies durable batches in order, then wakes their writers.
+    fn applier_loop(&self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
+        for job in rx {
+            let last = job.batch.last().map_or(0, |p| p.seq);
+            let result = job.result.and_then(|()| self.apply_batch(job.batch));
+            let mut c = self.commit.lock();
+            let state = match result {
                 Ok(()) => {
                     c.applied_seq = last;
                     self.last_commit_us
                         .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    DONE
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "WAL write failed; refusing writes until reopened");
-                    c.failed = Some(e.to_string());
-                    for cv in &self.commit_cvs {
-                        cv.notify_all();
+                    if c.failed.is_none() {
+                        tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
+                        c.failed = Some(e.to_string());
                     }
-                    self.room_cv.notify_all();
+                    FAILED
                 }
+            };
+            drop(c);
+            if state == FAILED {
+                self.room_cv.notify_all();
             }
-            self.commit_cvs[(taken % 2) as usize].notify_all();
-            if !c.pending.is_empty() {
-                // One writer of the batch now filling leads it.
-                self.commit_cvs[(c.batch_id % 2) as usize].notify_one();
+            for w in job.waiters {
+                w.state.store(state, Ordering::Release);
+                w.thread.unpark();
             }
         }
     }
@@ -775,6 +885,35 @@ impl Inner {
         s.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         s.wal_bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Applies a durable batch in sequence order. A run of records for the same space is
+    /// applied under one write lock, so readers and writers of that space are held up once per
+    /// batch rather than once per record.
+    fn apply_batch(&self, batch: Vec<Pending>) -> Result<()> {
+        let mut iter = batch.into_iter().peekable();
+        while let Some(p) = iter.next() {
+            let plain = !matches!(p.op, Op::SpaceCreate { .. } | Op::SpaceDrop);
+            let space = if plain { self.space(&p.space)? } else { None };
+            let Some(space) = space else {
+                self.apply(p.seq, p.space, p.op, false)?;
+                continue;
+            };
+            let mut st = space.state.write();
+            let mut next = Some(p);
+            while let Some(p) = next.take() {
+                if !st.dropped && p.seq > st.flushed_seq {
+                    st.apply(p.seq, p.op)?;
+                }
+                let same = iter.peek().is_some_and(|q| {
+                    q.space == space.id && !matches!(q.op, Op::SpaceCreate { .. } | Op::SpaceDrop)
+                });
+                if same {
+                    next = iter.next();
+                }
+            }
+        }
         Ok(())
     }
 
