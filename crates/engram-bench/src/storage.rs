@@ -124,9 +124,25 @@ impl WriteRun {
 
 /// `writers` threads call `remember` (one memory each, acknowledged after the group commit's
 /// fsync) into `spaces` spaces of a fresh store, for the warm-up then the measured time.
-fn write_run(cfg: &Config, root: &Path, writers: usize, spaces: usize) -> Result<WriteRun> {
+/// How the concurrent writers run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writers {
+    /// One OS thread per writer, each blocked in `Store::remember` until its fsync.
+    Threads,
+    /// One async task per writer on a 2-worker tokio runtime, awaiting
+    /// `Store::remember_async` (how the server drives the store).
+    Tasks,
+}
+
+fn write_run(
+    cfg: &Config,
+    root: &Path,
+    writers: usize,
+    spaces: usize,
+    mode: Writers,
+) -> Result<WriteRun> {
     let dir = tempfile::tempdir_in(root)?;
-    let store = Store::open_dir(dir.path(), StoreOptions::default())?;
+    let store = std::sync::Arc::new(Store::open_dir(dir.path(), StoreOptions::default())?);
     let ids: Vec<SpaceId> = (0..spaces)
         .map(|i| space_id(format!("s{i}")))
         .collect::<Result<_>>()?;
@@ -144,11 +160,140 @@ fn write_run(cfg: &Config, root: &Path, writers: usize, spaces: usize) -> Result
         );
     }
 
+    let (window_ops, window, mut latencies_ns, cpu) = match mode {
+        Writers::Threads => write_threads(cfg, &store, &ids, writers)?,
+        Writers::Tasks => write_tasks(cfg, &store, &ids, writers)?,
+    };
+    latencies_ns.sort_unstable();
+    ensure!(!latencies_ns.is_empty(), "no write completed in the window");
+    let st = store.stats();
+    let commits = st.group_commits.load(Ordering::Relaxed).max(1);
+    let records = st.records.load(Ordering::Relaxed);
+    let fsync_ms = st.fsync_micros_total.load(Ordering::Relaxed) as f64 / 1e3 / commits as f64;
+    let ops_per_s = window_ops as f64 / window.as_secs_f64();
+    let how = match mode {
+        Writers::Threads => "threads",
+        Writers::Tasks => "async tasks",
+    };
+    println!(
+        "# {writers} writers ({how}) into {spaces} space(s): {window_ops} acknowledged writes in {:.2} s; \
+         {commits} group commits, {:.1} records per commit, {fsync_ms:.2} ms mean fsync, \
+         {} flushes; {cpu}",
+        window.as_secs_f64(),
+        records as f64 / commits as f64,
+        st.flushes.load(Ordering::Relaxed),
+    );
+    drop(store);
+    Ok(WriteRun {
+        ops_per_s,
+        latencies_ns,
+    })
+}
+
+type Window = (u64, std::time::Duration, Vec<u64>, String);
+
+/// Measures `completed` over the timed window once the writers are warm.
+fn measure_window(
+    cfg: &Config,
+    completed: &AtomicU64,
+    measuring: &AtomicBool,
+    stop: &AtomicBool,
+) -> (u64, std::time::Duration, String) {
+    thread::sleep(cfg.warmup);
+    let ops0 = completed.load(Ordering::Relaxed);
+    let cpu0 = CpuUsage::now();
+    let t0 = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    thread::sleep(cfg.write_time);
+    let ops1 = completed.load(Ordering::Relaxed);
+    let window = t0.elapsed();
+    let cpu = CpuUsage::now().since(&cpu0, window, ops1 - ops0);
+    stop.store(true, Ordering::Relaxed);
+    (ops1 - ops0, window, cpu)
+}
+
+/// The next memory a writer stores: a pooled one with a fresh id and timestamp.
+fn next_memory(pool: &[Memory], k: usize, n: u64) -> Memory {
+    let mut m = pool[k % pool.len()].clone();
+    m.id = util::memory_id(n);
+    m.timestamp_us = util::now_us();
+    m
+}
+
+fn write_tasks(
+    cfg: &Config,
+    store: &std::sync::Arc<Store>,
+    ids: &[SpaceId],
+    writers: usize,
+) -> Result<Window> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()?;
+    let next_id = std::sync::Arc::new(AtomicU64::new(0));
+    let completed = std::sync::Arc::new(AtomicU64::new(0));
+    let measuring = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let ids = std::sync::Arc::new(ids.to_vec());
+    let handles: Vec<_> = (0..writers)
+        .map(|t| {
+            let (store, ids) = (store.clone(), ids.clone());
+            let (next_id, completed) = (next_id.clone(), completed.clone());
+            let (measuring, stop) = (measuring.clone(), stop.clone());
+            rt.spawn(async move {
+                let mut rng = util::rng(1_000 + t as u64);
+                let pool: Vec<Memory> = (0..32).map(|i| util::memory(&mut rng, i, DIM)).collect();
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let m = next_memory(&pool, k, next_id.fetch_add(1, Ordering::Relaxed));
+                    k += 1;
+                    let space = &ids[if ids.len() == 1 {
+                        0
+                    } else {
+                        rng.gen_range(0..ids.len())
+                    }];
+                    let measured = measuring.load(Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    let commit = store.remember_async(space, m);
+                    let done = match commit {
+                        Ok(c) => c.await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = done {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(anyhow::Error::from(e));
+                    }
+                    let ns = t0.elapsed().as_nanos() as u64;
+                    completed.fetch_add(1, Ordering::Relaxed);
+                    if measured && !stop.load(Ordering::Relaxed) {
+                        latencies.push(ns);
+                    }
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let (ops, window, cpu) = measure_window(cfg, &completed, &measuring, &stop);
+    let mut all = Vec::new();
+    for h in handles {
+        all.push(rt.block_on(h)??);
+    }
+    Ok((ops, window, all.concat(), cpu))
+}
+
+fn write_threads(
+    cfg: &Config,
+    store: &std::sync::Arc<Store>,
+    ids: &[SpaceId],
+    writers: usize,
+) -> Result<Window> {
+    let store: &Store = store;
+    let ids = &ids.to_vec();
     let next_id = AtomicU64::new(0);
     let completed = AtomicU64::new(0);
     let measuring = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
-    let (window_ops, window, mut latencies_ns, cpu) = thread::scope(|s| -> Result<_> {
+    thread::scope(|s| -> Result<_> {
         let handles: Vec<_> = (0..writers)
             .map(|t| {
                 let (store, ids) = (&store, &ids);
@@ -164,10 +309,8 @@ fn write_run(cfg: &Config, root: &Path, writers: usize, spaces: usize) -> Result
                         let mut k = 0;
                         while !stop.load(Ordering::Relaxed) {
                             let n = next_id.fetch_add(1, Ordering::Relaxed);
-                            let mut m = pool[k % pool.len()].clone();
+                            let m = next_memory(&pool, k, n);
                             k += 1;
-                            m.id = util::memory_id(n);
-                            m.timestamp_us = util::now_us();
                             let space = if ids.len() == 1 {
                                 &ids[0]
                             } else {
@@ -191,47 +334,19 @@ fn write_run(cfg: &Config, root: &Path, writers: usize, spaces: usize) -> Result
                 })
             })
             .collect();
-        thread::sleep(cfg.warmup);
-        let ops0 = completed.load(Ordering::Relaxed);
-        let cpu0 = CpuUsage::now();
-        let t0 = Instant::now();
-        measuring.store(true, Ordering::Relaxed);
-        thread::sleep(cfg.write_time);
-        let ops1 = completed.load(Ordering::Relaxed);
-        let window = t0.elapsed();
-        let cpu = CpuUsage::now().since(&cpu0, window, ops1 - ops0);
-        stop.store(true, Ordering::Relaxed);
+        let (ops, window, cpu) = measure_window(cfg, &completed, &measuring, &stop);
         let mut all = Vec::new();
         for h in handles {
             all.push(h.join().expect("writer thread panicked")?);
         }
-        Ok((ops1 - ops0, window, all.concat(), cpu))
-    })?;
-    latencies_ns.sort_unstable();
-    ensure!(!latencies_ns.is_empty(), "no write completed in the window");
-    let st = store.stats();
-    let commits = st.group_commits.load(Ordering::Relaxed).max(1);
-    let records = st.records.load(Ordering::Relaxed);
-    let fsync_ms = st.fsync_micros_total.load(Ordering::Relaxed) as f64 / 1e3 / commits as f64;
-    let ops_per_s = window_ops as f64 / window.as_secs_f64();
-    println!(
-        "# {writers} writers into {spaces} space(s): {window_ops} acknowledged writes in {:.2} s; \
-         {commits} group commits, {:.1} records per commit, {fsync_ms:.2} ms mean fsync, \
-         {} flushes; {cpu}",
-        window.as_secs_f64(),
-        records as f64 / commits as f64,
-        st.flushes.load(Ordering::Relaxed),
-    );
-    drop(store);
-    Ok(WriteRun {
-        ops_per_s,
-        latencies_ns,
+        Ok((ops, window, all.concat(), cpu))
     })
 }
 
 fn writes(cfg: &Config, root: &Path) -> Result<()> {
     println!("# durable writes: each remember is acknowledged after its group commit's fsync");
-    let main = write_run(cfg, root, 64, 1)?;
+    println!("# writers are async tasks on a 2-worker tokio runtime (the server's path) unless 'threads' is said");
+    let main = write_run(cfg, root, 64, 1, Writers::Tasks)?;
     report("write_durable_ops_per_s", main.ops_per_s, "ops/s");
     compare(
         "write_durable_ops_per_s",
@@ -257,8 +372,15 @@ fn writes(cfg: &Config, root: &Path) -> Result<()> {
         main.p_ms(100.0)
     );
     report("write_durable_ops_per_s_64w", main.ops_per_s, "ops/s");
+    let threads = write_run(cfg, root, 64, 1, Writers::Threads)?;
+    report(
+        "write_durable_ops_per_s_64_threads",
+        threads.ops_per_s,
+        "ops/s",
+    );
+    report("write_p99_ms_64_threads", threads.p_ms(99.0), "ms");
     for writers in [1, 4, 16] {
-        let r = write_run(cfg, root, writers, 1)?;
+        let r = write_run(cfg, root, writers, 1, Writers::Tasks)?;
         report(
             &format!("write_durable_ops_per_s_{writers}w"),
             r.ops_per_s,
@@ -270,7 +392,7 @@ fn writes(cfg: &Config, root: &Path) -> Result<()> {
             r.p_ms(99.0)
         );
     }
-    let many = write_run(cfg, root, 64, 1_000)?;
+    let many = write_run(cfg, root, 64, 1_000, Writers::Tasks)?;
     report(
         "write_durable_ops_per_s_1000_spaces",
         many.ops_per_s,

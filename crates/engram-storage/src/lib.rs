@@ -22,4 +22,4 @@ pub use error::{Result, StorageError};
 pub use op::Op;
 pub use options::StoreOptions;
 pub use quarantine::QuarantineReport;
-pub use store::{RecoveryReport, SpaceStatus, Store, StoreStats, StoreStatus};
+pub use store::{Commit, RecoveryReport, SpaceStatus, Store, StoreStats, StoreStatus};

@@ -37,12 +37,64 @@ struct Pending {
     op: Op,
 }
 
-/// How a writer learns its record's fate: the flusher sets `state` and unparks the thread, so
-/// waking a writer never touches the commit mutex.
+/// How a writer learns its record's fate: the applier sets `state`, then wakes the writer
+/// (a parked thread, or an async task's waker), never through the commit mutex.
 struct Waiter {
-    thread: std::thread::Thread,
+    wake: Wake,
     /// `WAITING`, `DONE` or `FAILED`.
     state: std::sync::atomic::AtomicU8,
+}
+
+enum Wake {
+    Thread(std::thread::Thread),
+    Task(Mutex<Option<std::task::Waker>>),
+}
+
+impl Waiter {
+    fn finish(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        match &self.wake {
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(w) => {
+                if let Some(w) = w.lock().take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when a submitted record is durable and applied: the async form of a write, for
+/// callers on an async runtime (no thread blocks while the group commit runs).
+pub struct Commit {
+    waiter: Arc<Waiter>,
+    seq: u64,
+    inner: Arc<Inner>,
+}
+
+impl std::future::Future for Commit {
+    type Output = Result<u64>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<u64>> {
+        let this = self.get_mut();
+        if let Wake::Task(slot) = &this.waiter.wake {
+            if this.waiter.state.load(Ordering::Acquire) == WAITING {
+                *slot.lock() = Some(cx.waker().clone());
+            }
+        }
+        // Checked after the waker is stored: the applier sets the state before taking it.
+        match this.waiter.state.load(Ordering::Acquire) {
+            WAITING => std::task::Poll::Pending,
+            DONE => std::task::Poll::Ready(Ok(this.seq)),
+            _ => {
+                let why = this.inner.commit.lock().failed.clone().unwrap_or_default();
+                std::task::Poll::Ready(Err(StorageError::Latched(why)))
+            }
+        }
+    }
 }
 
 /// A batch the flusher made durable (or failed to), for the applier.
@@ -420,8 +472,36 @@ impl Store {
         Ok(seq)
     }
 
-    /// Stores several memories, all or nothing (one WAL record).
-    pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
+    /// Like [`Store::remember`], for async callers: validates and queues the record now; the
+    /// returned future resolves once it is durable and applied.
+    pub fn remember_async(&self, space: &SpaceId, memory: Memory) -> Result<Commit> {
+        let s = self.inner.require(space)?;
+        memory
+            .validate(s.meta.dimension as usize)
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        self.submit_async(space, Op::Remember(memory))
+    }
+
+    /// Like [`Store::remember_batch`], for async callers.
+    pub fn remember_batch_async(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<Commit> {
+        self.check_batch(space, &memories)?;
+        self.submit_async(space, Op::RememberBatch(memories))
+    }
+
+    fn submit_async(&self, space: &SpaceId, op: Op) -> Result<Commit> {
+        let waiter = Arc::new(Waiter {
+            wake: Wake::Task(Mutex::new(None)),
+            state: std::sync::atomic::AtomicU8::new(WAITING),
+        });
+        let seq = self.inner.enqueue(space, op, &waiter)?;
+        Ok(Commit {
+            waiter,
+            seq,
+            inner: self.inner.clone(),
+        })
+    }
+
+    fn check_batch(&self, space: &SpaceId, memories: &[Memory]) -> Result<()> {
         if memories.len() > engram_core::limits::MAX_BATCH {
             return Err(StorageError::Invalid(format!(
                 "batch of {} memories exceeds the limit of {}",
@@ -429,15 +509,18 @@ impl Store {
                 engram_core::limits::MAX_BATCH
             )));
         }
-        let s = self.inner.require(space)?;
-        let dim = s.meta.dimension as usize;
+        let dim = self.inner.require(space)?.meta.dimension as usize;
         for (i, m) in memories.iter().enumerate() {
             m.validate(dim)
                 .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;
         }
-        let seq = self.inner.submit(space, Op::RememberBatch(memories))?;
-        drop(s);
-        Ok(seq)
+        Ok(())
+    }
+
+    /// Stores several memories, all or nothing (one WAL record).
+    pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
+        self.check_batch(space, &memories)?;
+        self.inner.submit(space, Op::RememberBatch(memories))
     }
 
     /// Deletes a memory. `Ok(false)` if it was not there (nothing written).
@@ -709,6 +792,26 @@ impl Inner {
     /// Appends one record and waits until it is durable and applied (group commit: the
     /// flusher writes everything queued, fsyncs once, applies, then wakes each writer).
     fn submit(&self, space: &SpaceId, op: Op) -> Result<u64> {
+        let waiter = Arc::new(Waiter {
+            wake: Wake::Thread(std::thread::current()),
+            state: std::sync::atomic::AtomicU8::new(WAITING),
+        });
+        let seq = self.enqueue(space, op, &waiter)?;
+        loop {
+            match waiter.state.load(Ordering::Acquire) {
+                WAITING => std::thread::park(),
+                DONE => return Ok(seq),
+                _ => {
+                    let why = self.commit.lock().failed.clone().unwrap_or_default();
+                    return Err(StorageError::Latched(why));
+                }
+            }
+        }
+    }
+
+    /// Queues a record for the next group commit; `waiter` is told when it is durable and
+    /// applied. Blocks only while the next batch is full (back-pressure).
+    fn enqueue(&self, space: &SpaceId, op: Op, waiter: &Arc<Waiter>) -> Result<u64> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
         }
@@ -721,10 +824,6 @@ impl Inner {
                 limit: self.opts.max_record_bytes,
             });
         }
-        let waiter = Arc::new(Waiter {
-            thread: std::thread::current(),
-            state: std::sync::atomic::AtomicU8::new(WAITING),
-        });
         let mut c = self.commit.lock();
         // Back-pressure: wait while the next batch is full.
         while c.failed.is_none()
@@ -754,16 +853,7 @@ impl Inner {
         if wake {
             self.flusher_cv.notify_one();
         }
-        loop {
-            match waiter.state.load(Ordering::Acquire) {
-                WAITING => std::thread::park(),
-                DONE => return Ok(seq),
-                _ => {
-                    let why = self.commit.lock().failed.clone().unwrap_or_default();
-                    return Err(StorageError::Latched(why));
-                }
-            }
-        }
+        Ok(seq)
     }
 
     /// The WAL flusher, first stage of the commit pipeline: takes everything queued, writes
@@ -861,8 +951,7 @@ impl Inner {
                 self.room_cv.notify_all();
             }
             for w in job.waiters {
-                w.state.store(state, Ordering::Release);
-                w.thread.unpark();
+                w.finish(state);
             }
         }
     }
