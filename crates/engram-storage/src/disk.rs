@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub trait DiskFile: Send {
     /// Appends all of `buf`.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, overwriting or extending the file.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
     /// Bytes in the file, written so far.
@@ -39,6 +41,8 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn exists(&self, path: &Path) -> bool;
     /// Opens a file for appending, creating it if it does not exist.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Opens an existing file for positional writes ([`DiskFile::write_at`]).
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
     /// Creates a file, truncating it if it exists, for writing from the start.
     fn create(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
     /// Maps a whole file read-only. The bytes start 64-byte aligned.
@@ -144,6 +148,12 @@ impl DiskFile for RealFile {
         self.len += buf.len() as u64;
         Ok(())
     }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, offset)?;
+        self.len = self.len.max(offset + buf.len() as u64);
+        Ok(())
+    }
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
@@ -189,6 +199,12 @@ impl Disk for RealDisk {
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Box::new(RealFile { file, len }))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let file = OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(Box::new(RealFile { file, len }))
     }

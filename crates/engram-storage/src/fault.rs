@@ -179,12 +179,20 @@ impl FaultDisk {
         let st = &mut *guard;
         let torn_tail = st.torn_tail;
         for inode in st.inodes.values_mut() {
-            let extends =
-                inode.data.len() > inode.synced.len() && inode.data.starts_with(&inode.synced);
+            // A torn write keeps `keep` bytes from the first byte that changed since the last
+            // sync (an append or an overwrite), and the synced content beyond them.
             let kept = match torn_tail {
-                Some(keep) if extends => {
-                    let len = inode.synced.len() + keep.min(inode.data.len() - inode.synced.len());
-                    inode.data[..len].to_vec()
+                Some(keep) if inode.data != inode.synced => {
+                    let common = inode.data.len().min(inode.synced.len());
+                    let first = (0..common)
+                        .find(|&i| inode.data[i] != inode.synced[i])
+                        .unwrap_or(common);
+                    let cut = (first + keep).min(inode.data.len());
+                    let mut kept = inode.data[..cut].to_vec();
+                    if inode.synced.len() > cut {
+                        kept.extend_from_slice(&inode.synced[cut..]);
+                    }
+                    kept
                 }
                 _ => inode.synced.clone(),
             };
@@ -348,17 +356,9 @@ struct FaultFile {
 }
 
 impl FaultFile {
-    fn check_generation(&self, st: &State) -> io::Result<()> {
-        if st.generation == self.generation {
-            Ok(())
-        } else {
-            Err(io::Error::other("file handle invalidated by a power cut"))
-        }
-    }
-}
-
-impl DiskFile for FaultFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+    /// Writes at `offset` (or appends), honouring the write budget: a write crossing it
+    /// writes the bytes before the limit and fails (a torn write).
+    fn write_inner(&mut self, offset: Option<u64>, buf: &[u8]) -> io::Result<()> {
         let mut guard = self.shared.lock();
         let st = &mut *guard;
         self.check_generation(st)?;
@@ -376,7 +376,11 @@ impl DiskFile for FaultFile {
             .inodes
             .get_mut(&self.ino)
             .ok_or_else(|| io::Error::other("inode of an open file vanished"))?;
-        inode.data.extend_from_slice(&buf[..n]);
+        let at = offset.map_or(inode.data.len(), |o| o as usize);
+        if inode.data.len() < at + n {
+            inode.data.resize(at + n, 0);
+        }
+        inode.data[at..at + n].copy_from_slice(&buf[..n]);
         self.len = inode.data.len() as u64;
         if torn {
             Err(injected(&format!(
@@ -386,6 +390,24 @@ impl DiskFile for FaultFile {
         } else {
             Ok(())
         }
+    }
+
+    fn check_generation(&self, st: &State) -> io::Result<()> {
+        if st.generation == self.generation {
+            Ok(())
+        } else {
+            Err(io::Error::other("file handle invalidated by a power cut"))
+        }
+    }
+}
+
+impl DiskFile for FaultFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_inner(None, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.write_inner(Some(offset), buf)
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -486,6 +508,13 @@ impl Disk for FaultDisk {
                 ino
             }
         };
+        Ok(self.open_file(st, ino))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        let ino = st.live_ino(path)?;
         Ok(self.open_file(st, ino))
     }
 
@@ -719,21 +748,26 @@ mod tests {
     }
 
     #[test]
-    fn torn_tail_ignores_non_append_changes() {
+    fn torn_overwrite_keeps_bytes_from_the_first_change() {
         let (disk, dir) = setup();
         let p = durable_file(&disk, &dir, "f", b"abcdef");
-        disk.set_torn_tail(Some(100));
-        let mut f = disk.open_append(&p).unwrap();
-        f.write_all(b"gh").unwrap();
+        disk.set_torn_tail(Some(2));
+        let mut f = disk.open_write(&p).unwrap();
+        f.write_at(2, b"XYZ").unwrap();
         drop(f);
-        // Rewrite the synced prefix in the live data only (`corrupt` would hit both copies).
-        {
-            let mut st = disk.shared.lock();
-            let ino = st.live[&p];
-            st.inodes.get_mut(&ino).unwrap().data[0] = b'X';
-        }
         disk.power_cut();
-        assert_eq!(disk.read(&p).unwrap(), b"abcdef");
+        // Two bytes from the first changed one survive; the rest is the synced content.
+        assert_eq!(disk.read(&p).unwrap(), b"abXYef");
+    }
+
+    #[test]
+    fn write_at_extends_with_zeros() {
+        let (disk, dir) = setup();
+        let p = durable_file(&disk, &dir, "f", b"ab");
+        let mut f = disk.open_write(&p).unwrap();
+        f.write_at(4, b"z").unwrap();
+        f.sync().unwrap();
+        assert_eq!(disk.read(&p).unwrap(), b"ab\0\0z");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::{IoContext, Result};
 use crate::options::StoreOptions;
 use crate::quarantine::Quarantine;
 use crate::store::RecoveryReport;
-use crate::wal::{scan_wal_file, ScanOutcome, ScannedRecord};
+use crate::wal::{is_spare_file_name, scan_wal_file, ScanOutcome, ScannedRecord, WalFileInfo};
 
 /// Records are read back whatever `max_record_bytes` is now (it may have been larger when they
 /// were written): the only bound is the u32 payload length.
@@ -22,8 +22,8 @@ const READ_RECORD_LIMIT: usize = u32::MAX as usize;
 pub struct Recovered {
     /// Every valid record, files in order, records in file order.
     pub records: Vec<ScannedRecord>,
-    /// The WAL files kept (first sequence, path), oldest first.
-    pub files: Vec<(u64, PathBuf)>,
+    /// The WAL files kept, oldest first.
+    pub files: Vec<WalFileInfo>,
     /// The next sequence is at least this (from the newest file's header).
     pub next_seq_floor: u64,
     pub report: RecoveryReport,
@@ -36,9 +36,13 @@ pub fn scan_wal(
     quarantine: &Quarantine,
 ) -> Result<Recovered> {
     let started = Instant::now();
-    let mut files: Vec<(u64, PathBuf)> = disk
-        .list_dir(wal_dir)
-        .at(wal_dir)?
+    let names = disk.list_dir(wal_dir).at(wal_dir)?;
+    for spare in names.iter().filter(|n| is_spare_file_name(n)) {
+        // A preallocated file never put to use.
+        let p = wal_dir.join(spare);
+        disk.remove_file(&p).at(&p)?;
+    }
+    let mut files: Vec<(u64, PathBuf)> = names
         .into_iter()
         .filter_map(|n| crate::wal::parse_wal_file_name(&n).map(|s| (s, wal_dir.join(n))))
         .collect();
@@ -88,7 +92,7 @@ pub fn scan_wal(
                 path.display()
             )));
         }
-        report.wal_bytes += out.file_len;
+        report.wal_bytes += out.valid_end;
         for bad in &out.bad {
             let bytes = &maps[i][bad.offset as usize..(bad.offset + bad.len) as usize];
             quarantine.save_region(&path, bad.offset, bytes, probable_space(bytes), &bad.reason);
@@ -111,13 +115,22 @@ pub fn scan_wal(
                 offset = torn.offset,
                 bytes = torn.len,
                 reason = %torn.reason,
-                "truncating the torn tail of the WAL (a crash mid-append; never acknowledged)"
+                "erasing the torn tail of the WAL (a crash mid-append; never acknowledged)"
             );
-            disk.truncate(&path, torn.offset).at(&path)?;
+            // Overwritten with zeros, as if never written: the file keeps its preallocated
+            // length and writing resumes at the torn offset.
+            let mut f = disk.open_write(&path).at(&path)?;
+            f.write_at(torn.offset, &vec![0u8; torn.len as usize])
+                .at(&path)?;
+            f.sync().at(&path)?;
         }
         floor = floor.max(first);
         records.extend(out.records);
-        kept.push((first, path));
+        kept.push(WalFileInfo {
+            first_sequence: first,
+            path,
+            valid_end: out.torn_tail.as_ref().map_or(out.valid_end, |t| t.offset),
+        });
     }
     drop(maps);
     report.elapsed = started.elapsed();

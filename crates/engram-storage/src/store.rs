@@ -351,6 +351,7 @@ impl Store {
             recovered.files,
             next_seq,
             inner.opts.wal_segment_bytes,
+            inner.opts.wal_preallocate,
         )?;
         if floor_raised {
             // Make the raised floor durable: a new file whose header names it, so the next

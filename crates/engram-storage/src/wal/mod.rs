@@ -13,4 +13,4 @@ pub use record::{
     decode_record, encode_record, DecodedRecord, RecordHeader, RECORD_HEADER_LEN, RECORD_MAGIC,
 };
 pub use scan::{scan_wal_file, BadRegion, ScanOutcome, ScannedRecord};
-pub use writer::WalWriter;
+pub use writer::{is_spare_file_name, WalFileInfo, WalWriter};

@@ -37,8 +37,11 @@ pub struct ScanOutcome {
     /// In the last file: the bytes after the last valid record that no valid record follows
     /// (a crash mid-append). Truncated at recovery.
     pub torn_tail: Option<BadRegion>,
-    /// Bytes on disk.
+    /// Bytes on disk (with any preallocated zeros).
     pub file_len: u64,
+    /// Where the valid data ends: after the last valid record (or the header). Writing resumes
+    /// here; what follows is preallocated zeros.
+    pub valid_end: u64,
     /// The file's header names a format version this build does not read: nothing else was
     /// scanned, and recovery must refuse rather than truncate or quarantine.
     pub unsupported: Option<String>,
@@ -64,6 +67,20 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
         }
         return out;
     }
+    if is_zero(&bytes[..WAL_FILE_HEADER_LEN]) {
+        // A file whose creation never got its header on disk: nothing in it was written.
+        let region = BadRegion {
+            offset: 0,
+            len: bytes.len() as u64,
+            reason: "WAL file without a header (creation cut short)".into(),
+        };
+        if is_last {
+            out.torn_tail = Some(region);
+        } else {
+            out.bad.push(region);
+        }
+        return out;
+    }
     match WalFileHeader::decode(bytes) {
         Ok(h) => out.header = Some(h),
         Err(e @ crate::error::StorageError::UnsupportedVersion(_)) => {
@@ -78,13 +95,17 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
     }
     let mut pos = WAL_FILE_HEADER_LEN;
     let mut last_seq: Option<u64> = None;
+    out.valid_end = pos as u64;
     while pos < bytes.len() {
         match valid_record_at(bytes, pos, last_seq, max_record) {
             Ok(rec) => {
                 pos += rec.len as usize;
+                out.valid_end = pos as u64;
                 last_seq = Some(rec.sequence);
                 out.records.push(rec);
             }
+            // Preallocated space never written: the clean end of the file.
+            Err(_) if is_zero(&bytes[pos..]) => break,
             Err(reason) => {
                 // Look for the next valid record after the damage.
                 let next = find_next_valid(bytes, pos + 1, last_seq, max_record);
@@ -98,9 +119,15 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
                         pos = q;
                     }
                     None => {
+                        // Up to the last non-zero byte: zeros after it are preallocation.
+                        let end = bytes
+                            .iter()
+                            .rposition(|&b| b != 0)
+                            .map_or(bytes.len(), |i| i + 1)
+                            .max(pos);
                         let region = BadRegion {
                             offset: pos as u64,
-                            len: (bytes.len() - pos) as u64,
+                            len: (end - pos) as u64,
                             reason,
                         };
                         if is_last {
@@ -115,6 +142,16 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
         }
     }
     out
+}
+
+/// Whether every byte is zero (the preallocated, unwritten part of a WAL file).
+fn is_zero(bytes: &[u8]) -> bool {
+    let (head, words, tail) = {
+        // SAFETY: any byte pattern is a valid u64; `align_to` keeps the middle slice aligned
+        // and in bounds.
+        unsafe { bytes.align_to::<u64>() }
+    };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
 fn valid_record_at(
@@ -225,6 +262,23 @@ mod tests {
         let seqs: Vec<u64> = out.records.iter().map(|r| r.sequence).collect();
         assert_eq!(seqs, vec![1, 3, 4]);
         assert_eq!(out.bad.len(), 1);
+    }
+
+    #[test]
+    fn preallocated_zeros_are_a_clean_end_in_any_file() {
+        let (mut buf, _) = file_with(3);
+        let end = buf.len() as u64;
+        buf.resize(buf.len() + 4096, 0);
+        for last in [true, false] {
+            let out = scan_wal_file(&buf, last, 1 << 20);
+            assert_eq!(out.records.len(), 3);
+            assert!(out.bad.is_empty() && out.torn_tail.is_none());
+            assert_eq!(out.valid_end, end);
+        }
+        // A torn record inside preallocated space is still a torn tail.
+        buf[end as usize..end as usize + 5].copy_from_slice(b"EWR1x");
+        let out = scan_wal_file(&buf, true, 1 << 20);
+        assert_eq!(out.torn_tail.as_ref().map(|t| t.offset), Some(end));
     }
 
     #[test]

@@ -1,12 +1,33 @@
 //! Appending batches of encoded records to the newest WAL file, rolling to a new file at the
-//! size limit. Used by the group-commit leader only.
+//! size limit. Used by the WAL flusher only.
+//!
+//! Files are preallocated: a new file is written full of zeros (and synced) before records go
+//! in, so that each group commit's `fdatasync` flushes data blocks only, with no file-size
+//! change for the file system to journal. The next file is prepared in the background once
+//! the current one is half full. Readers treat an all-zero remainder as the clean end of a file.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
 
 use super::file::{wal_file_name, WalFileHeader, WAL_FILE_HEADER_LEN};
 use crate::disk::{Disk, DiskFile};
 use crate::error::{IoContext, Result};
+
+/// One WAL file known to the writer.
+#[derive(Debug, Clone)]
+pub struct WalFileInfo {
+    pub first_sequence: u64,
+    pub path: PathBuf,
+    /// Bytes of valid data (header and records), not counting preallocated zeros.
+    pub valid_end: u64,
+}
+
+/// A zero-filled file waiting to become the next WAL file.
+type Spare = (PathBuf, Box<dyn DiskFile>);
 
 /// The writer of the current WAL file.
 pub struct WalWriter {
@@ -14,67 +35,85 @@ pub struct WalWriter {
     dir: PathBuf,
     file: Box<dyn DiskFile>,
     path: PathBuf,
+    /// Where the next batch goes: the end of the valid data.
+    pos: u64,
     first_sequence: u64,
     segment_bytes: u64,
-    /// Every WAL file, oldest first: (first sequence, path). The last is the current one.
-    files: Vec<(u64, PathBuf)>,
-    /// Sizes of the files before the current one, in the order of `files`.
-    closed_bytes: Vec<u64>,
+    preallocate: bool,
+    /// Every WAL file, oldest first; the last is the current one (its `valid_end` is `pos`).
+    files: Vec<WalFileInfo>,
+    spare: Arc<Mutex<Option<std::io::Result<Spare>>>>,
+    preparing: Option<JoinHandle<()>>,
+}
+
+/// Names of spare files: unique in the process, so that a store reopened in the same process
+/// never shares one with a preparation still running for the old store.
+static SPARE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a WAL directory entry is a spare (removed at startup).
+pub fn is_spare_file_name(name: &str) -> bool {
+    name.starts_with("next-") && name.ends_with(".wal.tmp")
 }
 
 impl WalWriter {
-    /// Opens the writer on the newest of `files` (verified and truncated to its valid end by
-    /// recovery), or creates a new file starting at `next_sequence` when there is none.
+    /// Opens the writer on the newest of `files` (verified by recovery, truncated to its valid
+    /// end if its tail was torn), or creates a new file starting at `next_sequence` when there
+    /// is none.
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: &Path,
-        mut files: Vec<(u64, PathBuf)>,
+        mut files: Vec<WalFileInfo>,
         next_sequence: u64,
         segment_bytes: u64,
+        preallocate: bool,
     ) -> Result<Self> {
-        match files.last().cloned() {
-            Some((first, path)) => {
-                let file = disk.open_append(&path).at(&path)?;
-                let mut closed_bytes = Vec::with_capacity(files.len());
-                for (_, p) in &files[..files.len() - 1] {
-                    closed_bytes.push(disk.file_len(p).at(p)?);
-                }
-                Ok(Self {
-                    closed_bytes,
-                    disk,
-                    dir: dir.to_path_buf(),
-                    file,
-                    path,
-                    first_sequence: first,
-                    segment_bytes,
-                    files,
-                })
+        let (file, path, pos, first_sequence) = match files.last() {
+            Some(last) => {
+                let file = disk.open_write(&last.path).at(&last.path)?;
+                (file, last.path.clone(), last.valid_end, last.first_sequence)
             }
             None => {
-                let (file, path) = create_file(&*disk, dir, next_sequence)?;
-                files.push((next_sequence, path.clone()));
-                Ok(Self {
-                    closed_bytes: Vec::new(),
-                    disk,
-                    dir: dir.to_path_buf(),
-                    file,
-                    path,
+                let (file, path) =
+                    create_file(&*disk, dir, next_sequence, segment_bytes, preallocate)?;
+                files.push(WalFileInfo {
                     first_sequence: next_sequence,
-                    segment_bytes,
-                    files,
-                })
+                    path: path.clone(),
+                    valid_end: WAL_FILE_HEADER_LEN as u64,
+                });
+                (file, path, WAL_FILE_HEADER_LEN as u64, next_sequence)
             }
-        }
+        };
+        let w = Self {
+            disk,
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            pos,
+            first_sequence,
+            segment_bytes,
+            preallocate,
+            files,
+            spare: Arc::new(Mutex::new(None)),
+            preparing: None,
+        };
+        Ok(w)
     }
 
     /// Writes a batch whose first record has sequence `first_sequence`. Rolls to a new file
     /// first when the current one is full. Does not sync.
     pub fn write(&mut self, batch: &[u8], first_sequence: u64) -> Result<()> {
-        let used = self.file.len();
-        if used > WAL_FILE_HEADER_LEN as u64 && used + batch.len() as u64 > self.segment_bytes {
+        if self.pos > WAL_FILE_HEADER_LEN as u64
+            && self.pos + batch.len() as u64 > self.segment_bytes
+        {
             self.roll(first_sequence)?;
         }
-        self.file.write_all(batch).at(&self.path)
+        self.file.write_at(self.pos, batch).at(&self.path)?;
+        self.pos += batch.len() as u64;
+        if self.pos > self.segment_bytes / 2 {
+            // Half full: get the next file ready in the background.
+            self.prepare_spare();
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable.
@@ -84,7 +123,7 @@ impl WalWriter {
 
     /// Whether the current file holds any record.
     pub fn current_has_records(&self) -> bool {
-        self.file.len() > WAL_FILE_HEADER_LEN as u64
+        self.pos > WAL_FILE_HEADER_LEN as u64
     }
 
     /// Starts a new file whose first record will have sequence `first_sequence` or later.
@@ -92,13 +131,72 @@ impl WalWriter {
         // The current file is synced by the commit that wrote it; sync again in case the last
         // batch failed between write and sync, so that an older file never has a torn tail.
         self.file.sync().at(&self.path)?;
-        let (file, path) = create_file(&*self.disk, &self.dir, first_sequence)?;
-        self.closed_bytes.push(self.file.len());
+        let ready = if self.preparing.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = self.preparing.take() {
+                let _ = h.join();
+            }
+            self.spare.lock().take()
+        } else {
+            None
+        };
+        let (file, path) = match ready {
+            Some(Ok((spare_path, mut file))) => {
+                let path = self.dir.join(wal_file_name(first_sequence));
+                let header = WalFileHeader { first_sequence }.encode();
+                file.write_at(0, &header).at(&spare_path)?;
+                file.sync().at(&spare_path)?;
+                self.disk.rename(&spare_path, &path).at(&path)?;
+                self.disk.sync_dir(&self.dir).at(&self.dir)?;
+                (file, path)
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(error = %e, "preparing the next WAL file failed; creating it now");
+                }
+                create_file(
+                    &*self.disk,
+                    &self.dir,
+                    first_sequence,
+                    self.segment_bytes,
+                    self.preallocate,
+                )?
+            }
+        };
+        if let Some(cur) = self.files.last_mut() {
+            cur.valid_end = self.pos;
+        }
         self.file = file;
         self.path = path.clone();
+        self.pos = WAL_FILE_HEADER_LEN as u64;
         self.first_sequence = first_sequence;
-        self.files.push((first_sequence, path));
+        self.files.push(WalFileInfo {
+            first_sequence,
+            path,
+            valid_end: self.pos,
+        });
         Ok(())
+    }
+
+    /// Starts zero-filling the next file in the background, if none is ready or on the way.
+    fn prepare_spare(&mut self) {
+        if !self.preallocate || self.preparing.is_some() || self.spare.lock().is_some() {
+            return;
+        }
+        let n = SPARE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("next-{}-{n}.wal.tmp", std::process::id()));
+        let (disk, slot, len) = (self.disk.clone(), self.spare.clone(), self.segment_bytes);
+        let handle = std::thread::Builder::new()
+            .name("engram-wal-prealloc".into())
+            .spawn(move || {
+                let result = zero_filled(&*disk, &path, len).map(|f| (path, f));
+                *slot.lock() = Some(result);
+            });
+        match handle {
+            Ok(h) => self.preparing = Some(h),
+            Err(e) => tracing::warn!(error = %e, "could not start WAL preallocation"),
+        }
     }
 
     /// Deletes every file all of whose records have sequences below `checkpoint` (never the
@@ -106,10 +204,9 @@ impl WalWriter {
     pub fn delete_before(&mut self, checkpoint: u64) -> Result<usize> {
         let mut deleted = 0;
         // File i holds sequences [first_i, first_{i+1}).
-        while self.files.len() > 1 && self.files[1].0 <= checkpoint {
-            let (_, path) = self.files.remove(0);
-            self.closed_bytes.remove(0);
-            self.disk.remove_file(&path).at(&path)?;
+        while self.files.len() > 1 && self.files[1].first_sequence <= checkpoint {
+            let f = self.files.remove(0);
+            self.disk.remove_file(&f.path).at(&f.path)?;
             deleted += 1;
         }
         if deleted > 0 {
@@ -126,21 +223,66 @@ impl WalWriter {
         self.files.len()
     }
 
-    /// Bytes in all WAL files.
+    /// Bytes of valid data in all WAL files (preallocated zeros not counted).
     pub fn total_bytes(&self) -> u64 {
-        self.closed_bytes.iter().sum::<u64>() + self.file.len()
+        let closed: u64 = self.files[..self.files.len() - 1]
+            .iter()
+            .map(|f| f.valid_end)
+            .sum();
+        closed + self.pos
     }
+}
+
+impl Drop for WalWriter {
+    fn drop(&mut self) {
+        if let Some(h) = self.preparing.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Writes a file of `len` zeros and syncs it (the file system allocates and writes its
+/// blocks now, so later overwrites change no metadata).
+fn zero_filled(disk: &dyn Disk, path: &Path, len: u64) -> std::io::Result<Box<dyn DiskFile>> {
+    zero_filled_after(disk, path, &[], len)
+}
+
+/// Like [`zero_filled`], with `head` written first.
+fn zero_filled_after(
+    disk: &dyn Disk,
+    path: &Path,
+    head: &[u8],
+    len: u64,
+) -> std::io::Result<Box<dyn DiskFile>> {
+    let mut file = disk.create(path)?;
+    file.write_all(head)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut written = head.len() as u64;
+    while written < len {
+        let n = (len - written).min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n])?;
+        written += n as u64;
+    }
+    file.sync()?;
+    Ok(file)
 }
 
 fn create_file(
     disk: &dyn Disk,
     dir: &Path,
     first_sequence: u64,
+    segment_bytes: u64,
+    preallocate: bool,
 ) -> Result<(Box<dyn DiskFile>, PathBuf)> {
     let path = dir.join(wal_file_name(first_sequence));
-    let mut file = disk.create(&path).at(&path)?;
-    file.write_all(&WalFileHeader { first_sequence }.encode())
-        .at(&path)?;
+    let header = WalFileHeader { first_sequence }.encode();
+    let mut file = if preallocate {
+        zero_filled_after(disk, &path, &header, segment_bytes).at(&path)?
+    } else {
+        let mut f = disk.create(&path).at(&path)?;
+        f.write_all(&header).at(&path)?;
+        f
+    };
     file.sync().at(&path)?;
     disk.sync_dir(dir).at(dir)?;
     Ok((file, path))
