@@ -8,6 +8,12 @@ mod util;
 
 use std::process::ExitCode;
 
+/// The allocator Engram's binaries ship with: the write path allocates a few KB per memory and
+/// memtables grow quickly; glibc's malloc spends most of that in the kernel growing its heaps
+/// (mprotect, page faults), mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: engram-bench <suite> [--quick]
 suites:
   storage   the storage engine: durable writes, recovery, gets, memory, many spaces

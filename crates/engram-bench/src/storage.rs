@@ -177,10 +177,12 @@ fn write_run(
     };
     println!(
         "# {writers} writers ({how}) into {spaces} space(s): {window_ops} acknowledged writes in {:.2} s; \
-         {commits} group commits, {:.1} records per commit, {fsync_ms:.2} ms mean fsync, \
-         {} flushes; {cpu}",
+         {commits} group commits, {:.1} records per commit, {fsync_ms:.2} ms mean fsync \
+         (max {:.1} ms, {} over 2 ms), {} flushes; {cpu}",
         window.as_secs_f64(),
         records as f64 / commits as f64,
+        st.fsync_micros_max.load(Ordering::Relaxed) as f64 / 1e3,
+        st.fsyncs_over_2ms.load(Ordering::Relaxed),
         st.flushes.load(Ordering::Relaxed),
     );
     drop(store);
@@ -367,8 +369,12 @@ fn writes(cfg: &Config, root: &Path) -> Result<()> {
         Some(2.0),
     );
     println!(
-        "# write latency over {} writes: max {:.2} ms",
+        "# write latency over {} writes: p90 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         main.latencies_ns.len(),
+        main.p_ms(90.0),
+        main.p_ms(95.0),
+        main.p_ms(99.0),
+        main.p_ms(99.9),
         main.p_ms(100.0)
     );
     report("write_durable_ops_per_s_64w", main.ops_per_s, "ops/s");

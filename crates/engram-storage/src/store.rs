@@ -132,6 +132,9 @@ pub struct StoreStats {
     pub group_commits: AtomicU64,
     pub wal_bytes_written: AtomicU64,
     pub fsync_micros_total: AtomicU64,
+    /// The slowest fsync so far, and how many took over 2 ms.
+    pub fsync_micros_max: AtomicU64,
+    pub fsyncs_over_2ms: AtomicU64,
     pub flushes: AtomicU64,
     pub merges: AtomicU64,
     pub compaction_bytes: AtomicU64,
@@ -969,8 +972,12 @@ impl Inner {
         drop(guard);
         self.durable_seq.store(last, Ordering::SeqCst);
         let s = &self.stats;
-        s.fsync_micros_total
-            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let us = t.elapsed().as_micros() as u64;
+        s.fsync_micros_total.fetch_add(us, Ordering::Relaxed);
+        s.fsync_micros_max.fetch_max(us, Ordering::Relaxed);
+        if us > 2_000 {
+            s.fsyncs_over_2ms.fetch_add(1, Ordering::Relaxed);
+        }
         s.group_commits.fetch_add(1, Ordering::Relaxed);
         s.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         s.wal_bytes_written

@@ -60,6 +60,12 @@ fn child_options() -> StoreOptions {
         max_open_spaces: 2,
         background_compaction: true,
         compaction_tick: Duration::from_millis(2),
+        // Children with odd seeds write preallocated WAL files, even ones append: the same
+        // directory sees both across its rounds.
+        wal_preallocate: std::env::var(CHILD_SEED_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|seed| seed % 2 == 1),
         ..Default::default()
     }
 }

@@ -65,7 +65,16 @@ fn unsynced_data_is_dropped_and_acknowledged_data_survives() {
 
 #[test]
 fn torn_tail_at_every_byte_offset_of_the_last_record() {
-    // Measure the last record's length once.
+    for preallocate in [false, true] {
+        torn_tail_at_every_offset(StoreOptions {
+            wal_preallocate: preallocate,
+            ..test_options()
+        });
+    }
+}
+
+fn torn_tail_at_every_offset(opts: StoreOptions) {
+    let open = |disk: &FaultDisk| open_with(disk, opts.clone());
     // The record's length up to its last non-zero byte: in a preallocated (zero-filled) file,
     // a torn write that stops in the record's trailing zeros has written the whole record.
     let (record_len, complete_at) = {
@@ -83,7 +92,8 @@ fn torn_tail_at_every_byte_offset_of_the_last_record() {
             .rposition(|&b| b != 0)
             .unwrap()
             + 1;
-        (len, nonzero)
+        // Appending, a record is complete only with all its bytes.
+        (len, if opts.wal_preallocate { nonzero } else { len })
     };
     assert!(record_len > 100);
     for keep in 0..=record_len {
@@ -256,11 +266,12 @@ fn power_cuts_at_random_points_during_writes_and_compaction() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    let opts = StoreOptions {
-        max_segments_per_space: 2,
-        ..test_options()
-    };
     for seed in 0..scenarios {
+        let opts = StoreOptions {
+            max_segments_per_space: 2,
+            wal_preallocate: seed % 2 == 1,
+            ..test_options()
+        };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
         let disk = FaultDisk::new();
         let s = sid("s");
