@@ -23,6 +23,9 @@ pub trait DiskFile: Send {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+    /// Another handle on the same open file (a duplicated descriptor), so that several
+    /// threads can sync it at once.
+    fn try_clone(&self) -> io::Result<Box<dyn DiskFile>>;
     /// Bytes in the file, written so far.
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
@@ -157,6 +160,12 @@ impl DiskFile for RealFile {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+    fn try_clone(&self) -> io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(RealFile {
+            file: self.file.try_clone()?,
+            len: self.len,
+        }))
+    }
     fn len(&self) -> u64 {
         self.len
     }
@@ -223,9 +232,10 @@ impl Disk for RealDisk {
         if file.metadata()?.len() == 0 {
             return Ok(Mapped(Arc::new(MappedInner::Empty)));
         }
-        // SAFETY: the engine maps only files it wrote, sealed (never written again once mapped:
-        // segments are immutable; WAL files are mapped only during recovery, before any writer
-        // opens them). Truncation by another process would be outside our contract.
+        // SAFETY: the engine maps files it wrote: segments are immutable once renamed into place;
+        // WAL files are mapped during recovery, which may zero a torn tail through another
+        // handle after scanning but reads nothing from the map after that write. Truncation by
+        // another process would be outside our contract.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(Mapped(Arc::new(MappedInner::Map(map))))
     }

@@ -170,7 +170,7 @@ impl FaultDisk {
     }
 
     /// Simulates a power loss. Every file's data reverts to its content as of its last sync
-    /// (keeping up to the torn-tail amount of unsynced appended bytes, see
+    /// (keeping up to the torn-tail amount of unsynced bytes from the first changed one, see
     /// [`set_torn_tail`](Self::set_torn_tail)); the live names become the durable names, so files
     /// whose name was never made durable disappear and durable removals and renames stick.
     /// Handles opened before the cut fail every further operation.
@@ -206,9 +206,9 @@ impl FaultDisk {
         st.collect_garbage();
     }
 
-    /// On a power cut, keep `keep` bytes of each file's unsynced appended data beyond its synced
-    /// content (a torn tail), when that data only appends to the synced content. `None` (the
-    /// default) drops all unsynced data.
+    /// On a power cut, keep `keep` bytes of each file's unsynced data, counted from the first
+    /// byte that differs from its synced content (a torn write, appended or overwritten), and
+    /// the synced content beyond them. `None` (the default) drops all unsynced data.
     pub fn set_torn_tail(&self, keep: Option<usize>) {
         self.shared.lock().torn_tail = keep;
     }
@@ -219,8 +219,8 @@ impl FaultDisk {
         self.shared.lock().failing_syncs = n;
     }
 
-    /// After `bytes` more bytes have been written through [`DiskFile::write_all`] (over all
-    /// files), writes fail with an error. A write crossing the limit writes the bytes before the
+    /// After `bytes` more bytes have been written through [`DiskFile::write_all`] or
+    /// [`DiskFile::write_at`] (over all files), writes fail with an error. A write crossing the limit writes the bytes before the
     /// limit and then fails: a torn write. `None` (the default) lifts the limit.
     pub fn fail_writes_after(&self, bytes: Option<u64>) {
         self.shared.lock().write_budget = bytes;
@@ -424,6 +424,18 @@ impl DiskFile for FaultFile {
         inode.synced.clone_from(&inode.data);
         st.syncs += 1;
         Ok(())
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn DiskFile>> {
+        let mut st = self.shared.lock();
+        self.check_generation(&st)?;
+        st.open_handle(self.ino);
+        Ok(Box::new(FaultFile {
+            shared: Arc::clone(&self.shared),
+            ino: self.ino,
+            generation: self.generation,
+            len: self.len,
+        }))
     }
 
     fn len(&self) -> u64 {

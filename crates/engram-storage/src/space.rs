@@ -46,7 +46,7 @@ pub struct Space {
     /// Held while this space's files are being changed (flush, merge, drop).
     pub files: Mutex<()>,
     /// Set when a merge failed (a segment failing its checksums): background merges of this
-    /// space stop until the node restarts.
+    /// space stop until it is loaded again (a restart, or a release and reload when idle).
     pub merge_blocked: AtomicBool,
 }
 

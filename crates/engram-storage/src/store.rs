@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use engram_core::{Memory, MemoryId, SpaceId};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::disk::{Disk, RealDisk};
+use crate::disk::{Disk, DiskFile, RealDisk};
 use crate::error::{IoContext, Result, StorageError};
 use crate::meta::SpaceMeta;
 use crate::numa::{NumaPlacer, NumaTopology};
@@ -99,6 +99,7 @@ impl std::future::Future for Commit {
 
 /// A batch the flusher made durable (or failed to), for the applier.
 struct DurableBatch {
+    ticket: u64,
     batch: Vec<Pending>,
     waiters: Vec<Arc<Waiter>>,
     result: Result<()>,
@@ -111,12 +112,13 @@ const FAILED: u8 = 2;
 struct CommitState {
     /// Encoded records of the next group commit.
     buf: Vec<u8>,
-    spare: Vec<u8>,
     pending: Vec<Pending>,
     waiters: Vec<Arc<Waiter>>,
     next_seq: u64,
     /// The flusher is waiting for records.
-    flusher_idle: bool,
+    idle_lanes: usize,
+    /// Order of batches taken by the commit lanes; the applier finishes them in this order.
+    next_ticket: u64,
     /// Set by `close`: the flusher drains what is queued and stops.
     stopping: bool,
     /// Every record up to here is durable and applied to its space.
@@ -224,7 +226,8 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The commit lanes, then the applier.
+    pipeline: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn now_us() -> i64 {
@@ -273,11 +276,11 @@ impl Store {
             spaces_dir,
             commit: Mutex::new(CommitState {
                 buf: Vec::new(),
-                spare: Vec::new(),
                 pending: Vec::new(),
                 waiters: Vec::new(),
                 next_seq: 1,
-                flusher_idle: false,
+                idle_lanes: 0,
+                next_ticket: 0,
                 stopping: false,
                 applied_seq: 0,
                 failed: None,
@@ -356,7 +359,7 @@ impl Store {
             inner.opts.wal_segment_bytes,
             inner.opts.wal_preallocate,
         )?;
-        if floor_raised {
+        if floor_raised && writer.current_first_sequence() < next_seq {
             // Make the raised floor durable: a new file whose header names it, so the next
             // open starts from it even if nothing is written before then.
             writer.roll(next_seq)?;
@@ -389,20 +392,14 @@ impl Store {
         } else {
             None
         };
-        let flusher = {
-            let fl = inner.clone();
-            std::thread::Builder::new()
-                .name("engram-wal-flusher".into())
-                .spawn(move || fl.flusher_loop())
-                .map_err(|e| StorageError::Io {
-                    path: root.to_path_buf(),
-                    source: e,
-                })?
-        };
+        let pipeline = inner.start_pipeline().map_err(|e| StorageError::Io {
+            path: root.to_path_buf(),
+            source: e,
+        })?;
         Ok(Store {
             inner,
             compactor: Mutex::new(compactor),
-            flusher: Mutex::new(Some(flusher)),
+            pipeline: Mutex::new(pipeline),
         })
     }
 
@@ -678,7 +675,7 @@ impl Store {
         // The flusher finishes every queued record (their writers are waiting), then stops.
         self.inner.commit.lock().stopping = true;
         self.inner.flusher_cv.notify_all();
-        if let Some(h) = self.flusher.lock().take() {
+        for h in self.pipeline.lock().drain(..) {
             let _ = h.join();
         }
     }
@@ -852,7 +849,7 @@ impl Inner {
             op,
         });
         c.waiters.push(waiter.clone());
-        let wake = std::mem::take(&mut c.flusher_idle);
+        let wake = c.idle_lanes > 0;
         drop(c);
         if wake {
             self.flusher_cv.notify_one();
@@ -860,46 +857,63 @@ impl Inner {
         Ok(seq)
     }
 
-    /// The WAL flusher, first stage of the commit pipeline: takes everything queued, writes
-    /// it and fsyncs once, then hands the durable batch to the applier and goes on with the
-    /// next batch while that one is applied.
-    fn flusher_loop(self: Arc<Self>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<DurableBatch>(2);
-        let applier = {
-            let ap = self.clone();
+    /// Starts the commit pipeline: `commit_lanes` threads that each take everything queued,
+    /// write it (in order, under the writer's lock) and fsync it (outside the lock, so that the
+    /// next batch is written and synced while this one's fsync is in flight), and one applier
+    /// that finishes batches strictly in the order they were taken.
+    fn start_pipeline(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
+        let lanes = self.opts.commit_lanes.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DurableBatch>(2 * lanes);
+        let mut handles = Vec::with_capacity(lanes + 1);
+        for i in 0..lanes {
+            let (inner, tx) = (self.clone(), tx.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("engram-wal-lane-{i}"))
+                    .spawn(move || inner.lane_loop(tx))?,
+            );
+        }
+        drop(tx);
+        let inner = self.clone();
+        handles.push(
             std::thread::Builder::new()
                 .name("engram-wal-applier".into())
-                .spawn(move || ap.applier_loop(rx))
-        };
-        let applier = match applier {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "could not start the WAL applier thread");
-                self.commit.lock().failed = Some(format!("could not start the WAL applier: {e}"));
-                return;
-            }
-        };
+                .spawn(move || inner.applier_loop(rx))?,
+        );
+        Ok(handles)
+    }
+
+    /// A commit lane: takes a batch, writes it, fsyncs it, hands it to the applier; again
+    /// while records keep coming. Several lanes have fsyncs in flight at once.
+    fn lane_loop(&self, tx: std::sync::mpsc::SyncSender<DurableBatch>) {
+        let mut spare = Vec::new();
+        let mut handle: Option<(u64, Box<dyn DiskFile>)> = None;
         loop {
             let mut c = self.commit.lock();
             while c.pending.is_empty() && !c.stopping {
-                c.flusher_idle = true;
+                c.idle_lanes += 1;
                 self.flusher_cv.wait(&mut c);
+                c.idle_lanes -= 1;
             }
-            c.flusher_idle = false;
             if c.pending.is_empty() {
-                break;
+                return;
             }
-            let spare = std::mem::take(&mut c.spare);
-            let buf = std::mem::replace(&mut c.buf, spare);
+            let buf = std::mem::replace(&mut c.buf, std::mem::take(&mut spare));
             let batch = std::mem::take(&mut c.pending);
             let waiters = std::mem::take(&mut c.waiters);
+            let ticket = c.next_ticket;
+            c.next_ticket += 1;
             let latched = c.failed.is_some();
+            // Take the writer's lock before letting another lane take the next batch: batches
+            // reach the file in ticket (sequence) order.
+            let writer = self.writer.lock();
             drop(c);
             self.room_cv.notify_all();
             let result = if latched {
+                drop(writer);
                 Err(StorageError::Latched("an earlier write failed".into()))
             } else {
-                self.write_batch(&buf, &batch)
+                self.write_and_sync(writer, &buf, &batch, &mut handle)
             };
             if let Err(e) = &result {
                 // Refuse new writes at once, before the applier reaches this batch.
@@ -911,66 +925,50 @@ impl Inner {
                 drop(c);
                 self.room_cv.notify_all();
             }
-            let mut buf = buf;
-            buf.clear();
-            self.commit.lock().spare = buf;
-            if tx
-                .send(DurableBatch {
-                    batch,
-                    waiters,
-                    result,
-                })
-                .is_err()
-            {
-                break;
-            }
-        }
-        drop(tx);
-        let _ = applier.join();
-    }
-
-    /// Second stage: applies durable batches in order, then wakes their writers.
-    fn applier_loop(&self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
-        for job in rx {
-            let last = job.batch.last().map_or(0, |p| p.seq);
-            let result = job.result.and_then(|()| self.apply_batch(job.batch));
-            let mut c = self.commit.lock();
-            let state = match result {
-                Ok(()) => {
-                    c.applied_seq = last;
-                    self.last_commit_us
-                        .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    DONE
-                }
-                Err(e) => {
-                    if c.failed.is_none() {
-                        tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
-                        c.failed = Some(e.to_string());
-                    }
-                    FAILED
-                }
+            spare = buf;
+            spare.clear();
+            let job = DurableBatch {
+                ticket,
+                batch,
+                waiters,
+                result,
             };
-            drop(c);
-            if state == FAILED {
-                self.room_cv.notify_all();
-            }
-            for w in job.waiters {
-                w.finish(state);
+            if tx.send(job).is_err() {
+                return;
             }
         }
     }
 
-    fn write_batch(&self, buf: &[u8], batch: &[Pending]) -> Result<()> {
+    /// Writes a batch at the end of the WAL (under the writer's lock, so batches are in
+    /// sequence order in the file) and fsyncs it through this lane's own handle, outside the
+    /// lock. An fsync flushes every dirty page of the file, so when it returns this batch and
+    /// every batch written before it are durable.
+    fn write_and_sync(
+        &self,
+        mut guard: parking_lot::MutexGuard<'_, Option<WalWriter>>,
+        buf: &[u8],
+        batch: &[Pending],
+        handle: &mut Option<(u64, Box<dyn DiskFile>)>,
+    ) -> Result<()> {
         let first = batch.first().map_or(0, |p| p.seq);
         let last = batch.last().map_or(0, |p| p.seq);
-        let mut guard = self.writer.lock();
-        let w = guard.as_mut().ok_or(StorageError::Closed)?;
-        w.write(buf, first)?;
-        self.written_seq.store(last, Ordering::SeqCst);
-        let t = Instant::now();
-        w.sync()?;
+        let (generation, mut file) = {
+            let w = guard.as_mut().ok_or(StorageError::Closed)?;
+            let generation = w.write(buf, first)?;
+            self.written_seq.fetch_max(last, Ordering::SeqCst);
+            match handle.take() {
+                Some((g, h)) if g == generation => (g, h),
+                _ => (generation, w.clone_current()?),
+            }
+        };
         drop(guard);
-        self.durable_seq.store(last, Ordering::SeqCst);
+        let t = Instant::now();
+        let synced = file.sync();
+        *handle = Some((generation, file));
+        synced.map_err(|source| StorageError::Io {
+            path: PathBuf::from("wal"),
+            source,
+        })?;
         let s = &self.stats;
         let us = t.elapsed().as_micros() as u64;
         s.fsync_micros_total.fetch_add(us, Ordering::Relaxed);
@@ -983,6 +981,54 @@ impl Inner {
         s.wal_bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The last stage: finishes batches in ticket order (lanes may complete out of order):
+    /// applies each durable batch, then wakes its writers. Once a batch has failed, every later
+    /// one fails too: acknowledgements never skip a gap.
+    fn applier_loop(&self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
+        let mut next = 0u64;
+        let mut held = std::collections::BTreeMap::new();
+        let mut poisoned = false;
+        for job in rx {
+            held.insert(job.ticket, job);
+            while let Some(job) = held.remove(&next) {
+                next += 1;
+                let last = job.batch.last().map_or(0, |p| p.seq);
+                let result = if poisoned {
+                    Err(StorageError::Latched("an earlier write failed".into()))
+                } else {
+                    job.result.and_then(|()| {
+                        self.durable_seq.fetch_max(last, Ordering::SeqCst);
+                        self.apply_batch(job.batch)
+                    })
+                };
+                let mut c = self.commit.lock();
+                let state = match result {
+                    Ok(()) => {
+                        c.applied_seq = last;
+                        self.last_commit_us
+                            .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        DONE
+                    }
+                    Err(e) => {
+                        poisoned = true;
+                        if c.failed.is_none() {
+                            tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
+                            c.failed = Some(e.to_string());
+                        }
+                        FAILED
+                    }
+                };
+                drop(c);
+                if state == FAILED {
+                    self.room_cv.notify_all();
+                }
+                for w in job.waiters {
+                    w.finish(state);
+                }
+            }
+        }
     }
 
     /// Applies a durable batch in sequence order. A run of records for the same space is

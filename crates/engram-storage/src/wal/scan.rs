@@ -35,7 +35,7 @@ pub struct ScanOutcome {
     /// end of the file): quarantined.
     pub bad: Vec<BadRegion>,
     /// In the last file: the bytes after the last valid record that no valid record follows
-    /// (a crash mid-append). Truncated at recovery.
+    /// (a crash mid-append). Erased (overwritten with zeros) at recovery.
     pub torn_tail: Option<BadRegion>,
     /// Bytes on disk (with any preallocated zeros).
     pub file_len: u64,
@@ -67,18 +67,14 @@ pub fn scan_wal_file(bytes: &[u8], is_last: bool, max_record: usize) -> ScanOutc
         }
         return out;
     }
-    if is_zero(&bytes[..WAL_FILE_HEADER_LEN]) {
-        // A file whose creation never got its header on disk: nothing in it was written.
+    if is_last && is_zero(&bytes[..WAL_FILE_HEADER_LEN]) {
+        // The newest file's creation never got its header on disk: nothing in it was written.
         let region = BadRegion {
             offset: 0,
             len: bytes.len() as u64,
             reason: "WAL file without a header (creation cut short)".into(),
         };
-        if is_last {
-            out.torn_tail = Some(region);
-        } else {
-            out.bad.push(region);
-        }
+        out.torn_tail = Some(region);
         return out;
     }
     match WalFileHeader::decode(bytes) {

@@ -1,10 +1,11 @@
 //! Appending batches of encoded records to the newest WAL file, rolling to a new file at the
 //! size limit. Used by the WAL flusher only.
 //!
-//! Files are preallocated: a new file is written full of zeros (and synced) before records go
-//! in, so that each group commit's `fdatasync` flushes data blocks only, with no file-size
-//! change for the file system to journal. The next file is prepared in the background once
-//! the current one is half full. Readers treat an all-zero remainder as the clean end of a file.
+//! With `StoreOptions::wal_preallocate`, a new file is written full of zeros (and synced) before
+//! records go in, so that each group commit's `fdatasync` flushes data blocks only, with no
+//! file-size change for the file system to journal; the next file is prepared in the background
+//! once the current one is half full. Either way, readers treat an all-zero remainder as the
+//! clean end of a file, and writes are positional at the end of the valid data.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,8 @@ pub struct WalWriter {
     files: Vec<WalFileInfo>,
     spare: Arc<Mutex<Option<std::io::Result<Spare>>>>,
     preparing: Option<JoinHandle<()>>,
+    /// Counts rolls: a commit lane holding a handle of an older generation clones a new one.
+    generation: u64,
 }
 
 /// Names of spare files: unique in the process, so that a store reopened in the same process
@@ -56,8 +59,8 @@ pub fn is_spare_file_name(name: &str) -> bool {
 }
 
 impl WalWriter {
-    /// Opens the writer on the newest of `files` (verified by recovery, truncated to its valid
-    /// end if its tail was torn), or creates a new file starting at `next_sequence` when there
+    /// Opens the writer on the newest of `files` (verified by recovery, its torn tail erased),
+    /// or creates a new file starting at `next_sequence` when there
     /// is none.
     pub fn open(
         disk: Arc<dyn Disk>,
@@ -95,13 +98,15 @@ impl WalWriter {
             files,
             spare: Arc::new(Mutex::new(None)),
             preparing: None,
+            generation: 0,
         };
         Ok(w)
     }
 
     /// Writes a batch whose first record has sequence `first_sequence`. Rolls to a new file
-    /// first when the current one is full. Does not sync.
-    pub fn write(&mut self, batch: &[u8], first_sequence: u64) -> Result<()> {
+    /// first when the current one is full. Does not sync: the caller syncs the file of the
+    /// returned generation (see [`WalWriter::clone_current`]).
+    pub fn write(&mut self, batch: &[u8], first_sequence: u64) -> Result<u64> {
         if self.pos > WAL_FILE_HEADER_LEN as u64
             && self.pos + batch.len() as u64 > self.segment_bytes
         {
@@ -113,7 +118,12 @@ impl WalWriter {
             // Half full: get the next file ready in the background.
             self.prepare_spare();
         }
-        Ok(())
+        Ok(self.generation)
+    }
+
+    /// A handle on the current file, for syncing it outside the writer's lock.
+    pub fn clone_current(&self) -> Result<Box<dyn DiskFile>> {
+        self.file.try_clone().at(&self.path)
     }
 
     /// Makes every write so far durable.
@@ -166,6 +176,7 @@ impl WalWriter {
             cur.valid_end = self.pos;
         }
         self.file = file;
+        self.generation += 1;
         self.path = path.clone();
         self.pos = WAL_FILE_HEADER_LEN as u64;
         self.first_sequence = first_sequence;
