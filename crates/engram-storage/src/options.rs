@@ -13,8 +13,9 @@ pub struct StoreOptions {
     /// ~50-90 per 2 s and write p99 from ~5 to ~12 ms. Off by default.
     pub wal_preallocate: bool,
     /// Group commits with an fsync in flight at once. Each takes what is queued, writes it in
-    /// order and fsyncs; measured on this machine's disk, two concurrent fdatasyncs commit 47%
-    /// more batches per second than one.
+    /// order and fsyncs. Two concurrent fdatasyncs on this machine's disk commit 47% more
+    /// batches per second than one in isolation, but in `engram-bench storage` (3 interleaved
+    /// runs each) two lanes wrote no faster than one and had a slightly higher p99: default 1.
     pub commit_lanes: usize,
     /// The largest WAL record accepted (header, space id and payload).
     pub max_record_bytes: usize,
@@ -41,7 +42,7 @@ impl Default for StoreOptions {
         Self {
             wal_segment_bytes: 64 << 20,
             wal_preallocate: false,
-            commit_lanes: 2,
+            commit_lanes: 1,
             max_record_bytes: 32 << 20,
             max_pending_bytes: 64 << 20,
             wal_flush_bytes: 1 << 30,

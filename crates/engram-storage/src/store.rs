@@ -97,7 +97,18 @@ impl std::future::Future for Commit {
     }
 }
 
-/// A batch the flusher made durable (or failed to), for the applier.
+/// Durable batches waiting to be finished in ticket order.
+#[derive(Default)]
+struct ApplyQueue {
+    next: u64,
+    held: std::collections::BTreeMap<u64, DurableBatch>,
+    /// A lane is finishing batches: others only add theirs.
+    draining: bool,
+    /// A batch failed: every later one fails too.
+    poisoned: bool,
+}
+
+/// A batch a commit lane made durable (or failed to).
 struct DurableBatch {
     ticket: u64,
     batch: Vec<Pending>,
@@ -199,6 +210,7 @@ struct Inner {
     room_cv: Condvar,
     written_seq: AtomicU64,
     durable_seq: AtomicU64,
+    apply_queue: Mutex<ApplyQueue>,
     /// `None` until recovery has read the existing WAL files.
     writer: Mutex<Option<WalWriter>>,
     spaces: RwLock<HashMap<SpaceId, Slot>>,
@@ -226,7 +238,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
-    /// The commit lanes, then the applier.
+    /// The commit lanes.
     pipeline: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -289,6 +301,7 @@ impl Store {
             room_cv: Condvar::new(),
             written_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
+            apply_queue: Mutex::new(ApplyQueue::default()),
             writer: Mutex::new(None),
             opts,
             spaces: RwLock::new(spaces),
@@ -858,34 +871,27 @@ impl Inner {
     }
 
     /// Starts the commit pipeline: `commit_lanes` threads that each take everything queued,
-    /// write it (in order, under the writer's lock) and fsync it (outside the lock, so that the
-    /// next batch is written and synced while this one's fsync is in flight), and one applier
-    /// that finishes batches strictly in the order they were taken.
+    /// write it (in order, under the writer's lock), fsync it (outside the lock, so that the
+    /// next batch is written and synced while this one's fsync is in flight), then finish
+    /// batches strictly in the order they were taken (see [`Inner::complete`]).
     fn start_pipeline(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
         let lanes = self.opts.commit_lanes.max(1);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<DurableBatch>(2 * lanes);
-        let mut handles = Vec::with_capacity(lanes + 1);
+        let mut handles = Vec::with_capacity(lanes);
         for i in 0..lanes {
-            let (inner, tx) = (self.clone(), tx.clone());
+            let inner = self.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("engram-wal-lane-{i}"))
-                    .spawn(move || inner.lane_loop(tx))?,
+                    .spawn(move || inner.lane_loop())?,
             );
         }
-        drop(tx);
-        let inner = self.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name("engram-wal-applier".into())
-                .spawn(move || inner.applier_loop(rx))?,
-        );
         Ok(handles)
     }
 
-    /// A commit lane: takes a batch, writes it, fsyncs it, hands it to the applier; again
-    /// while records keep coming. Several lanes have fsyncs in flight at once.
-    fn lane_loop(&self, tx: std::sync::mpsc::SyncSender<DurableBatch>) {
+    /// A commit lane: takes a batch, writes it, fsyncs it, finishes it (and any batch before
+    /// it that is waiting); again while records keep coming. Several lanes have fsyncs in
+    /// flight at once.
+    fn lane_loop(&self) {
         let mut spare = Vec::new();
         let mut handle: Option<(u64, Box<dyn DiskFile>)> = None;
         loop {
@@ -927,15 +933,12 @@ impl Inner {
             }
             spare = buf;
             spare.clear();
-            let job = DurableBatch {
+            self.complete(DurableBatch {
                 ticket,
                 batch,
                 waiters,
                 result,
-            };
-            if tx.send(job).is_err() {
-                return;
-            }
+            });
         }
     }
 
@@ -983,52 +986,69 @@ impl Inner {
         Ok(())
     }
 
-    /// The last stage: finishes batches in ticket order (lanes may complete out of order):
-    /// applies each durable batch, then wakes its writers. Once a batch has failed, every later
-    /// one fails too: acknowledgements never skip a gap.
-    fn applier_loop(&self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
-        let mut next = 0u64;
-        let mut held = std::collections::BTreeMap::new();
-        let mut poisoned = false;
-        for job in rx {
-            held.insert(job.ticket, job);
-            while let Some(job) = held.remove(&next) {
-                next += 1;
-                let last = job.batch.last().map_or(0, |p| p.seq);
-                let result = if poisoned {
-                    Err(StorageError::Latched("an earlier write failed".into()))
-                } else {
-                    job.result.and_then(|()| {
-                        self.durable_seq.fetch_max(last, Ordering::SeqCst);
-                        self.apply_batch(job.batch)
-                    })
-                };
-                let mut c = self.commit.lock();
-                let state = match result {
-                    Ok(()) => {
-                        c.applied_seq = last;
-                        self.last_commit_us
-                            .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        DONE
-                    }
-                    Err(e) => {
-                        poisoned = true;
-                        if c.failed.is_none() {
-                            tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
-                            c.failed = Some(e.to_string());
-                        }
-                        FAILED
-                    }
-                };
-                drop(c);
-                if state == FAILED {
-                    self.room_cv.notify_all();
-                }
-                for w in job.waiters {
-                    w.finish(state);
-                }
+    /// Finishes durable batches in ticket order (lanes complete out of order): the lane that
+    /// finds nobody draining drains every batch that is next in order, others leave theirs.
+    /// No thread is woken to apply: the lane whose fsync just returned does it.
+    fn complete(&self, job: DurableBatch) {
+        let mut q = self.apply_queue.lock();
+        q.held.insert(job.ticket, job);
+        if q.draining {
+            return;
+        }
+        q.draining = true;
+        loop {
+            let next = q.next;
+            let Some(job) = q.held.remove(&next) else {
+                q.draining = false;
+                return;
+            };
+            q.next += 1;
+            let poisoned = q.poisoned;
+            drop(q);
+            let ok = self.finish_batch(job, poisoned);
+            q = self.apply_queue.lock();
+            if !ok {
+                q.poisoned = true;
             }
         }
+    }
+
+    /// Applies one durable batch and wakes its writers. Once a batch has failed, every later
+    /// one fails too: acknowledgements never skip a gap. Returns whether it succeeded.
+    fn finish_batch(&self, job: DurableBatch, poisoned: bool) -> bool {
+        let last = job.batch.last().map_or(0, |p| p.seq);
+        let result = if poisoned {
+            Err(StorageError::Latched("an earlier write failed".into()))
+        } else {
+            job.result.and_then(|()| {
+                self.durable_seq.fetch_max(last, Ordering::SeqCst);
+                self.apply_batch(job.batch)
+            })
+        };
+        let mut c = self.commit.lock();
+        let state = match result {
+            Ok(()) => {
+                c.applied_seq = last;
+                self.last_commit_us
+                    .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                DONE
+            }
+            Err(e) => {
+                if c.failed.is_none() {
+                    tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
+                    c.failed = Some(e.to_string());
+                }
+                FAILED
+            }
+        };
+        drop(c);
+        if state == FAILED {
+            self.room_cv.notify_all();
+        }
+        for w in job.waiters {
+            w.finish(state);
+        }
+        state == DONE
     }
 
     /// Applies a durable batch in sequence order. A run of records for the same space is

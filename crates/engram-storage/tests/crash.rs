@@ -49,6 +49,12 @@ const CHILD_SELF_DESTRUCT: Duration = Duration::from_secs(120);
 
 /// Options that keep the engine busy: WAL rolls, idle flushes, checkpoints, merges and space
 /// releases happen all the time while the writers run.
+fn child_seed() -> Option<u64> {
+    std::env::var(CHILD_SEED_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn child_options() -> StoreOptions {
     StoreOptions {
         wal_segment_bytes: 256 << 10,
@@ -62,10 +68,13 @@ fn child_options() -> StoreOptions {
         compaction_tick: Duration::from_millis(2),
         // Children with odd seeds write preallocated WAL files, even ones append: the same
         // directory sees both across its rounds.
-        wal_preallocate: std::env::var(CHILD_SEED_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|seed| seed % 2 == 1),
+        wal_preallocate: child_seed().is_some_and(|seed| seed % 2 == 1),
+        // Two commit lanes (two fsyncs in flight) for half of the children.
+        commit_lanes: if child_seed().is_some_and(|seed| seed / 2 % 2 == 1) {
+            2
+        } else {
+            1
+        },
         ..Default::default()
     }
 }
