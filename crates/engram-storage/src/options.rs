@@ -12,11 +12,6 @@ pub struct StoreOptions {
     /// doubles the bytes written, and at saturation slow fsyncs (over 2 ms) rose from ~30 to
     /// ~50-90 per 2 s and write p99 from ~5 to ~12 ms. Off by default.
     pub wal_preallocate: bool,
-    /// Group commits with an fsync in flight at once. Each takes what is queued, writes it in
-    /// order and fsyncs. Two concurrent fdatasyncs on this machine's disk commit 47% more
-    /// batches per second than one in isolation, but in `engram-bench storage` (3 interleaved
-    /// runs each) two lanes wrote no faster than one and had a slightly higher p99: default 1.
-    pub commit_lanes: usize,
     /// The largest WAL record accepted (header, space id and payload).
     pub max_record_bytes: usize,
     /// Bytes of records waiting for the next group commit before writers wait (back-pressure).
@@ -42,7 +37,6 @@ impl Default for StoreOptions {
         Self {
             wal_segment_bytes: 64 << 20,
             wal_preallocate: false,
-            commit_lanes: 1,
             max_record_bytes: 32 << 20,
             max_pending_bytes: 64 << 20,
             wal_flush_bytes: 1 << 30,
@@ -69,12 +63,6 @@ impl StoreOptions {
             return Err(format!(
                 "max_record_bytes ({}) exceeds max_pending_bytes ({})",
                 self.max_record_bytes, self.max_pending_bytes
-            ));
-        }
-        if self.commit_lanes == 0 || self.commit_lanes > 16 {
-            return Err(format!(
-                "commit_lanes {} is outside 1..=16",
-                self.commit_lanes
             ));
         }
         if self.max_open_spaces == 0 {

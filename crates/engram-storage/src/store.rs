@@ -37,7 +37,7 @@ struct Pending {
     op: Op,
 }
 
-/// How a writer learns its record's fate: the applier sets `state`, then wakes the writer
+/// How a writer learns its record's fate: the committer sets `state`, then wakes the writer
 /// (a parked thread, or an async task's waker), never through the commit mutex.
 struct Waiter {
     wake: Wake,
@@ -85,7 +85,7 @@ impl std::future::Future for Commit {
                 *slot.lock() = Some(cx.waker().clone());
             }
         }
-        // Checked after the waker is stored: the applier sets the state before taking it.
+        // Checked after the waker is stored: `Waiter::finish` sets the state before taking it.
         match this.waiter.state.load(Ordering::Acquire) {
             WAITING => std::task::Poll::Pending,
             DONE => std::task::Poll::Ready(Ok(this.seq)),
@@ -97,24 +97,15 @@ impl std::future::Future for Commit {
     }
 }
 
-/// Durable batches waiting to be finished in ticket order.
-#[derive(Default)]
-struct ApplyQueue {
-    next: u64,
-    held: std::collections::BTreeMap<u64, DurableBatch>,
-    /// A lane is finishing batches: others only add theirs.
-    draining: bool,
-    /// A batch failed: every later one fails too.
-    poisoned: bool,
-}
-
-/// A batch a commit lane made durable (or failed to).
+/// A batch the committer made durable (or failed to).
 struct DurableBatch {
-    ticket: u64,
     batch: Vec<Pending>,
     waiters: Vec<Arc<Waiter>>,
     result: Result<()>,
 }
+
+/// Writers to wake, with their records' fate.
+type WakeList = (Vec<Arc<Waiter>>, u8);
 
 const WAITING: u8 = 0;
 const DONE: u8 = 1;
@@ -126,11 +117,9 @@ struct CommitState {
     pending: Vec<Pending>,
     waiters: Vec<Arc<Waiter>>,
     next_seq: u64,
-    /// The flusher is waiting for records.
-    idle_lanes: usize,
-    /// Order of batches taken by the commit lanes; the applier finishes them in this order.
-    next_ticket: u64,
-    /// Set by `close`: the flusher drains what is queued and stops.
+    /// The committer is waiting for records.
+    committer_idle: bool,
+    /// Set by `close`: the committer drains what is queued and stops.
     stopping: bool,
     /// Every record up to here is durable and applied to its space.
     applied_seq: u64,
@@ -204,13 +193,15 @@ struct Inner {
     spaces_dir: PathBuf,
     opts: StoreOptions,
     commit: Mutex<CommitState>,
-    /// The flusher waits here for records.
-    flusher_cv: Condvar,
+    /// The committer waits here for records.
+    committer_cv: Condvar,
     /// Writers waiting for room in a full batch (back-pressure).
     room_cv: Condvar,
     written_seq: AtomicU64,
     durable_seq: AtomicU64,
-    apply_queue: Mutex<ApplyQueue>,
+    /// Wakes writers of finished batches, in order, off the committer: waking dozens of
+    /// parked threads costs a syscall each, which would otherwise delay the next batch.
+    waker: Mutex<Option<std::sync::mpsc::Sender<WakeList>>>,
     /// `None` until recovery has read the existing WAL files.
     writer: Mutex<Option<WalWriter>>,
     spaces: RwLock<HashMap<SpaceId, Slot>>,
@@ -238,7 +229,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
-    /// The commit lanes.
+    /// The waker, then the committer.
     pipeline: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -291,17 +282,16 @@ impl Store {
                 pending: Vec::new(),
                 waiters: Vec::new(),
                 next_seq: 1,
-                idle_lanes: 0,
-                next_ticket: 0,
+                committer_idle: false,
                 stopping: false,
                 applied_seq: 0,
                 failed: None,
             }),
-            flusher_cv: Condvar::new(),
+            committer_cv: Condvar::new(),
             room_cv: Condvar::new(),
             written_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
-            apply_queue: Mutex::new(ApplyQueue::default()),
+            waker: Mutex::new(None),
             writer: Mutex::new(None),
             opts,
             spaces: RwLock::new(spaces),
@@ -685,10 +675,21 @@ impl Store {
         if let Some(h) = self.compactor.lock().take() {
             let _ = h.join();
         }
-        // The flusher finishes every queued record (their writers are waiting), then stops.
+        // The committer finishes every queued record (their writers are waiting), then stops.
         self.inner.commit.lock().stopping = true;
-        self.inner.flusher_cv.notify_all();
-        for h in self.pipeline.lock().drain(..) {
+        self.inner.committer_cv.notify_all();
+        let mut handles: Vec<JoinHandle<()>> = self.pipeline.lock().drain(..).collect();
+        // The committer first (it drains the queue), then the waker once nothing can send.
+        let waker = if handles.is_empty() {
+            None
+        } else {
+            Some(handles.remove(0))
+        };
+        for h in handles {
+            let _ = h.join();
+        }
+        self.inner.waker.lock().take();
+        if let Some(h) = waker {
             let _ = h.join();
         }
     }
@@ -804,7 +805,7 @@ impl Inner {
     }
 
     /// Appends one record and waits until it is durable and applied (group commit: the
-    /// flusher writes everything queued, fsyncs once, applies, then wakes each writer).
+    /// committer writes everything queued, fsyncs once, applies, then wakes each writer).
     fn submit(&self, space: &SpaceId, op: Op) -> Result<u64> {
         let waiter = Arc::new(Waiter {
             wake: Wake::Thread(std::thread::current()),
@@ -862,79 +863,73 @@ impl Inner {
             op,
         });
         c.waiters.push(waiter.clone());
-        let wake = c.idle_lanes > 0;
+        let wake = std::mem::take(&mut c.committer_idle);
         drop(c);
         if wake {
-            self.flusher_cv.notify_one();
+            self.committer_cv.notify_one();
         }
         Ok(seq)
     }
 
-    /// Starts the commit pipeline: `commit_lanes` threads that each take everything queued,
-    /// write it (in order, under the writer's lock), fsync it (outside the lock, so that the
-    /// next batch is written and synced while this one's fsync is in flight), then finish
-    /// batches strictly in the order they were taken (see [`Inner::complete`]).
+    /// Starts the commit pipeline: the committer thread, which takes everything queued,
+    /// writes it, fsyncs once and applies it in sequence order, and the waker thread, which
+    /// wakes the writers of each finished batch (in order) while the committer goes on.
     fn start_pipeline(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
-        let lanes = self.opts.commit_lanes.max(1);
-        let mut handles = Vec::with_capacity(lanes);
-        for i in 0..lanes {
-            let inner = self.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("engram-wal-lane-{i}"))
-                    .spawn(move || inner.lane_loop())?,
-            );
+        let (tx, rx) = std::sync::mpsc::channel::<WakeList>();
+        let waker = std::thread::Builder::new()
+            .name("engram-wal-waker".into())
+            .spawn(move || {
+                for (waiters, state) in rx {
+                    for w in waiters {
+                        w.finish(state);
+                    }
+                }
+            })?;
+        *self.waker.lock() = Some(tx);
+        let inner = self.clone();
+        let committer = std::thread::Builder::new()
+            .name("engram-wal-committer".into())
+            .spawn(move || inner.committer_loop());
+        match committer {
+            Ok(c) => Ok(vec![waker, c]),
+            Err(e) => {
+                self.waker.lock().take();
+                let _ = waker.join();
+                Err(e)
+            }
         }
-        Ok(handles)
     }
 
-    /// A commit lane: takes a batch, writes it, fsyncs it, finishes it (and any batch before
-    /// it that is waiting); again while records keep coming. Several lanes have fsyncs in
-    /// flight at once.
-    fn lane_loop(&self) {
+    /// The committer: takes a batch, writes it, fsyncs it, applies it and hands its writers
+    /// to the waker; again while records keep coming (group commit: batches grow with load,
+    /// never by waiting).
+    fn committer_loop(&self) {
         let mut spare = Vec::new();
         let mut handle: Option<(u64, Box<dyn DiskFile>)> = None;
         loop {
             let mut c = self.commit.lock();
             while c.pending.is_empty() && !c.stopping {
-                c.idle_lanes += 1;
-                self.flusher_cv.wait(&mut c);
-                c.idle_lanes -= 1;
+                c.committer_idle = true;
+                self.committer_cv.wait(&mut c);
             }
+            c.committer_idle = false;
             if c.pending.is_empty() {
                 return;
             }
             let buf = std::mem::replace(&mut c.buf, std::mem::take(&mut spare));
             let batch = std::mem::take(&mut c.pending);
             let waiters = std::mem::take(&mut c.waiters);
-            let ticket = c.next_ticket;
-            c.next_ticket += 1;
             let latched = c.failed.is_some();
-            // Take the writer's lock before letting another lane take the next batch: batches
-            // reach the file in ticket (sequence) order.
-            let writer = self.writer.lock();
             drop(c);
             self.room_cv.notify_all();
             let result = if latched {
-                drop(writer);
                 Err(StorageError::Latched("an earlier write failed".into()))
             } else {
-                self.write_and_sync(writer, &buf, &batch, &mut handle)
+                self.write_and_sync(&buf, &batch, &mut handle)
             };
-            if let Err(e) = &result {
-                // Refuse new writes at once, before the applier reaches this batch.
-                let mut c = self.commit.lock();
-                if c.failed.is_none() {
-                    tracing::error!(error = %e, "WAL write failed; refusing writes until reopened");
-                    c.failed = Some(e.to_string());
-                }
-                drop(c);
-                self.room_cv.notify_all();
-            }
             spare = buf;
             spare.clear();
-            self.complete(DurableBatch {
-                ticket,
+            self.finish_batch(DurableBatch {
                 batch,
                 waiters,
                 result,
@@ -942,36 +937,33 @@ impl Inner {
         }
     }
 
-    /// Writes a batch at the end of the WAL (under the writer's lock, so batches are in
-    /// sequence order in the file) and fsyncs it through this lane's own handle, outside the
-    /// lock. An fsync flushes every dirty page of the file, so when it returns this batch and
-    /// every batch written before it are durable.
+    /// Writes a batch at the end of the WAL under the writer's lock, then fsyncs it through the
+    /// committer's own handle outside the lock (status and checkpoints are not held up by the
+    /// fsync). The writer's own handle syncs only in a roll, which happens in this thread or
+    /// when no batch is in flight, so a write-back error is never reported to the wrong call.
     fn write_and_sync(
         &self,
-        mut guard: parking_lot::MutexGuard<'_, Option<WalWriter>>,
         buf: &[u8],
         batch: &[Pending],
         handle: &mut Option<(u64, Box<dyn DiskFile>)>,
     ) -> Result<()> {
         let first = batch.first().map_or(0, |p| p.seq);
         let last = batch.last().map_or(0, |p| p.seq);
-        let (generation, mut file) = {
+        let (generation, path, mut file) = {
+            let mut guard = self.writer.lock();
             let w = guard.as_mut().ok_or(StorageError::Closed)?;
             let generation = w.write(buf, first)?;
             self.written_seq.fetch_max(last, Ordering::SeqCst);
-            match handle.take() {
-                Some((g, h)) if g == generation => (g, h),
-                _ => (generation, w.clone_current()?),
-            }
+            let file = match handle.take() {
+                Some((g, h)) if g == generation => h,
+                _ => w.clone_current()?,
+            };
+            (generation, w.current_path().to_path_buf(), file)
         };
-        drop(guard);
         let t = Instant::now();
         let synced = file.sync();
         *handle = Some((generation, file));
-        synced.map_err(|source| StorageError::Io {
-            path: PathBuf::from("wal"),
-            source,
-        })?;
+        synced.map_err(|source| StorageError::Io { path, source })?;
         let s = &self.stats;
         let us = t.elapsed().as_micros() as u64;
         s.fsync_micros_total.fetch_add(us, Ordering::Relaxed);
@@ -986,45 +978,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Finishes durable batches in ticket order (lanes complete out of order): the lane that
-    /// finds nobody draining drains every batch that is next in order, others leave theirs.
-    /// No thread is woken to apply: the lane whose fsync just returned does it.
-    fn complete(&self, job: DurableBatch) {
-        let mut q = self.apply_queue.lock();
-        q.held.insert(job.ticket, job);
-        if q.draining {
-            return;
-        }
-        q.draining = true;
-        loop {
-            let next = q.next;
-            let Some(job) = q.held.remove(&next) else {
-                q.draining = false;
-                return;
-            };
-            q.next += 1;
-            let poisoned = q.poisoned;
-            drop(q);
-            let ok = self.finish_batch(job, poisoned);
-            q = self.apply_queue.lock();
-            if !ok {
-                q.poisoned = true;
-            }
-        }
-    }
-
-    /// Applies one durable batch and wakes its writers. Once a batch has failed, every later
-    /// one fails too: acknowledgements never skip a gap. Returns whether it succeeded.
-    fn finish_batch(&self, job: DurableBatch, poisoned: bool) -> bool {
+    /// Applies a durable batch, records the watermarks, and hands its writers to the waker. A
+    /// failed write or apply latches the WAL: every later batch fails too (it sees the latch
+    /// when taken), so acknowledgements never skip a gap.
+    fn finish_batch(&self, job: DurableBatch) {
         let last = job.batch.last().map_or(0, |p| p.seq);
-        let result = if poisoned {
-            Err(StorageError::Latched("an earlier write failed".into()))
-        } else {
-            job.result.and_then(|()| {
-                self.durable_seq.fetch_max(last, Ordering::SeqCst);
-                self.apply_batch(job.batch)
-            })
-        };
+        let result = job.result.and_then(|()| {
+            self.durable_seq.fetch_max(last, Ordering::SeqCst);
+            self.apply_batch(job.batch)
+        });
         let mut c = self.commit.lock();
         let state = match result {
             Ok(()) => {
@@ -1035,7 +997,7 @@ impl Inner {
             }
             Err(e) => {
                 if c.failed.is_none() {
-                    tracing::error!(error = %e, "applying a durable batch failed; refusing writes until reopened");
+                    tracing::error!(error = %e, "WAL write or apply failed; refusing writes until reopened");
                     c.failed = Some(e.to_string());
                 }
                 FAILED
@@ -1045,10 +1007,14 @@ impl Inner {
         if state == FAILED {
             self.room_cv.notify_all();
         }
-        for w in job.waiters {
+        let waiters = match self.waker.lock().as_ref() {
+            Some(tx) => tx.send((job.waiters, state)).err().map(|e| e.0 .0),
+            None => Some(job.waiters),
+        };
+        // Without the waker thread (shutting down), wake them here.
+        for w in waiters.into_iter().flatten() {
             w.finish(state);
         }
-        state == DONE
     }
 
     /// Applies a durable batch in sequence order. A run of records for the same space is

@@ -69,12 +69,6 @@ fn child_options() -> StoreOptions {
         // Children with odd seeds write preallocated WAL files, even ones append: the same
         // directory sees both across its rounds.
         wal_preallocate: child_seed().is_some_and(|seed| seed % 2 == 1),
-        // Two commit lanes (two fsyncs in flight) for half of the children.
-        commit_lanes: if child_seed().is_some_and(|seed| seed / 2 % 2 == 1) {
-            2
-        } else {
-            1
-        },
         ..Default::default()
     }
 }

@@ -270,7 +270,6 @@ fn power_cuts_at_random_points_during_writes_and_compaction() {
         let opts = StoreOptions {
             max_segments_per_space: 2,
             wal_preallocate: seed % 2 == 1,
-            commit_lanes: 1 + (seed / 2 % 2) as usize,
             ..test_options()
         };
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);

@@ -1,5 +1,5 @@
 //! Appending batches of encoded records to the newest WAL file, rolling to a new file at the
-//! size limit. Used by the WAL flusher only.
+//! size limit. Used by the committer thread only.
 //!
 //! With `StoreOptions::wal_preallocate`, a new file is written full of zeros (and synced) before
 //! records go in, so that each group commit's `fdatasync` flushes data blocks only, with no
@@ -45,7 +45,7 @@ pub struct WalWriter {
     files: Vec<WalFileInfo>,
     spare: Arc<Mutex<Option<std::io::Result<Spare>>>>,
     preparing: Option<JoinHandle<()>>,
-    /// Counts rolls: a commit lane holding a handle of an older generation clones a new one.
+    /// Counts rolls: the committer, holding a handle of an older generation, clones a new one.
     generation: u64,
 }
 
@@ -119,6 +119,11 @@ impl WalWriter {
             self.prepare_spare();
         }
         Ok(self.generation)
+    }
+
+    /// The current file's path.
+    pub fn current_path(&self) -> &Path {
+        &self.path
     }
 
     /// A handle on the current file, for syncing it outside the writer's lock.
