@@ -23,8 +23,10 @@ pub trait DiskFile: Send {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes everything written so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
-    /// Another handle on the same open file (a duplicated descriptor), so that several
-    /// threads can sync it at once.
+    /// Another handle on the same open file (a duplicated descriptor), so that it can be synced
+    /// without holding the lock that guards the original. Both share one open file
+    /// description: write-back errors are reported to whichever handle syncs first, so the
+    /// engine syncs a WAL file from one place at a time.
     fn try_clone(&self) -> io::Result<Box<dyn DiskFile>>;
     /// Bytes in the file, written so far.
     fn len(&self) -> u64;

@@ -123,7 +123,7 @@ struct CommitState {
     stopping: bool,
     /// Every record up to here is durable and applied to its space.
     applied_seq: u64,
-    /// Set by a failed write or fsync: the WAL refuses writes until reopened.
+    /// Set by a failed write, fsync or apply: the WAL refuses writes until reopened.
     failed: Option<String>,
 }
 
@@ -229,8 +229,9 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
-    /// The waker, then the committer.
-    pipeline: Mutex<Vec<JoinHandle<()>>>,
+    /// The commit pipeline's threads.
+    committer: Mutex<Option<JoinHandle<()>>>,
+    waker: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn now_us() -> i64 {
@@ -381,29 +382,29 @@ impl Store {
             "store recovered"
         );
         *inner.recovery.lock() = report;
-        let compactor = if inner.opts.background_compaction {
-            let bg = inner.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("engram-compactor".into())
-                    .spawn(move || bg.compactor_loop())
-                    .map_err(|e| StorageError::Io {
-                        path: root.to_path_buf(),
-                        source: e,
-                    })?,
-            )
-        } else {
-            None
-        };
-        let pipeline = inner.start_pipeline().map_err(|e| StorageError::Io {
+        let (committer, waker) = inner.start_pipeline().map_err(|e| StorageError::Io {
             path: root.to_path_buf(),
             source: e,
         })?;
-        Ok(Store {
+        let store = Store {
             inner,
-            compactor: Mutex::new(compactor),
-            pipeline: Mutex::new(pipeline),
-        })
+            compactor: Mutex::new(None),
+            committer: Mutex::new(Some(committer)),
+            waker: Mutex::new(Some(waker)),
+        };
+        if store.inner.opts.background_compaction {
+            let bg = store.inner.clone();
+            // On failure `store` is dropped here, which stops the commit pipeline.
+            let handle = std::thread::Builder::new()
+                .name("engram-compactor".into())
+                .spawn(move || bg.compactor_loop())
+                .map_err(|e| StorageError::Io {
+                    path: root.to_path_buf(),
+                    source: e,
+                })?;
+            *store.compactor.lock() = Some(handle);
+        }
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
@@ -678,18 +679,12 @@ impl Store {
         // The committer finishes every queued record (their writers are waiting), then stops.
         self.inner.commit.lock().stopping = true;
         self.inner.committer_cv.notify_all();
-        let mut handles: Vec<JoinHandle<()>> = self.pipeline.lock().drain(..).collect();
         // The committer first (it drains the queue), then the waker once nothing can send.
-        let waker = if handles.is_empty() {
-            None
-        } else {
-            Some(handles.remove(0))
-        };
-        for h in handles {
+        if let Some(h) = self.committer.lock().take() {
             let _ = h.join();
         }
         self.inner.waker.lock().take();
-        if let Some(h) = waker {
+        if let Some(h) = self.waker.lock().take() {
             let _ = h.join();
         }
     }
@@ -874,7 +869,7 @@ impl Inner {
     /// Starts the commit pipeline: the committer thread, which takes everything queued,
     /// writes it, fsyncs once and applies it in sequence order, and the waker thread, which
     /// wakes the writers of each finished batch (in order) while the committer goes on.
-    fn start_pipeline(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    fn start_pipeline(self: &Arc<Self>) -> std::io::Result<(JoinHandle<()>, JoinHandle<()>)> {
         let (tx, rx) = std::sync::mpsc::channel::<WakeList>();
         let waker = std::thread::Builder::new()
             .name("engram-wal-waker".into())
@@ -891,7 +886,7 @@ impl Inner {
             .name("engram-wal-committer".into())
             .spawn(move || inner.committer_loop());
         match committer {
-            Ok(c) => Ok(vec![waker, c]),
+            Ok(c) => Ok((c, waker)),
             Err(e) => {
                 self.waker.lock().take();
                 let _ = waker.join();

@@ -131,11 +131,6 @@ impl WalWriter {
         self.file.try_clone().at(&self.path)
     }
 
-    /// Makes every write so far durable.
-    pub fn sync(&mut self) -> Result<()> {
-        self.file.sync().at(&self.path)
-    }
-
     /// Whether the current file holds any record.
     pub fn current_has_records(&self) -> bool {
         self.pos > WAL_FILE_HEADER_LEN as u64
