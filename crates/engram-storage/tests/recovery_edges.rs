@@ -17,15 +17,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_rotted_last_record_already_in_a_segment_never_makes_a_sequence_reused() {
+/// A store whose last WAL record is already in a segment, with the pre-checkpoint WAL put
+/// back and that record rotted (a bit flipped near its end).
+fn rot_a_flushed_last_record(s: &engram_core::SpaceId) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let s = sid("s");
     let saved_wal = tempfile::tempdir().unwrap();
     {
         let store = Store::open_dir(dir.path(), test_options()).unwrap();
-        store.create_space(&s, 8).unwrap();
-        store.remember(&s, memory("m0", 8)).unwrap();
+        store.create_space(s, 8).unwrap();
+        store.remember(s, memory("m0", 8)).unwrap();
         copy_dir(&dir.path().join("wal"), saved_wal.path());
         store.compact().unwrap();
     }
@@ -42,6 +42,13 @@ fn a_rotted_last_record_already_in_a_segment_never_makes_a_sequence_reused() {
     let n = bytes.len();
     bytes[n - 5] ^= 0x40;
     fs::write(&wal, bytes).unwrap();
+    dir
+}
+
+#[test]
+fn a_rotted_last_record_already_in_a_segment_never_makes_a_sequence_reused() {
+    let s = sid("s");
+    let dir = rot_a_flushed_last_record(&s);
     {
         let store = Store::open_dir(dir.path(), test_options()).unwrap();
         assert_intact(&store.get(&s, "m0").unwrap().unwrap(), 8);
@@ -57,28 +64,8 @@ fn a_rotted_last_record_already_in_a_segment_never_makes_a_sequence_reused() {
 
 #[test]
 fn the_raised_sequence_floor_survives_a_restart_without_writes() {
-    let dir = tempfile::tempdir().unwrap();
     let s = sid("s");
-    let saved_wal = tempfile::tempdir().unwrap();
-    {
-        let store = Store::open_dir(dir.path(), test_options()).unwrap();
-        store.create_space(&s, 8).unwrap();
-        store.remember(&s, memory("m0", 8)).unwrap();
-        copy_dir(&dir.path().join("wal"), saved_wal.path());
-        store.compact().unwrap();
-    }
-    fs::remove_dir_all(dir.path().join("wal")).unwrap();
-    copy_dir(saved_wal.path(), &dir.path().join("wal"));
-    let wal = fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut bytes = fs::read(&wal).unwrap();
-    let n = bytes.len();
-    bytes[n - 5] ^= 0x40;
-    fs::write(&wal, bytes).unwrap();
+    let dir = rot_a_flushed_last_record(&s);
     // Open (raises the floor), close without writing, open again, then write.
     drop(Store::open_dir(dir.path(), test_options()).unwrap());
     {
