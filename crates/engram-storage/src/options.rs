@@ -8,9 +8,10 @@ pub struct StoreOptions {
     /// A WAL file rolls to a new one past this size.
     pub wal_segment_bytes: u64,
     /// Write WAL files full of zeros before use, so group commits' fsyncs change no file
-    /// size. Measured on ext4 (engram-bench storage): mean fsync 0.33 -> 0.25 ms, but zero-filling
-    /// doubles the bytes written, and at saturation slow fsyncs (over 2 ms) rose from ~30 to
-    /// ~50-90 per 2 s and write p99 from ~5 to ~12 ms. Off by default.
+    /// size. Measured on ext4 with `engram-bench storage` (8 s windows, 64 writers): throughput
+    /// up (threads 47.7k -> 60.1k/s, 16 writers 22.4k -> 35.8k/s, p50 1.25 -> 0.55 ms) but
+    /// zero-filling doubles the bytes written and the P99 got worse (threads 7.95 -> 11.75 ms,
+    /// async tasks 10.5 -> 14.7 ms). Off by default, for the tail.
     pub wal_preallocate: bool,
     /// The largest WAL record accepted (header, space id and payload).
     pub max_record_bytes: usize,
