@@ -14,9 +14,10 @@ use crate::disk::{write_file_atomic, Disk};
 use crate::error::{IoContext, Result, StorageError};
 use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
-use crate::op::{encode_links, encode_metadata, Op};
+use crate::op::Op;
 use crate::segment::{
-    parse_segment_file_name, segment_file_name, write_segment, Lookup, RowData, Segment,
+    parse_segment_file_name, segment_file_name, write_memories, write_segment, Lookup, RowData,
+    Segment,
 };
 
 /// A space's mutable state, behind one lock.
@@ -328,38 +329,15 @@ pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
         }
         live.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         tombs.sort_unstable();
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = live
-            .iter()
-            .map(|m| {
-                let (mut md, mut ln) = (Vec::new(), Vec::new());
-                encode_metadata(&m.metadata, &mut md);
-                encode_links(&m.links, &mut ln);
-                (md, ln)
-            })
-            .collect();
-        let rows: Vec<RowData> = live
-            .iter()
-            .zip(&encoded)
-            .map(|(m, (md, ln))| RowData {
-                id: m.id.as_str(),
-                embedding: &m.embedding,
-                confidence: m.confidence,
-                timestamp_us: m.timestamp_us,
-                content: &m.content,
-                metadata: Cow::Borrowed(md),
-                links: Cow::Borrowed(ln),
-            })
-            .collect();
-        if !rows.is_empty() || !tombs.is_empty() {
+        if !live.is_empty() || !tombs.is_empty() {
             let min = frozen.min_seq.unwrap_or(frozen.max_seq);
             let path = space.dir.join(segment_file_name(min, frozen.max_seq));
-            written = write_segment(
+            written = write_memories(
                 disk,
                 &path,
                 meta.dimension as usize,
-                min,
-                frozen.max_seq,
-                &rows,
+                (min, frozen.max_seq),
+                &live,
                 &tombs,
             )?;
             new_segment = Some(Arc::new(Segment::open(disk, &path)?));

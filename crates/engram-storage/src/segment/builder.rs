@@ -4,9 +4,12 @@
 use std::borrow::Cow;
 use std::path::Path;
 
+use engram_core::Memory;
+
 use super::format::*;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{IoContext, Result, StorageError};
+use crate::op::{encode_links, encode_metadata};
 
 /// One row to write. `metadata` and `links` are already encoded (see `op::encode_metadata` and
 /// `op::encode_links`).
@@ -19,6 +22,41 @@ pub struct RowData<'a> {
     pub content: &'a str,
     pub metadata: Cow<'a, [u8]>,
     pub links: Cow<'a, [u8]>,
+}
+
+/// Writes a segment of whole memories (sorted by id, strictly ascending) and `tombstones`,
+/// encoding each memory's metadata and links for its row. See [`write_segment`].
+pub fn write_memories(
+    disk: &dyn Disk,
+    path: &Path,
+    dimension: usize,
+    (min_seq, max_seq): (u64, u64),
+    memories: &[&Memory],
+    tombstones: &[&str],
+) -> Result<u64> {
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> = memories
+        .iter()
+        .map(|m| {
+            let (mut md, mut ln) = (Vec::new(), Vec::new());
+            encode_metadata(&m.metadata, &mut md);
+            encode_links(&m.links, &mut ln);
+            (md, ln)
+        })
+        .collect();
+    let rows: Vec<RowData> = memories
+        .iter()
+        .zip(&encoded)
+        .map(|(m, (md, ln))| RowData {
+            id: m.id.as_str(),
+            embedding: &m.embedding,
+            confidence: m.confidence,
+            timestamp_us: m.timestamp_us,
+            content: &m.content,
+            metadata: Cow::Borrowed(md),
+            links: Cow::Borrowed(ln),
+        })
+        .collect();
+    write_segment(disk, path, dimension, min_seq, max_seq, &rows, tombstones)
 }
 
 /// Streams bytes to a file through a buffer, tracking the current column's CRC and offset.

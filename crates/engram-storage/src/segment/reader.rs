@@ -379,12 +379,10 @@ impl Segment {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
 
-    use super::super::builder::{write_segment, RowData};
+    use super::super::builder::write_memories;
     use super::*;
     use crate::disk::RealDisk;
-    use crate::op::{encode_links, encode_metadata};
     use engram_core::MemoryId;
     use proptest::prelude::*;
 
@@ -394,29 +392,7 @@ mod tests {
         let mut sorted: Vec<&Memory> = mems.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         sorted.dedup_by(|a, b| a.id == b.id);
-        let enc: Vec<(Vec<u8>, Vec<u8>)> = sorted
-            .iter()
-            .map(|m| {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                encode_metadata(&m.metadata, &mut a);
-                encode_links(&m.links, &mut b);
-                (a, b)
-            })
-            .collect();
-        let rows: Vec<RowData> = sorted
-            .iter()
-            .zip(&enc)
-            .map(|(m, (a, b))| RowData {
-                id: m.id.as_str(),
-                embedding: &m.embedding,
-                confidence: m.confidence,
-                timestamp_us: m.timestamp_us,
-                content: &m.content,
-                metadata: Cow::Borrowed(a),
-                links: Cow::Borrowed(b),
-            })
-            .collect();
-        write_segment(&RealDisk, &path, dim, 1, 9, &rows, tombs).unwrap();
+        write_memories(&RealDisk, &path, dim, (1, 9), &sorted, tombs).unwrap();
         let seg = Segment::open(&RealDisk, &path).unwrap();
         (dir, seg)
     }
