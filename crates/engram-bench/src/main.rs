@@ -18,7 +18,11 @@ const USAGE: &str = "usage: engram-bench <suite> [--quick]
 suites:
   storage   the storage engine: durable writes, recovery, gets, memory, many spaces
 options:
-  --quick   a short run (about a minute) instead of the full one (several minutes)";
+  --quick   a short run (about a minute) instead of the full one (several minutes)
+environment:
+  ENGRAM_BENCH_DIR    where benchmark data is written (default: the temporary directory)
+  ENGRAM_BENCH_PARTS  comma-separated parts of the suite to run (default: all; the suite's
+                      error message lists them)";
 
 /// The suites this build runs.
 const SUITES: &[&str] = &["storage"];
@@ -27,6 +31,10 @@ const SUITES: &[&str] = &["storage"];
 const PLANNED: &[&str] = &["recall", "http", "placement", "text"];
 
 fn main() -> ExitCode {
+    // As the server does: see engram_storage::process.
+    if let Err(e) = engram_storage::process::disable_transparent_huge_pages() {
+        eprintln!("warning: could not turn off transparent huge pages: {e}");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

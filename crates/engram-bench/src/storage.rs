@@ -89,11 +89,23 @@ pub fn run(quick: bool) -> Result<()> {
     );
     println!("# load average at start: {}", util::load_average());
     let started = Instant::now();
-    writes(&cfg, root.path())?;
-    crc(&cfg);
-    recovery(&cfg, root.path())?;
-    gets_and_memory(&cfg, root.path())?;
-    many_spaces(&cfg, root.path())?;
+    let parts = util::selected_parts(&["writes", "crc", "recovery", "gets", "spaces"])?;
+    let on = |p: &str| parts.iter().any(|q| q == p);
+    if on("writes") {
+        writes(&cfg, root.path())?;
+    }
+    if on("crc") {
+        crc(&cfg);
+    }
+    if on("recovery") {
+        recovery(&cfg, root.path())?;
+    }
+    if on("gets") {
+        gets_and_memory(&cfg, root.path())?;
+    }
+    if on("spaces") {
+        many_spaces(&cfg, root.path())?;
+    }
     println!(
         "# storage suite finished in {:.1} s; load average now {}",
         started.elapsed().as_secs_f64(),

@@ -217,6 +217,25 @@ pub fn dir_file_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// The parts of a suite to run: `$ENGRAM_BENCH_PARTS` (comma-separated names from `all`), else
+/// every part. An unknown name is an error that lists the valid ones.
+pub fn selected_parts(all: &[&str]) -> anyhow::Result<Vec<String>> {
+    let Some(v) = std::env::var_os("ENGRAM_BENCH_PARTS") else {
+        return Ok(all.iter().map(|s| s.to_string()).collect());
+    };
+    let v = v.to_string_lossy();
+    let mut parts = Vec::new();
+    for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        anyhow::ensure!(
+            all.contains(&p),
+            "ENGRAM_BENCH_PARTS: unknown part {p:?} (this suite has: {})",
+            all.join(", ")
+        );
+        parts.push(p.to_string());
+    }
+    Ok(parts)
+}
+
 /// Where benchmark data goes: `$ENGRAM_BENCH_DIR`, else the system temporary directory.
 pub fn bench_root() -> PathBuf {
     std::env::var_os("ENGRAM_BENCH_DIR")
@@ -251,7 +270,12 @@ pub fn machine_description() -> String {
             || "unknown memory".to_string(),
             |kb| format!("{:.1} GB RAM", kb as f64 * 1024.0 / 1e9),
         );
-    format!("nproc={} ({model}), {mem_gb}", cpus())
+    let thp = match engram_storage::process::transparent_huge_pages_disabled() {
+        Some(true) => ", transparent huge pages off",
+        Some(false) => ", transparent huge pages on",
+        None => "",
+    };
+    format!("nproc={} ({model}), {mem_gb}{thp}", cpus())
 }
 
 fn format_value(v: f64) -> String {

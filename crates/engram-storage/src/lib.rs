@@ -10,6 +10,7 @@ pub mod meta;
 pub mod numa;
 pub mod op;
 mod options;
+pub mod process;
 pub mod quarantine;
 mod recovery;
 pub mod segment;

@@ -884,7 +884,10 @@ impl Inner {
         let inner = self.clone();
         let committer = std::thread::Builder::new()
             .name("engram-wal-committer".into())
-            .spawn(move || inner.committer_loop());
+            .spawn(move || {
+                crate::process::set_current_thread_nice(inner.opts.committer_nice);
+                inner.committer_loop()
+            });
         match committer {
             Ok(c) => Ok((c, waker)),
             Err(e) => {
