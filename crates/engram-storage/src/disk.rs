@@ -30,6 +30,13 @@ pub trait DiskFile: Send {
     fn try_clone(&self) -> io::Result<Box<dyn DiskFile>>;
     /// Bytes in the file, written so far.
     fn len(&self) -> u64;
+    /// Tells the OS that `len` bytes at `offset`, written and synced, will not be read soon,
+    /// so their cached pages can be reused (`POSIX_FADV_DONTNEED`). Only a hint: data and
+    /// durability are unaffected. The default does nothing.
+    fn drop_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -170,6 +177,27 @@ impl DiskFile for RealFile {
     }
     fn len(&self) -> u64 {
         self.len
+    }
+    fn drop_cached(&self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: an advisory call on a descriptor we own; no memory is passed.
+            let r = unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::from_raw_os_error(r));
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
+        Ok(())
     }
 }
 

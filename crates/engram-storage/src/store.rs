@@ -97,6 +97,18 @@ impl std::future::Future for Commit {
     }
 }
 
+/// The committer's own handle on the current WAL file, for syncing outside the writer's lock.
+struct SyncHandle {
+    /// The writer's generation (roll count) the handle belongs to.
+    generation: u64,
+    file: Box<dyn DiskFile>,
+    /// Synced bytes before this offset have been dropped from the page cache.
+    uncached_to: u64,
+}
+
+/// Synced WAL data is dropped from the page cache in whole multiples of this.
+const CACHE_DROP_GRAIN: u64 = 64 << 10;
+
 /// A batch the committer made durable (or failed to).
 struct DurableBatch {
     batch: Vec<Pending>,
@@ -903,7 +915,7 @@ impl Inner {
     /// never by waiting).
     fn committer_loop(&self) {
         let mut spare = Vec::new();
-        let mut handle: Option<(u64, Box<dyn DiskFile>)> = None;
+        let mut handle: Option<SyncHandle> = None;
         loop {
             let mut c = self.commit.lock();
             while c.pending.is_empty() && !c.stopping {
@@ -943,24 +955,40 @@ impl Inner {
         &self,
         buf: &[u8],
         batch: &[Pending],
-        handle: &mut Option<(u64, Box<dyn DiskFile>)>,
+        handle: &mut Option<SyncHandle>,
     ) -> Result<()> {
         let first = batch.first().map_or(0, |p| p.seq);
         let last = batch.last().map_or(0, |p| p.seq);
-        let (generation, path, mut file) = {
+        let (path, end, mut h) = {
             let mut guard = self.writer.lock();
             let w = guard.as_mut().ok_or(StorageError::Closed)?;
             let generation = w.write(buf, first)?;
             self.written_seq.fetch_max(last, Ordering::SeqCst);
-            let file = match handle.take() {
-                Some((g, h)) if g == generation => h,
-                _ => w.clone_current()?,
+            let h = match handle.take() {
+                Some(h) if h.generation == generation => h,
+                _ => SyncHandle {
+                    generation,
+                    file: w.clone_current()?,
+                    uncached_to: 0,
+                },
             };
-            (generation, w.current_path().to_path_buf(), file)
+            (w.current_path().to_path_buf(), w.position(), h)
         };
         let t = Instant::now();
-        let synced = file.sync();
-        *handle = Some((generation, file));
+        let synced = h.file.sync();
+        if synced.is_ok() {
+            // Synced WAL pages are not read again while the store runs (recovery reads the
+            // files at the next start): hand them back, so that new WAL pages reuse memory
+            // instead of growing the page cache. Measured with 64 async writers (full
+            // `engram-bench storage` writes, interleaved): 59-60k/s at P99 2.4-2.8 ms with
+            // it, 43-59k/s at P99 3.8-4.9 ms without; 19 against 20-32 us CPU per write.
+            let upto = end & !(CACHE_DROP_GRAIN - 1);
+            if upto > h.uncached_to {
+                let _ = h.file.drop_cached(h.uncached_to, upto - h.uncached_to);
+                h.uncached_to = upto;
+            }
+        }
+        *handle = Some(h);
         synced.map_err(|source| StorageError::Io { path, source })?;
         let s = &self.stats;
         let us = t.elapsed().as_micros() as u64;

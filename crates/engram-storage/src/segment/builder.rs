@@ -62,6 +62,8 @@ pub fn write_memories(
 /// Streams bytes to a file through a buffer, tracking the current column's CRC and offset.
 struct Out {
     file: Box<dyn DiskFile>,
+    /// Bytes written to the file since its last sync.
+    unsynced: u64,
     buf: Vec<u8>,
     pos: u64,
     crc: u32,
@@ -70,6 +72,14 @@ struct Out {
 }
 
 const BUF: usize = 1 << 20;
+
+/// A segment being written is synced every this many bytes, not only at the end: a flush
+/// writes up to a gigabyte, and left to the end its write-back floods the device queue that
+/// the WAL's group-commit fsyncs wait in. In `engram-bench storage` (full, 64 writers, one
+/// 1 GiB flush in the window) the slowest acknowledgement was 304 and 531 ms with one sync at
+/// the end, 175 and 324 ms with 32 MiB steps, P99 unchanged within noise; 4 MiB steps spread
+/// the stall over many commits and raised the P99 (5.7-6.7 ms against 2.4-2.8 ms).
+const SYNC_EVERY: u64 = 32 << 20;
 
 struct DirEntry {
     kind: u32,
@@ -83,15 +93,24 @@ impl Out {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.pos += bytes.len() as u64;
         if self.buf.len() + bytes.len() > BUF {
-            self.file.write_all(&self.buf)?;
-            self.buf.clear();
+            self.flush()?;
         }
         if bytes.len() > BUF {
-            self.file.write_all(bytes)
+            self.write(bytes)
         } else {
             self.buf.extend_from_slice(bytes);
             Ok(())
         }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.unsynced += bytes.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync()?;
+            self.unsynced = 0;
+        }
+        Ok(())
     }
 
     /// Pads to the next 64-byte boundary (padding is outside every column's CRC).
@@ -138,9 +157,11 @@ impl Out {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.buf)?;
+        let buf = std::mem::take(&mut self.buf);
+        let written = self.write(&buf);
+        self.buf = buf;
         self.buf.clear();
-        Ok(())
+        written
     }
 }
 
@@ -176,6 +197,7 @@ pub fn write_segment(
     let file = disk.create(&tmp).at(&tmp)?;
     let mut out = Out {
         file,
+        unsynced: 0,
         buf: Vec::with_capacity(BUF),
         pos: 0,
         crc: 0,

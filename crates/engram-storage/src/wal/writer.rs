@@ -121,6 +121,11 @@ impl WalWriter {
         Ok(self.generation)
     }
 
+    /// The end of the valid data in the current file: where the next batch goes.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// The current file's path.
     pub fn current_path(&self) -> &Path {
         &self.path
