@@ -9,4 +9,8 @@ pub enum CoreError {
     InvalidMemoryId(String),
     #[error("invalid memory: {0}")]
     InvalidMemory(String),
+    #[error("invalid embedder: {0}")]
+    InvalidEmbedder(String),
+    #[error("invalid recall: {0}")]
+    InvalidCue(String),
 }

@@ -3,13 +3,18 @@
 //! A [`Memory`] is an episode stored in a memory space ([`SpaceId`]): text content, an embedding,
 //! a [`Confidence`], a timestamp, metadata and weighted [`Link`]s to other memories.
 
+pub mod activation;
 mod confidence;
+mod cue;
+pub mod embed;
 mod error;
 mod ids;
 pub mod limits;
 mod memory;
+pub mod simd;
 
 pub use confidence::{Confidence, ConfidenceCategory};
+pub use cue::{Cue, CueInput, RecallMode, MAX_HOPS, MAX_RESULTS};
 pub use error::CoreError;
 pub use ids::{MemoryId, SpaceId};
 pub use memory::{Link, Memory};
