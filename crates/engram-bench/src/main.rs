@@ -3,6 +3,8 @@
 //!
 //! Usage: `engram-bench <suite> [--quick]`.
 
+mod dataset;
+mod recall;
 mod storage;
 mod util;
 
@@ -17,6 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage: engram-bench <suite> [--quick]
 suites:
   storage   the storage engine: durable writes, recovery, gets, memory, many spaces
+  recall    similarity kernels, flat scan, the HNSW index (recall@10, latency)
 options:
   --quick   a short run (about a minute) instead of the full one (several minutes)
 environment:
@@ -25,10 +28,10 @@ environment:
                       error message lists them)";
 
 /// The suites this build runs.
-const SUITES: &[&str] = &["storage"];
+const SUITES: &[&str] = &["storage", "recall"];
 
 /// Suites that are planned but not built yet.
-const PLANNED: &[&str] = &["recall", "http", "placement", "text"];
+const PLANNED: &[&str] = &["http", "placement", "text"];
 
 fn main() -> ExitCode {
     // As the server does: see engram_storage::process.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     };
     let result = match suite.as_str() {
         "storage" => storage::run(quick),
+        "recall" => recall::run(quick),
         s if PLANNED.contains(&s) => {
             eprintln!(
                 "error: suite {s:?} is not implemented yet (available: {})\n{USAGE}",

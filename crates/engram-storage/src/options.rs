@@ -37,6 +37,11 @@ pub struct StoreOptions {
     /// (4-5 ms) between fsync and wake-up. Best effort: without `CAP_SYS_NICE` the thread
     /// keeps normal priority and the log says so once.
     pub committer_nice: i32,
+    /// Segments with at least this many rows get an HNSW index (built in the background);
+    /// smaller ones are searched by an exact scan, which is as fast at that size.
+    pub index_min_rows: usize,
+    /// Parameters of the HNSW indexes built.
+    pub hnsw: crate::index::HnswParams,
 }
 
 impl Default for StoreOptions {
@@ -54,6 +59,8 @@ impl Default for StoreOptions {
             background_compaction: true,
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
+            index_min_rows: 1024,
+            hnsw: crate::index::HnswParams::default(),
         }
     }
 }
@@ -79,6 +86,9 @@ impl StoreOptions {
                 self.committer_nice
             ));
         }
+        self.hnsw
+            .validate()
+            .map_err(|e| format!("hnsw parameters: {e}"))?;
         if self.max_open_spaces == 0 {
             return Err("max_open_spaces must be at least 1".into());
         }

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use engram_core::{Link, Memory, SpaceId};
+use engram_core::{Link, Memory, MemoryId, SpaceId};
 use parking_lot::{Mutex, RwLock};
 
 use crate::disk::{write_file_atomic, Disk};
 use crate::error::{IoContext, Result, StorageError};
+use crate::index::{self, index_path, Hnsw, HnswParams, SegmentBinding, INDEX_EXTENSION};
 use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
@@ -90,6 +91,7 @@ impl Space {
         let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
         let mut ranges = Vec::new();
         let mut removed = false;
+        let mut index_files = Vec::new();
         for name in disk.list_dir(&dir).at(&dir)? {
             if name.ends_with(".tmp") {
                 let p = dir.join(&name);
@@ -97,6 +99,8 @@ impl Space {
                 removed = true;
             } else if let Some(r) = parse_segment_file_name(&name) {
                 ranges.push(r);
+            } else if name.ends_with(&format!(".{INDEX_EXTENSION}")) {
+                index_files.push(dir.join(&name));
             }
         }
         // A merge's output covers the ranges of its inputs; inputs left by a crash between the
@@ -113,6 +117,18 @@ impl Space {
                 kept.push(r);
             }
         }
+        // An index whose segment is gone (merged away before the index was removed) is
+        // derived data of nothing.
+        for p in index_files {
+            let owned = kept
+                .iter()
+                .any(|(min, max)| index_path(&dir.join(segment_file_name(*min, *max))) == p);
+            if !owned {
+                tracing::info!(path = %p.display(), "removing an index whose segment is gone");
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            }
+        }
         if removed {
             disk.sync_dir(&dir).at(&dir)?;
         }
@@ -124,6 +140,7 @@ impl Space {
             match Segment::open(disk, &path) {
                 Ok(seg) => {
                     flushed_seq = flushed_seq.max(*max);
+                    open_index(disk, &seg)?;
                     segments.push(Arc::new(seg));
                 }
                 Err(e @ StorageError::Corrupted(_)) => {
@@ -177,6 +194,27 @@ impl SpaceState {
         Ok(None)
     }
 
+    /// The links out of the newest version of a memory (`None` if absent or deleted), without
+    /// copying the rest of it.
+    pub fn links(&self, id: &str) -> Result<Option<Vec<Link>>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some(m.links.clone()),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.links(row)?)),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
     pub fn contains(&self, id: &str) -> Result<bool> {
         for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
             if let Some(e) = table.entries.get(id) {
@@ -217,6 +255,94 @@ impl SpaceState {
             }
         }
         Ok(())
+    }
+
+    /// Whether `id`, found in segment `si`, is that memory's newest version: no memtable and
+    /// no newer segment holds it (as a memory or a tombstone).
+    fn newest_in_segment(&self, si: usize, id: &str) -> Result<bool> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if table.entries.contains_key(id) {
+                return Ok(false);
+            }
+        }
+        for seg in &self.segments[si + 1..] {
+            if !matches!(seg.find(id)?, Lookup::Absent) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The `k` live memories most similar to `query` (unit length, the space's dimension),
+    /// best first: each segment through its HNSW index (`ef` is the beam width) or, without
+    /// one, an exact scan; the memtables exactly. Replaced versions and deleted memories are
+    /// never returned.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
+        let mut hits: Vec<Hit> = Vec::new();
+        if k == 0 {
+            return Ok(hits);
+        }
+        for (ti, table) in std::iter::once(&self.active)
+            .chain(self.frozen.as_deref())
+            .enumerate()
+        {
+            for (id, e) in &table.entries {
+                let Entry::Live(m) = e else { continue };
+                // The frozen table's version is replaced by any entry in the active one.
+                if ti == 1 && self.active.entries.contains_key(id.as_str()) {
+                    continue;
+                }
+                if m.embedding.len() == query.len() {
+                    hits.push(Hit {
+                        id: id.clone(),
+                        similarity: engram_core::simd::dot(query, &m.embedding),
+                    });
+                }
+            }
+        }
+        // An error inside a filter (a corrupt id column) fails the search, after the scan.
+        let mut failed: Option<StorageError> = None;
+        for (si, seg) in self.segments.iter().enumerate() {
+            if seg.info().dimension != query.len() {
+                continue;
+            }
+            let filter_error = std::cell::RefCell::new(None);
+            let accept = |row: u32| match seg
+                .id(row as usize)
+                .and_then(|id| self.newest_in_segment(si, id))
+            {
+                Ok(newest) => newest,
+                Err(e) => {
+                    filter_error.borrow_mut().get_or_insert(e);
+                    false
+                }
+            };
+            let found = match seg.index() {
+                Some(h) => h.search(&**seg, query, k, ef, accept),
+                None => index::flat_search(&**seg, query, k, accept),
+            };
+            if let Some(e) = filter_error.into_inner() {
+                failed.get_or_insert(e);
+            }
+            for (row, similarity) in found {
+                match seg.id(row as usize).and_then(crate::op::memory_id) {
+                    Ok(id) => hits.push(Hit { id, similarity }),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        hits.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        hits.truncate(k);
+        Ok(hits)
     }
 
     /// Number of live memories (exact; walks the ids).
@@ -420,9 +546,70 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
         if seg.path() != path {
             disk.remove_file(seg.path()).at(seg.path())?;
         }
+        let idx = index_path(seg.path());
+        if disk.exists(&idx) {
+            disk.remove_file(&idx).at(&idx)?;
+        }
     }
     disk.sync_dir(&space.dir).at(&space.dir)?;
     Ok(written)
+}
+
+/// A search result: a live memory and its similarity to the query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: MemoryId,
+    pub similarity: f32,
+}
+
+/// Opens the index file beside `seg` and attaches it, if there is one. A missing file is
+/// normal (a small segment, or a crash before its build finished: it is built again). One
+/// that does not belong to the segment, is corrupt or has an unknown version is derived data:
+/// it is logged and removed, and the index is built again. Returns whether one was attached.
+pub fn open_index(disk: &dyn Disk, seg: &Segment) -> Result<bool> {
+    let path = index_path(seg.path());
+    if !disk.exists(&path) {
+        return Ok(false);
+    }
+    match Hnsw::open(disk, &path, seg) {
+        Ok(h) => {
+            seg.set_index(Arc::new(h));
+            Ok(true)
+        }
+        Err(e @ (StorageError::Corrupted(_) | StorageError::UnsupportedVersion(_))) => {
+            tracing::warn!(path = %path.display(), error = %e, "removing an unusable index file; it will be rebuilt");
+            disk.remove_file(&path).at(&path)?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Builds the HNSW index of `seg` (one of `space`'s segments) and attaches it. The graph is
+/// built without any lock; writing the file and attaching it happen under the space's file
+/// lock, and only if the segment is still the space's (a merge may have replaced it).
+/// Returns whether an index was built.
+pub fn build_index(
+    disk: &dyn Disk,
+    space: &Space,
+    seg: &Arc<Segment>,
+    params: HnswParams,
+) -> Result<bool> {
+    if seg.index().is_some() {
+        return Ok(false);
+    }
+    let graph = index::build(&**seg, params)?;
+    let _files = space.files.lock();
+    {
+        let st = space.state.read();
+        if st.dropped || !st.segments.iter().any(|s| Arc::ptr_eq(s, seg)) {
+            return Ok(false);
+        }
+    }
+    let path = index_path(seg.path());
+    index::write_index(disk, &path, &graph, &SegmentBinding::of(seg))?;
+    seg.set_index(Arc::new(Hnsw::open(disk, &path, seg)?));
+    Ok(true)
 }
 
 /// The directory of a space below the node's root.

@@ -18,7 +18,7 @@ use crate::numa::{NumaPlacer, NumaTopology};
 use crate::op::Op;
 use crate::options::StoreOptions;
 use crate::quarantine::{Quarantine, QuarantineReport};
-use crate::space::{self, space_dir, Space, SpaceState};
+use crate::space::{self, space_dir, Hit, Space, SpaceState};
 use crate::wal::WalWriter;
 use crate::wal::{encode_record, RECORD_HEADER_LEN};
 
@@ -154,6 +154,10 @@ pub struct StoreStats {
     pub compaction_bytes: AtomicU64,
     pub spaces_loaded: AtomicU64,
     pub spaces_released: AtomicU64,
+    /// HNSW indexes built (after flushes and merges, or for a segment found without one).
+    pub index_builds: AtomicU64,
+    /// HNSW indexes opened from their files when a space was loaded (not rebuilt).
+    pub index_loads: AtomicU64,
 }
 
 /// What recovery did when the store was opened.
@@ -241,6 +245,7 @@ struct Inner {
 pub struct Store {
     inner: Arc<Inner>,
     compactor: Mutex<Option<JoinHandle<()>>>,
+    indexer: Mutex<Option<JoinHandle<()>>>,
     /// The commit pipeline's threads.
     committer: Mutex<Option<JoinHandle<()>>>,
     waker: Mutex<Option<JoinHandle<()>>>,
@@ -401,6 +406,7 @@ impl Store {
         let store = Store {
             inner,
             compactor: Mutex::new(None),
+            indexer: Mutex::new(None),
             committer: Mutex::new(Some(committer)),
             waker: Mutex::new(Some(waker)),
         };
@@ -415,6 +421,15 @@ impl Store {
                     source: e,
                 })?;
             *store.compactor.lock() = Some(handle);
+            let bg = store.inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("engram-indexer".into())
+                .spawn(move || bg.indexer_loop())
+                .map_err(|e| StorageError::Io {
+                    path: root.to_path_buf(),
+                    source: e,
+                })?;
+            *store.indexer.lock() = Some(handle);
         }
         Ok(store)
     }
@@ -605,6 +620,31 @@ impl Store {
     }
 
     /// Runs `f` on the space's state under its read lock (for the engine: segments, memtables).
+    /// The `k` live memories of `space` most similar to `query` (unit length, the space's
+    /// dimension), best first. `ef` is the HNSW beam width (at least `k` is used).
+    pub fn search(&self, space: &SpaceId, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
+        let s = self.inner.require(space)?;
+        let dim = s.meta.dimension as usize;
+        if query.len() != dim {
+            return Err(StorageError::Invalid(format!(
+                "query has {} dimensions, the space has {dim}",
+                query.len()
+            )));
+        }
+        let st = s.state.read();
+        st.search(query, k, ef)
+    }
+
+    /// Builds every missing HNSW index of the loaded spaces now (the background indexer does
+    /// the same a segment at a time). Returns how many were built.
+    pub fn build_indexes(&self) -> Result<usize> {
+        let mut built = 0;
+        while self.inner.build_one_index()? {
+            built += 1;
+        }
+        Ok(built)
+    }
+
     pub fn read_space<R>(&self, space: &SpaceId, f: impl FnOnce(&SpaceState) -> R) -> Result<R> {
         Ok(f(&self.inner.require(space)?.state.read()))
     }
@@ -688,6 +728,10 @@ impl Store {
         if let Some(h) = self.compactor.lock().take() {
             let _ = h.join();
         }
+        // An index build in progress finishes first (it is not interruptible).
+        if let Some(h) = self.indexer.lock().take() {
+            let _ = h.join();
+        }
         // The committer finishes every queued record (their writers are waiting), then stops.
         self.inner.commit.lock().stopping = true;
         self.inner.committer_cv.notify_all();
@@ -761,6 +805,16 @@ impl Inner {
                 })?;
                 match loaded {
                     Some(space) => {
+                        let indexes = space
+                            .state
+                            .read()
+                            .segments
+                            .iter()
+                            .filter(|s| s.index().is_some())
+                            .count();
+                        self.stats
+                            .index_loads
+                            .fetch_add(indexes as u64, Ordering::Relaxed);
                         self.place(&space);
                         space.touch(clock);
                         let space = Arc::new(space);
@@ -1116,6 +1170,59 @@ impl Inner {
         }
         st.apply(seq, op)?;
         Ok(true)
+    }
+
+    /// The background indexer: builds the index of one segment lacking it per round.
+    fn indexer_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut stop = self.shutdown.lock();
+                if *stop {
+                    return;
+                }
+                self.shutdown_cv
+                    .wait_for(&mut stop, self.opts.compaction_tick);
+                if *stop {
+                    return;
+                }
+            }
+            loop {
+                match self.build_one_index() {
+                    Ok(true) if !*self.shutdown.lock() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "building an index failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the index of one loaded segment that has none and at least
+    /// `index_min_rows` rows (smaller ones are scanned). Returns whether one was built.
+    fn build_one_index(&self) -> Result<bool> {
+        for space in self.loaded_spaces() {
+            let todo = {
+                let st = space.state.read();
+                if st.dropped {
+                    continue;
+                }
+                st.segments
+                    .iter()
+                    .find(|s| s.rows() >= self.opts.index_min_rows && s.index().is_none())
+                    .cloned()
+            };
+            if let Some(seg) = todo {
+                let t = Instant::now();
+                if space::build_index(&*self.disk, &space, &seg, self.opts.hnsw)? {
+                    self.stats.index_builds.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(space = %space.id, rows = seg.rows(), elapsed_ms = t.elapsed().as_millis() as u64, "index built");
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn compactor_loop(self: Arc<Self>) {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use engram_core::{Link, Memory};
 
@@ -11,6 +12,7 @@ use super::format::*;
 use crate::codec::Reader;
 use crate::disk::{Disk, Mapped};
 use crate::error::{corrupted, IoContext, Result, StorageError};
+use crate::index::Hnsw;
 use crate::op::{decode_links, decode_metadata, memory_id};
 
 /// What a segment's footer says.
@@ -60,6 +62,9 @@ pub struct Segment {
     metadata: VarColumn,
     links: VarColumn,
     tombstones: VarColumn,
+    /// The segment's ANN index, once opened or built (derived data: a segment without one is
+    /// searched by a flat scan).
+    index: parking_lot::RwLock<Option<Arc<Hnsw>>>,
 }
 
 impl Segment {
@@ -188,8 +193,19 @@ impl Segment {
             tombstones: var(cols[7], tombstones, "tombstones")?,
             map,
             path,
+            index: parking_lot::RwLock::new(None),
         };
         Ok(seg)
+    }
+
+    /// The segment's HNSW index, if one is open.
+    pub fn index(&self) -> Option<Arc<Hnsw>> {
+        self.index.read().clone()
+    }
+
+    /// Attaches an index opened (and checked against this segment) by the caller.
+    pub fn set_index(&self, index: Arc<Hnsw>) {
+        *self.index.write() = Some(index);
     }
 
     pub fn info(&self) -> SegmentInfo {

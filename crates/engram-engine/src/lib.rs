@@ -1,0 +1,468 @@
+//! The memory spaces of one node: what the server and the cluster call.
+//!
+//! - Spaces: created with a dimension (fixed for their life), listed, dropped (files removed),
+//!   opened lazily by the store on first use. The `default` space always exists.
+//! - Remember: a memory without an embedding gets one from the space's text embedder; every
+//!   embedding is stored L2-normalised (similarity is then a dot product), so one with no
+//!   direction (all zeros) is refused. Auto-linking: a new memory links to its most similar
+//!   memories (at most [`EngineOptions::auto_link_max`], similarity at least
+//!   [`EngineOptions::auto_link_threshold`], weight = similarity). Links are stored in the
+//!   memory's WAL record, so they are exactly as durable as the memory. Batches are
+//!   all-or-nothing.
+//! - Recall: the cue's best direct matches (HNSW per segment, exact for the memtable) seed
+//!   spreading activation along links ([`engram_core::activation`]); score = activation x
+//!   confidence. A link is followed from the memory that holds it; a link to a deleted memory
+//!   leads nowhere, and a deleted memory is never returned. Activation never leaves the space:
+//!   the graph it spreads over is read from that space only.
+
+mod error;
+mod recall;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use engram_core::embed::{Embedder, HashingEmbedder};
+use engram_core::{limits, simd, Confidence, Link, Memory, MemoryId, SpaceId};
+use engram_storage::{Store, StoreOptions};
+use parking_lot::Mutex;
+
+pub use error::{EngineError, Result};
+pub use recall::{Recall, RecallItem, RetrievalPath};
+
+/// The space every node has.
+pub const DEFAULT_SPACE: &str = "default";
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub store: StoreOptions,
+    /// Dimension of spaces created without one (and of `default`).
+    pub default_dimension: u32,
+    /// Least similarity for an automatic link.
+    pub auto_link_threshold: f32,
+    /// Most automatic links from one new memory.
+    pub auto_link_max: usize,
+    /// HNSW beam width of recall (raised to at least the number of results wanted).
+    pub search_ef: usize,
+    /// HNSW beam width of the search behind auto-linking.
+    pub auto_link_ef: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            store: StoreOptions::default(),
+            default_dimension: limits::DEFAULT_DIMENSION as u32,
+            auto_link_threshold: 0.75,
+            auto_link_max: 3,
+            search_ef: 64,
+            auto_link_ef: 32,
+        }
+    }
+}
+
+/// A memory to store, as a caller gives it.
+#[derive(Debug, Clone, Default)]
+pub struct NewMemory {
+    /// Generated (`mem_` and hex digits) when absent; an existing id is replaced.
+    pub id: Option<MemoryId>,
+    pub content: String,
+    /// The space's dimension; from the text embedder when absent.
+    pub embedding: Option<Vec<f32>>,
+    /// Default 0.7.
+    pub confidence: Option<f32>,
+    /// Microseconds since the Unix epoch; default now.
+    pub timestamp_us: Option<i64>,
+    pub metadata: BTreeMap<String, String>,
+    /// Explicit links; their targets must exist in the space.
+    pub links: Vec<Link>,
+    /// Link to the most similar memories (default true).
+    pub auto_link: bool,
+}
+
+impl NewMemory {
+    /// A memory with just content, auto-linked.
+    pub fn text(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            auto_link: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What a write stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: MemoryId,
+    pub confidence: Confidence,
+    /// When it was stored (microseconds since the Unix epoch).
+    pub stored_at_us: i64,
+    /// Its links, explicit and automatic.
+    pub links: Vec<Link>,
+}
+
+/// A space's facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpaceInfo {
+    pub id: SpaceId,
+    pub dimension: u32,
+    pub memories: usize,
+    pub created_at_us: i64,
+}
+
+/// The spaces of one node.
+pub struct Engine {
+    store: Store,
+    opts: EngineOptions,
+    embedders: Mutex<HashMap<usize, Arc<dyn Embedder>>>,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl Engine {
+    /// Opens (recovering) the node's data in `dir`, creating the `default` space if missing.
+    pub fn open(dir: &Path, opts: EngineOptions) -> Result<Engine> {
+        let d = opts.default_dimension as usize;
+        if d == 0 || d > limits::MAX_DIMENSION {
+            return Err(EngineError::Invalid(format!(
+                "default dimension {d} is outside 1..={}",
+                limits::MAX_DIMENSION
+            )));
+        }
+        if !(0.0..=1.0).contains(&opts.auto_link_threshold) {
+            return Err(EngineError::Invalid(format!(
+                "auto_link_threshold {} is outside [0, 1]",
+                opts.auto_link_threshold
+            )));
+        }
+        let store = Store::open_dir(dir, opts.store.clone())?;
+        let engine = Engine {
+            store,
+            opts,
+            embedders: Mutex::new(HashMap::new()),
+        };
+        let default = SpaceId::new(DEFAULT_SPACE)?;
+        if !engine.store.space_exists(&default)? {
+            match engine
+                .store
+                .create_space(&default, engine.opts.default_dimension)
+            {
+                Ok(_) | Err(engram_storage::StorageError::SpaceExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(engine)
+    }
+
+    /// The storage engine underneath (status, compaction, statistics).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// The text embedder of spaces of `dimension`.
+    pub fn embedder(&self, dimension: usize) -> Result<Arc<dyn Embedder>> {
+        let mut map = self.embedders.lock();
+        if let Some(e) = map.get(&dimension) {
+            return Ok(e.clone());
+        }
+        let e: Arc<dyn Embedder> = Arc::new(HashingEmbedder::new(dimension)?);
+        map.insert(dimension, e.clone());
+        Ok(e)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Spaces.
+
+    /// Creates a space (`dimension` defaults to the engine's). `Conflict` if it exists.
+    pub fn create_space(&self, id: &SpaceId, dimension: Option<u32>) -> Result<SpaceInfo> {
+        let dimension = dimension.unwrap_or(self.opts.default_dimension);
+        self.store.create_space(id, dimension)?;
+        self.space_info(id)
+    }
+
+    /// Every space, sorted by id.
+    pub fn list_spaces(&self) -> Result<Vec<SpaceInfo>> {
+        let mut out = Vec::new();
+        for id in self.store.list_spaces() {
+            match self.space_info(&id) {
+                Ok(info) => out.push(info),
+                // Dropped between the listing and the read.
+                Err(EngineError::SpaceNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn space_info(&self, id: &SpaceId) -> Result<SpaceInfo> {
+        let st = self.store.space_status(id)?;
+        Ok(SpaceInfo {
+            id: st.id,
+            dimension: st.dimension,
+            memories: st.memories,
+            created_at_us: st.created_at_us,
+        })
+    }
+
+    /// Drops a space and its files. The `default` space cannot be dropped.
+    pub fn drop_space(&self, id: &SpaceId) -> Result<()> {
+        if id.as_str() == DEFAULT_SPACE {
+            return Err(EngineError::Invalid(
+                "the default space cannot be dropped".into(),
+            ));
+        }
+        self.store.drop_space(id)?;
+        Ok(())
+    }
+
+    fn dimension(&self, space: &SpaceId) -> Result<usize> {
+        Ok(self.store.space_meta(space)?.dimension as usize)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writes.
+
+    /// Turns a caller's memory into the one stored: id, embedding (given and normalised, or
+    /// from the embedder), defaults, validation, explicit links checked, automatic links.
+    pub fn prepare(&self, space: &SpaceId, m: NewMemory) -> Result<Memory> {
+        let dim = self.dimension(space)?;
+        let mut prepared = self.prepare_batch(space, dim, vec![m])?;
+        Ok(prepared.remove(0))
+    }
+
+    fn prepare_batch(
+        &self,
+        space: &SpaceId,
+        dim: usize,
+        batch: Vec<NewMemory>,
+    ) -> Result<Vec<Memory>> {
+        let now = now_us();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut auto = Vec::with_capacity(batch.len());
+        for (i, n) in batch.into_iter().enumerate() {
+            let at = |msg: String| {
+                if out.is_empty() && i == 0 {
+                    msg
+                } else {
+                    format!("memory {i}: {msg}")
+                }
+            };
+            let id = match n.id {
+                Some(id) => id,
+                None => generate_id(),
+            };
+            if n.content.is_empty() {
+                return Err(EngineError::Invalid(at("content is empty".into())));
+            }
+            let embedding = match n.embedding {
+                Some(mut e) => {
+                    if e.len() != dim {
+                        return Err(EngineError::Invalid(at(format!(
+                            "embedding has {} dimensions, the space has {dim}",
+                            e.len()
+                        ))));
+                    }
+                    if let Some(j) = e.iter().position(|v| !v.is_finite()) {
+                        return Err(EngineError::Invalid(at(format!(
+                            "embedding[{j}] is not a finite number"
+                        ))));
+                    }
+                    if !simd::normalize(&mut e) {
+                        return Err(EngineError::Invalid(at(
+                            "embedding has no direction (all zeros): it cannot be normalised"
+                                .into(),
+                        )));
+                    }
+                    e
+                }
+                None => self.embedder(dim)?.embed(&n.content),
+            };
+            let confidence = n.confidence.unwrap_or(Confidence::DEFAULT);
+            let memory = Memory {
+                id,
+                content: n.content,
+                embedding,
+                confidence,
+                timestamp_us: n.timestamp_us.unwrap_or(now),
+                metadata: n.metadata,
+                links: n.links,
+            };
+            memory
+                .validate(dim)
+                .map_err(|e| EngineError::Invalid(at(e.to_string())))?;
+            for l in &memory.links {
+                let known = out.iter().any(|m: &Memory| m.id == l.to)
+                    || self
+                        .store
+                        .read_space(space, |st| st.contains(l.to.as_str()))??;
+                if !known {
+                    return Err(EngineError::Invalid(at(format!(
+                        "link target {:?} does not exist in this space",
+                        l.to.as_str()
+                    ))));
+                }
+            }
+            auto.push(n.auto_link);
+            out.push(memory);
+        }
+        // Automatic links, against what is stored (a batch's members are not linked to each
+        // other: they are not stored yet).
+        for (m, auto) in out.iter_mut().zip(auto) {
+            if auto && self.opts.auto_link_max > 0 {
+                self.auto_link(space, m)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn auto_link(&self, space: &SpaceId, m: &mut Memory) -> Result<()> {
+        let want = self.opts.auto_link_max;
+        let hits = self
+            .store
+            .search(space, &m.embedding, want + 1, self.opts.auto_link_ef)?;
+        let mut added = 0;
+        for h in hits {
+            if added == want || h.similarity < self.opts.auto_link_threshold {
+                break;
+            }
+            if h.id == m.id || m.links.iter().any(|l| l.to == h.id) {
+                continue;
+            }
+            if m.links.len() >= limits::MAX_LINKS {
+                break;
+            }
+            m.links.push(Link {
+                to: h.id,
+                weight: h.similarity.clamp(f32::MIN_POSITIVE, 1.0),
+            });
+            added += 1;
+        }
+        Ok(())
+    }
+
+    /// Stores one memory; returns once it is durable (fsync'd).
+    pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
+        let memory = self.prepare(space, m)?;
+        let stored = stored(&memory);
+        self.store.remember(space, memory)?;
+        Ok(stored)
+    }
+
+    /// [`Engine::remember`] for async callers: no thread blocks while the group commit runs.
+    pub async fn remember_async(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
+        let memory = self.prepare(space, m)?;
+        let stored = stored(&memory);
+        self.store.remember_async(space, memory)?.await?;
+        Ok(stored)
+    }
+
+    /// Stores memories all or nothing: every one is checked before any is written, and they
+    /// share one WAL record.
+    pub fn remember_batch(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Stored>> {
+        let memories = self.prepare_many(space, batch)?;
+        let out = memories.iter().map(stored).collect();
+        self.store.remember_batch(space, memories)?;
+        Ok(out)
+    }
+
+    /// [`Engine::remember_batch`] for async callers.
+    pub async fn remember_batch_async(
+        &self,
+        space: &SpaceId,
+        batch: Vec<NewMemory>,
+    ) -> Result<Vec<Stored>> {
+        let memories = self.prepare_many(space, batch)?;
+        let out = memories.iter().map(stored).collect();
+        self.store.remember_batch_async(space, memories)?.await?;
+        Ok(out)
+    }
+
+    fn prepare_many(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Memory>> {
+        if batch.is_empty() {
+            return Err(EngineError::Invalid(
+                "a batch needs at least one memory".into(),
+            ));
+        }
+        if batch.len() > limits::MAX_BATCH {
+            return Err(EngineError::Invalid(format!(
+                "a batch of {} memories exceeds the limit of {}",
+                batch.len(),
+                limits::MAX_BATCH
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, m) in batch.iter().enumerate() {
+            if let Some(id) = &m.id {
+                if !seen.insert(id.clone()) {
+                    return Err(EngineError::Invalid(format!(
+                        "memory {i}: id {:?} appears twice in the batch",
+                        id.as_str()
+                    )));
+                }
+            }
+        }
+        let dim = self.dimension(space)?;
+        self.prepare_batch(space, dim, batch)
+    }
+
+    /// The newest version of a memory.
+    pub fn get(&self, space: &SpaceId, id: &str) -> Result<Option<Memory>> {
+        Ok(self.store.get(space, id)?)
+    }
+
+    /// Deletes a memory (and so every link out of it; links to it lead nowhere). Returns
+    /// whether it existed.
+    pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
+        Ok(self.store.forget(space, id)?)
+    }
+
+    /// Adds (or re-weights) a link; both memories must exist in the space.
+    pub fn link(&self, space: &SpaceId, from: &MemoryId, to: &MemoryId, weight: f32) -> Result<()> {
+        if !(weight > 0.0 && weight <= 1.0) {
+            return Err(EngineError::Invalid(format!(
+                "link weight {weight} is outside (0, 1]"
+            )));
+        }
+        if !self
+            .store
+            .read_space(space, |st| st.contains(to.as_str()))??
+        {
+            return Err(EngineError::MemoryNotFound(to.to_string()));
+        }
+        self.store.link(space, from, to, weight)?;
+        Ok(())
+    }
+}
+
+fn stored(m: &Memory) -> Stored {
+    Stored {
+        id: m.id.clone(),
+        confidence: Confidence::new(m.confidence),
+        stored_at_us: now_us(),
+        links: m.links.clone(),
+    }
+}
+
+/// `mem_` and 32 hex digits: time and a process-wide counter mixed, unique in practice.
+fn generate_id() -> MemoryId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = now_us() as u64;
+    let mut x = t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 40;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    MemoryId::new(format!("mem_{t:016x}{x:016x}")).expect("generated ids are valid")
+}

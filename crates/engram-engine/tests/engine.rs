@@ -1,0 +1,392 @@
+//! The engine end to end on a real directory: remember, auto-links, recall in each mode with
+//! hand-computed activations, isolation of spaces, deletes, batches, restarts.
+
+use std::sync::atomic::Ordering;
+
+use engram_core::{Cue, Link, MemoryId, RecallMode, SpaceId};
+use engram_engine::{Engine, EngineError, EngineOptions, NewMemory, RetrievalPath};
+use engram_storage::StoreOptions;
+use proptest::prelude::*;
+
+fn sid(s: &str) -> SpaceId {
+    SpaceId::new(s).unwrap()
+}
+
+fn mid(s: &str) -> MemoryId {
+    MemoryId::new(s).unwrap()
+}
+
+fn options(dim: u32) -> EngineOptions {
+    EngineOptions {
+        store: StoreOptions {
+            background_compaction: false,
+            index_min_rows: 64,
+            ..StoreOptions::default()
+        },
+        default_dimension: dim,
+        ..EngineOptions::default()
+    }
+}
+
+/// The unit vector along axis `i`.
+fn axis(dim: usize, i: usize) -> Vec<f32> {
+    let mut v = vec![0.0; dim];
+    v[i] = 1.0;
+    v
+}
+
+fn vector_memory(id: &str, embedding: Vec<f32>, links: Vec<Link>) -> NewMemory {
+    NewMemory {
+        id: Some(mid(id)),
+        content: format!("content of {id}"),
+        embedding: Some(embedding),
+        links,
+        auto_link: false,
+        ..Default::default()
+    }
+}
+
+fn link(to: &str, weight: f32) -> Link {
+    Link {
+        to: mid(to),
+        weight,
+    }
+}
+
+/// A -> B (0.8) -> C (0.5), orthogonal embeddings, confidence 0.7.
+fn chain(engine: &Engine, space: &SpaceId) {
+    engine
+        .remember(space, vector_memory("c", axis(8, 2), vec![]))
+        .unwrap();
+    engine
+        .remember(space, vector_memory("b", axis(8, 1), vec![link("c", 0.5)]))
+        .unwrap();
+    engine
+        .remember(space, vector_memory("a", axis(8, 0), vec![link("b", 0.8)]))
+        .unwrap();
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() < 1e-5
+}
+
+#[test]
+fn spreading_follows_links_with_hand_computed_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    chain(&engine, &s);
+    let cue = |mode| Cue {
+        mode,
+        ..Cue::vector(axis(8, 0))
+    };
+
+    // Hybrid: a is matched (similarity 1), b gets 1 x 0.8 x 0.5 = 0.4, c gets 0.4 x 0.5 x 0.5
+    // = 0.1; scores are activation x confidence (0.7).
+    let r = engine.recall(&s, &cue(RecallMode::Hybrid)).unwrap();
+    assert_eq!(r.vivid.len(), 1);
+    let a = &r.vivid[0];
+    assert_eq!(a.id.as_str(), "a");
+    assert!(close(a.similarity, 1.0) && close(a.activation, 1.0) && close(a.score, 0.7));
+    assert_eq!(a.retrieval_path, RetrievalPath::Similarity);
+    let assoc: Vec<(&str, f32, f32, u32)> = r
+        .associated
+        .iter()
+        .map(|i| (i.id.as_str(), i.activation, i.score, i.hops))
+        .collect();
+    assert_eq!(assoc.len(), 2, "{assoc:?}");
+    assert_eq!((assoc[0].0, assoc[0].3), ("b", 1));
+    assert!(close(assoc[0].1, 0.4) && close(assoc[0].2, 0.28));
+    assert_eq!((assoc[1].0, assoc[1].3), ("c", 2));
+    assert!(close(assoc[1].1, 0.1) && close(assoc[1].2, 0.07));
+    let c = &r.associated[1];
+    assert_eq!(
+        c.path.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(c.retrieval_path, RetrievalPath::Spreading);
+    assert!(close(c.similarity, 0.0));
+
+    // Similarity: nothing spreads. Spreading: only what spreading reached.
+    let r = engine.recall(&s, &cue(RecallMode::Similarity)).unwrap();
+    assert_eq!(r.vivid.len(), 1);
+    assert!(r.associated.is_empty());
+    let r = engine.recall(&s, &cue(RecallMode::Spreading)).unwrap();
+    assert!(r.vivid.is_empty());
+    assert_eq!(r.associated.len(), 2);
+
+    // max_hops 1 stops at b.
+    let r = engine
+        .recall(
+            &s,
+            &Cue {
+                max_hops: 1,
+                ..cue(RecallMode::Hybrid)
+            },
+        )
+        .unwrap();
+    assert_eq!(r.associated.len(), 1);
+    // max_results counts both lists.
+    let r = engine
+        .recall(
+            &s,
+            &Cue {
+                max_results: 2,
+                ..cue(RecallMode::Hybrid)
+            },
+        )
+        .unwrap();
+    assert_eq!(r.vivid.len() + r.associated.len(), 2);
+}
+
+#[test]
+fn deleted_memories_are_never_recalled_and_their_links_lead_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    chain(&engine, &s);
+    assert!(engine.forget(&s, &mid("b")).unwrap());
+    let r = engine.recall(&s, &Cue::vector(axis(8, 0))).unwrap();
+    assert_eq!(r.vivid.len(), 1);
+    assert!(r.associated.is_empty(), "{:?}", r.associated);
+    // b's own cue finds nothing of b either.
+    let r = engine.recall(&s, &Cue::vector(axis(8, 1))).unwrap();
+    assert!(r.vivid.iter().all(|i| i.id.as_str() != "b"));
+}
+
+#[test]
+fn auto_links_connect_similar_memories_with_their_similarity() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    engine
+        .remember(&s, vector_memory("first", axis(8, 0), vec![]))
+        .unwrap();
+    engine
+        .remember(&s, vector_memory("other", axis(8, 5), vec![]))
+        .unwrap();
+    let mut near = axis(8, 0);
+    near[1] = 0.3; // cosine 1/sqrt(1.09) = 0.958
+    let stored = engine
+        .remember(
+            &s,
+            NewMemory {
+                auto_link: true,
+                ..vector_memory("second", near, vec![])
+            },
+        )
+        .unwrap();
+    assert_eq!(stored.links.len(), 1, "{:?}", stored.links);
+    assert_eq!(stored.links[0].to.as_str(), "first");
+    assert!((stored.links[0].weight - 1.0 / 1.09f32.sqrt()).abs() < 1e-4);
+    let got = engine.get(&s, "second").unwrap().unwrap();
+    assert_eq!(got.links, stored.links, "stored durably with the memory");
+    // Text memories are embedded by the space's embedder and auto-linked the same way.
+    engine
+        .remember(
+            &s,
+            NewMemory::text("the user prefers dark mode in the editor"),
+        )
+        .unwrap();
+    let t = engine
+        .remember(
+            &s,
+            NewMemory::text("the user prefers dark mode in the editor!"),
+        )
+        .unwrap();
+    assert_eq!(t.links.len(), 1);
+}
+
+#[test]
+fn spaces_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let (s1, s2) = (sid("alice"), sid("bob"));
+    engine.create_space(&s1, None).unwrap();
+    engine.create_space(&s2, Some(8)).unwrap();
+    assert!(matches!(
+        engine.create_space(&s1, None),
+        Err(EngineError::Conflict(_))
+    ));
+    chain(&engine, &s1);
+    engine
+        .remember(&s2, vector_memory("a", axis(8, 0), vec![]))
+        .unwrap();
+    // A link into another space's memory is refused: the target is not in this space.
+    let err = engine
+        .remember(&s2, vector_memory("x", axis(8, 3), vec![link("b", 0.5)]))
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let r = engine.recall(&s2, &Cue::vector(axis(8, 0))).unwrap();
+    assert_eq!(r.vivid.len(), 1);
+    assert_eq!(r.vivid[0].content, "content of a");
+    assert!(r.associated.is_empty(), "no spreading into alice's links");
+    assert!(engine.get(&s2, "b").unwrap().is_none());
+    let names: Vec<String> = engine
+        .list_spaces()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "default"]);
+    engine.drop_space(&s1).unwrap();
+    assert!(matches!(
+        engine.recall(&s1, &Cue::vector(axis(8, 0))),
+        Err(EngineError::SpaceNotFound(_))
+    ));
+    assert!(engine.drop_space(&sid("default")).is_err());
+}
+
+#[test]
+fn bad_input_is_refused_and_batches_are_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    let zero = engine
+        .remember(&s, vector_memory("z", vec![0.0; 8], vec![]))
+        .unwrap_err();
+    assert!(zero.to_string().contains("no direction"), "{zero}");
+    let short = engine
+        .remember(&s, vector_memory("z", vec![1.0; 3], vec![]))
+        .unwrap_err();
+    assert!(short.to_string().contains("3 dimensions"), "{short}");
+    let batch = vec![
+        vector_memory("ok1", axis(8, 0), vec![]),
+        vector_memory("bad", vec![f32::NAN; 8], vec![]),
+    ];
+    let err = engine.remember_batch(&s, batch).unwrap_err();
+    assert!(err.to_string().starts_with("memory 1:"), "{err}");
+    assert!(engine.get(&s, "ok1").unwrap().is_none(), "nothing stored");
+    let ok = engine
+        .remember_batch(
+            &s,
+            vec![
+                vector_memory("ok1", axis(8, 0), vec![]),
+                vector_memory("ok2", axis(8, 1), vec![link("ok1", 0.5)]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+    // Stored embeddings are unit length.
+    let mut v = axis(8, 2);
+    v[2] = 5.0;
+    engine
+        .remember(&s, vector_memory("scaled", v, vec![]))
+        .unwrap();
+    assert_eq!(
+        engine.get(&s, "scaled").unwrap().unwrap().embedding,
+        axis(8, 2)
+    );
+    assert!(matches!(
+        engine.recall(&s, &Cue::vector(vec![1.0; 3])),
+        Err(EngineError::Invalid(_))
+    ));
+}
+
+#[test]
+fn restart_keeps_links_and_reopens_indexes_without_rebuilding() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("default");
+    let dim = 16;
+    let vec_of = |i: usize| {
+        let mut v = axis(dim, i % dim);
+        v[(i * 7 + 3) % dim] += 0.5 + (i % 5) as f32 * 0.1;
+        v
+    };
+    {
+        let engine = Engine::open(dir.path(), options(dim as u32)).unwrap();
+        let batch: Vec<NewMemory> = (0..300)
+            .map(|i| vector_memory(&format!("m{i:03}"), vec_of(i), vec![]))
+            .collect();
+        engine.remember_batch(&s, batch).unwrap();
+        engine.link(&s, &mid("m001"), &mid("m002"), 0.9).unwrap();
+        engine.store().compact().unwrap();
+        assert_eq!(engine.store().build_indexes().unwrap(), 1);
+    }
+    let engine = Engine::open(dir.path(), options(dim as u32)).unwrap();
+    let r = engine
+        .recall(
+            &s,
+            &Cue {
+                max_results: 100,
+                ..Cue::vector(vec_of(1))
+            },
+        )
+        .unwrap();
+    assert_eq!(r.vivid[0].id.as_str(), "m001");
+    let m002 = r
+        .vivid
+        .iter()
+        .chain(&r.associated)
+        .find(|i| i.id.as_str() == "m002")
+        .expect("m002 reached");
+    // Reached from m001 (similarity 1) along the 0.9 link, decay 0.5 (and maybe matched too).
+    assert!(m002.activation >= 0.45 - 1e-5, "{m002:?}");
+    let stats = engine.store().stats();
+    assert_eq!(stats.index_loads.load(Ordering::Relaxed), 1);
+    assert_eq!(engine.store().build_indexes().unwrap(), 0);
+    assert_eq!(
+        stats.index_builds.load(Ordering::Relaxed),
+        0,
+        "nothing rebuilt"
+    );
+    assert_eq!(
+        engine.get(&s, "m001").unwrap().unwrap().links,
+        vec![link("m002", 0.9)]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random memories and links in two spaces, random deletes: a recall in one space never
+    /// returns anything of the other, nor anything deleted.
+    #[test]
+    fn recall_never_crosses_spaces_or_returns_deleted(
+        mems in proptest::collection::vec((0usize..2, 0usize..8, proptest::collection::vec(0usize..40, 0..4)), 1..40),
+        deletes in proptest::collection::vec(0usize..40, 0..10),
+        cue_axis in 0usize..8,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), options(8)).unwrap();
+        let spaces = [sid("p"), sid("q")];
+        for s in &spaces {
+            engine.create_space(s, None).unwrap();
+        }
+        let mut owner = std::collections::HashMap::new();
+        for (i, (sp, ax, targets)) in mems.iter().enumerate() {
+            let id = format!("{}{i}", ["p", "q"][*sp]);
+            let links: Vec<Link> = targets
+                .iter()
+                .map(|t| format!("{}{t}", ["p", "q"][*sp]))
+                .filter(|t| owner.get(t) == Some(sp))
+                .map(|t| link(&t, 0.9))
+                .collect();
+            let mut v = axis(8, *ax);
+            v[(ax + 1) % 8] = 0.3;
+            engine
+                .remember(&spaces[*sp], NewMemory { auto_link: true, ..vector_memory(&id, v, links) })
+                .unwrap();
+            owner.insert(id, *sp);
+        }
+        let mut deleted = std::collections::HashSet::new();
+        for d in deletes {
+            for (sp, s) in spaces.iter().enumerate() {
+                let id = format!("{}{d}", ["p", "q"][sp]);
+                if engine.forget(s, &mid(&id)).unwrap() {
+                    deleted.insert(id);
+                }
+            }
+        }
+        for (sp, s) in spaces.iter().enumerate() {
+            let r = engine
+                .recall(s, &Cue { max_results: 50, ..Cue::vector(axis(8, cue_axis)) })
+                .unwrap();
+            for item in r.vivid.iter().chain(&r.associated) {
+                prop_assert_eq!(owner.get(item.id.as_str()), Some(&sp), "{} from the wrong space", item.id);
+                prop_assert!(!deleted.contains(item.id.as_str()), "{} was deleted", item.id);
+                prop_assert!((0.0..=1.0).contains(&item.activation));
+            }
+        }
+    }
+}
