@@ -210,6 +210,19 @@ fn scan(cfg: &Config, seg: &Segment, queries: &[Vec<f32>]) {
         simd::kernel().name()
     );
     report("scan_gb_per_s", gbps, "GB/s");
+    let mut j = 0;
+    let per_row = time_per_call(cfg.kernel_time, || {
+        let q = &queries[j % queries.len()];
+        j += 1;
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = simd::dot(q, seg.embedding(r));
+        }
+        out[0]
+    });
+    println!(
+        "#   one row at a time with simd::dot: {:.2} GB/s",
+        bytes / per_row.as_secs_f64() / 1e9
+    );
     let scalar = time_per_call(cfg.kernel_time, || {
         Kernel::Scalar.dot_rows(&queries[0], column, seg.stride(), &mut out);
         out[0]
