@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use engram_core::simd::{self, Kernel};
 use engram_core::{Memory, MemoryId};
-use engram_storage::index::{self, Hnsw, HnswParams};
+use engram_storage::index::{self, FlatVectors, Hnsw, HnswParams};
 use engram_storage::segment::{self, Segment};
 use engram_storage::RealDisk;
 
@@ -66,7 +66,7 @@ pub fn run(quick: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let parts = util::selected_parts(&["kernels", "scan", "index"])?;
+    let parts = util::selected_parts(&["kernels", "scan", "crossover", "index"])?;
     let on = |p: &str| parts.iter().any(|q| q == p);
 
     let started = Instant::now();
@@ -97,6 +97,9 @@ pub fn run(quick: bool) -> Result<()> {
     }
     if on("scan") {
         scan(&cfg, &seg, &queries);
+    }
+    if on("crossover") {
+        crossover(&seg, &queries)?;
     }
     if on("index") {
         index_part(&seg, &queries)?;
@@ -256,6 +259,41 @@ fn scan(cfg: &Config, seg: &Segment, queries: &[Vec<f32>]) {
         bytes / scalar.as_secs_f64() / 1e9,
         scalar.as_secs_f64() / t.as_secs_f64()
     );
+}
+
+/// Where an HNSW graph starts to beat an exact scan: both over the first `n` rows, for a few
+/// `n` (what `StoreOptions::index_min_rows` is set from).
+fn crossover(seg: &Segment, queries: &[Vec<f32>]) -> Result<()> {
+    let column = seg.embedding_column();
+    let stride = seg.stride();
+    anyhow::ensure!(
+        stride == DIM,
+        "rows are padded; the crossover needs packed rows"
+    );
+    println!("# exact scan against HNSW (ef 64, k 10) over the first n rows, one thread:");
+    for n in [256usize, 1_024, 4_096, 16_384] {
+        if n > seg.rows() {
+            break;
+        }
+        let v = FlatVectors::new(&column[..n * stride], DIM)?;
+        let graph = index::build(&v, HnswParams::default())?;
+        let time = |f: &dyn Fn(&[f32]) -> usize| {
+            let start = Instant::now();
+            let mut found = 0;
+            for q in queries.iter().take(300) {
+                found += f(q);
+            }
+            std::hint::black_box(found);
+            start.elapsed().as_secs_f64() * 1e6 / queries.len().min(300) as f64
+        };
+        let flat = time(&|q| index::flat_search(&v, q, 10, |_| true).len());
+        let hnsw = time(&|q| graph.search(&v, q, 10, 64, |_| true).len());
+        println!(
+            "#   n {n:>6}: exact {flat:>7.1} us, hnsw {hnsw:>6.1} us per query ({:.1}x)",
+            flat / hnsw
+        );
+    }
+    Ok(())
 }
 
 /// Builds the index over the segment, reopens it from disk, and measures recall@10 against

@@ -416,9 +416,25 @@ impl Engine {
         self.prepare_batch(space, dim, batch)
     }
 
-    /// The newest version of a memory.
+    /// The newest version of a memory. Links to memories deleted since are left out: a link
+    /// goes with the memory it points to.
     pub fn get(&self, space: &SpaceId, id: &str) -> Result<Option<Memory>> {
-        Ok(self.store.get(space, id)?)
+        let found = self
+            .store
+            .read_space(space, |st| -> Result<Option<Memory>> {
+                let Some(mut m) = st.get(id)? else {
+                    return Ok(None);
+                };
+                let mut live = Vec::with_capacity(m.links.len());
+                for l in m.links {
+                    if st.contains(l.to.as_str())? {
+                        live.push(l);
+                    }
+                }
+                m.links = live;
+                Ok(Some(m))
+            })?;
+        found
     }
 
     /// Deletes a memory (and so every link out of it; links to it lead nowhere). Returns

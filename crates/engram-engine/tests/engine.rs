@@ -152,6 +152,8 @@ fn deleted_memories_are_never_recalled_and_their_links_lead_nowhere() {
     // b's own cue finds nothing of b either.
     let r = engine.recall(&s, &Cue::vector(axis(8, 1))).unwrap();
     assert!(r.vivid.iter().all(|i| i.id.as_str() != "b"));
+    // The link from a to b went with b.
+    assert!(engine.get(&s, "a").unwrap().unwrap().links.is_empty());
 }
 
 #[test]

@@ -38,7 +38,9 @@ pub struct StoreOptions {
     /// keeps normal priority and the log says so once.
     pub committer_nice: i32,
     /// Segments with at least this many rows get an HNSW index (built in the background);
-    /// smaller ones are searched by an exact scan, which is as fast at that size.
+    /// smaller ones are searched by an exact scan, which is as fast at that size. Measured
+    /// with `ENGRAM_BENCH_PARTS=crossover engram-bench recall` (768-d, ef 64, k 10): exact
+    /// 39 us against HNSW 59 us at 1,024 rows, 164 against 125 us at 4,096.
     pub index_min_rows: usize,
     /// Parameters of the HNSW indexes built.
     pub hnsw: crate::index::HnswParams,
@@ -59,7 +61,7 @@ impl Default for StoreOptions {
             background_compaction: true,
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
-            index_min_rows: 1024,
+            index_min_rows: 2048,
             hnsw: crate::index::HnswParams::default(),
         }
     }
