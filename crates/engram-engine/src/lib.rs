@@ -53,11 +53,16 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            store: StoreOptions::default(),
+            // Memtables are searched exactly: bound them (the exact/HNSW crossover is between
+            // 1,024 and 4,096 rows, `engram-bench recall`, part crossover).
+            store: StoreOptions {
+                memtable_max_rows: 4096,
+                ..StoreOptions::default()
+            },
             default_dimension: limits::DEFAULT_DIMENSION as u32,
             auto_link_threshold: 0.75,
             auto_link_max: 3,
-            search_ef: 64,
+            search_ef: 32,
             auto_link_ef: 32,
         }
     }
@@ -302,6 +307,12 @@ impl Engine {
                 .validate(dim)
                 .map_err(|e| EngineError::Invalid(at(e.to_string())))?;
             for l in &memory.links {
+                if l.to == memory.id {
+                    return Err(EngineError::Invalid(at(format!(
+                        "memory {:?} links to itself",
+                        memory.id.as_str()
+                    ))));
+                }
                 let known = out.iter().any(|m: &Memory| m.id == l.to)
                     || self
                         .store
@@ -316,21 +327,38 @@ impl Engine {
             auto.push(n.auto_link);
             out.push(memory);
         }
-        // Automatic links, against what is stored (a batch's members are not linked to each
-        // other: they are not stored yet).
-        for (m, auto) in out.iter_mut().zip(auto) {
+        // Automatic links: against what is stored, and against the batch's earlier members
+        // (stored in the same record, before it).
+        for (i, &auto) in auto.iter().enumerate() {
             if auto && self.opts.auto_link_max > 0 {
-                self.auto_link(space, m)?;
+                let (earlier, rest) = out.split_at_mut(i);
+                self.auto_link(space, &mut rest[0], earlier)?;
             }
         }
         Ok(out)
     }
 
-    fn auto_link(&self, space: &SpaceId, m: &mut Memory) -> Result<()> {
+    fn auto_link(&self, space: &SpaceId, m: &mut Memory, earlier: &[Memory]) -> Result<()> {
         let want = self.opts.auto_link_max;
-        let hits = self
+        let mut hits = self
             .store
             .search(space, &m.embedding, want + 1, self.opts.auto_link_ef)?;
+        // A stored version replaced by an earlier member of the batch is not linked to.
+        hits.retain(|h| !earlier.iter().any(|e| e.id == h.id));
+        for e in earlier {
+            let similarity = simd::dot(&m.embedding, &e.embedding);
+            if similarity >= self.opts.auto_link_threshold {
+                hits.push(engram_storage::Hit {
+                    id: e.id.clone(),
+                    similarity,
+                });
+            }
+        }
+        hits.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         let mut added = 0;
         for h in hits {
             if added == want || h.similarity < self.opts.auto_link_threshold {
@@ -445,6 +473,12 @@ impl Engine {
 
     /// Adds (or re-weights) a link; both memories must exist in the space.
     pub fn link(&self, space: &SpaceId, from: &MemoryId, to: &MemoryId, weight: f32) -> Result<()> {
+        if from == to {
+            return Err(EngineError::Invalid(format!(
+                "memory {:?} cannot link to itself",
+                from.as_str()
+            )));
+        }
         if !(weight > 0.0 && weight <= 1.0) {
             return Err(EngineError::Invalid(format!(
                 "link weight {weight} is outside (0, 1]"

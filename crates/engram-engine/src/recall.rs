@@ -125,17 +125,35 @@ impl Engine {
         }
         let ids = ids.into_inner();
 
-        let mut items = Vec::new();
+        // Rank by score with the confidence alone, cut to max_results, then read the rest of
+        // the survivors. A link may point at a memory deleted since: it is never returned.
+        let mut ranked = Vec::new();
         for a in spread.nodes {
             if !cue.mode.includes(a.hops) {
                 continue;
             }
             let id = &ids[a.node as usize];
-            // A link may point at a memory deleted since: it is never returned.
+            let Some(c) = self
+                .store
+                .read_space(space, |st| st.confidence(id.as_str()))??
+            else {
+                continue;
+            };
+            let confidence = Confidence::new(c);
+            ranked.push((a.activation * confidence.value(), a, confidence));
+        }
+        ranked.sort_by(|x, y| {
+            y.0.total_cmp(&x.0)
+                .then_with(|| ids[x.1.node as usize].cmp(&ids[y.1.node as usize]))
+        });
+        ranked.truncate(cue.max_results);
+        let mut items = Vec::with_capacity(ranked.len());
+        for (score, a, confidence) in ranked {
+            let id = &ids[a.node as usize];
+            // Deleted between the two reads: left out too.
             let Some(m) = self.store.get(space, id.as_str())? else {
                 continue;
             };
-            let confidence = Confidence::new(m.confidence);
             let similarity = a
                 .seed_activation
                 .unwrap_or_else(|| simd::dot(&query, &m.embedding));
@@ -145,7 +163,7 @@ impl Engine {
                 confidence,
                 similarity,
                 activation: a.activation,
-                score: a.activation * confidence.value(),
+                score,
                 hops: a.hops,
                 path: a.path.iter().map(|&n| ids[n as usize].clone()).collect(),
                 retrieval_path: if a.hops == 0 {
@@ -156,8 +174,6 @@ impl Engine {
                 timestamp_us: m.timestamp_us,
             });
         }
-        items.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        items.truncate(cue.max_results);
         let (vivid, associated) = items.into_iter().partition(|i| i.hops == 0);
         Ok(Recall {
             vivid,

@@ -392,3 +392,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn self_links_are_refused_and_batches_link_to_earlier_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    engine
+        .remember(&s, vector_memory("a", axis(8, 0), vec![]))
+        .unwrap();
+    assert!(engine.link(&s, &mid("a"), &mid("a"), 0.5).is_err());
+    let err = engine
+        .remember(&s, vector_memory("b", axis(8, 1), vec![link("b", 0.5)]))
+        .unwrap_err();
+    assert!(err.to_string().contains("itself"), "{err}");
+    let mut near = axis(8, 3);
+    near[4] = 0.2;
+    let stored = engine
+        .remember_batch(
+            &s,
+            vec![
+                vector_memory("x", axis(8, 3), vec![]),
+                NewMemory {
+                    auto_link: true,
+                    ..vector_memory("y", near, vec![])
+                },
+            ],
+        )
+        .unwrap();
+    assert_eq!(stored[1].links.len(), 1, "{:?}", stored[1].links);
+    assert_eq!(stored[1].links[0].to.as_str(), "x");
+}

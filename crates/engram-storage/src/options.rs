@@ -21,6 +21,10 @@ pub struct StoreOptions {
     pub wal_flush_bytes: u64,
     /// Flush every space when memtables hold more than this.
     pub memtable_flush_bytes: usize,
+    /// Flush a space whose active memtable holds this many entries, whatever the load (0: no
+    /// such limit). Memtables are searched exactly, so an engine that recalls sets this to
+    /// bound the scan (`engram-engine` uses 4,096); the storage engine alone needs no limit.
+    pub memtable_max_rows: usize,
     /// Flush dirty spaces once no write has come for this long (the "low load" trigger).
     pub idle_flush_after: Duration,
     /// Merge a space's segments once it has more than this many.
@@ -55,6 +59,7 @@ impl Default for StoreOptions {
             max_pending_bytes: 64 << 20,
             wal_flush_bytes: 1 << 30,
             memtable_flush_bytes: 1 << 30,
+            memtable_max_rows: 0,
             idle_flush_after: Duration::from_secs(2),
             max_segments_per_space: 8,
             max_open_spaces: 4096,

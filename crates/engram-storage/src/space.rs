@@ -215,6 +215,26 @@ impl SpaceState {
         Ok(None)
     }
 
+    /// The confidence of the newest version of a memory (`None` if absent or deleted).
+    pub fn confidence(&self, id: &str) -> Result<Option<f32>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some(m.confidence),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.confidence(row))),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
     pub fn contains(&self, id: &str) -> Result<bool> {
         for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
             if let Some(e) = table.entries.get(id) {
@@ -482,13 +502,45 @@ pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
 /// Merges all of a space's segments into one, dropping replaced versions, deleted memories and
 /// their tombstones. Returns the bytes written.
 pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
+    merge(disk, space, true)
+}
+
+/// Merges the space's newest segments, size-tiered: the run of newest segments starting at the
+/// oldest segment no larger than everything newer than it together (at least the two newest).
+/// A large old segment is left alone (with its index) until the newer ones add up to its size,
+/// so each row is rewritten about log2(rows) times over the space's life instead of at every
+/// merge. Returns the bytes written.
+pub fn merge_tiered(disk: &dyn Disk, space: &Space) -> Result<u64> {
+    merge(disk, space, false)
+}
+
+/// Where a size-tiered merge starts among `segments` (oldest first, at least two).
+fn tier_start(segments: &[Arc<Segment>]) -> usize {
+    let sizes: Vec<usize> = segments
+        .iter()
+        .map(|s| s.rows() + s.info().tombstones)
+        .collect();
+    let last = sizes.len().saturating_sub(2);
+    (0..last)
+        .find(|&i| sizes[i] <= sizes[i + 1..].iter().sum::<usize>())
+        .unwrap_or(last)
+}
+
+fn merge(disk: &dyn Disk, space: &Space, all: bool) -> Result<u64> {
     let _files = space.files.lock();
-    let (inputs, dimension) = {
+    let (inputs, dimension, keep_tombstones) = {
         let st = space.state.read();
         if st.dropped || st.segments.len() < 2 {
             return Ok(0);
         }
-        (st.segments.clone(), space.meta.dimension as usize)
+        let start = if all { 0 } else { tier_start(&st.segments) };
+        // With older segments left out of the merge, the inputs' tombstones must stay: they
+        // hide those segments' versions.
+        (
+            st.segments[start..].to_vec(),
+            space.meta.dimension as usize,
+            start > 0,
+        )
     };
     // Column checksums of the inputs are checked here, before their rows are copied.
     for seg in &inputs {
@@ -504,6 +556,16 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
             newest.entry(seg.tombstone(t)?).or_insert(None);
         }
     }
+    let mut tombstones: Vec<&str> = if keep_tombstones {
+        newest
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    tombstones.sort_unstable();
     let mut live: Vec<(&str, usize, usize)> = newest
         .into_iter()
         .filter_map(|(id, v)| v.map(|(s, r)| (id, s, r)))
@@ -525,7 +587,7 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
     let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
     let path = space.dir.join(segment_file_name(min, max));
-    let written = write_segment(disk, &path, dimension, min, max, &rows, &[])?;
+    let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones)?;
     let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
     let merged = match merged {
         Ok(m) => Arc::new(m),
@@ -537,10 +599,16 @@ pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
         }
     };
     {
+        // The inputs are a contiguous run; segments flushed since come after it.
         let mut st = space.state.write();
+        let at = st
+            .segments
+            .iter()
+            .position(|s| Arc::ptr_eq(s, &inputs[0]))
+            .unwrap_or(0);
         st.segments
             .retain(|s| !inputs.iter().any(|i| Arc::ptr_eq(i, s)));
-        st.segments.insert(0, merged);
+        st.segments.insert(at, merged);
     }
     for seg in &inputs {
         if seg.path() != path {
@@ -565,7 +633,9 @@ pub struct Hit {
 /// Opens the index file beside `seg` and attaches it, if there is one. A missing file is
 /// normal (a small segment, or a crash before its build finished: it is built again). One
 /// that does not belong to the segment, is corrupt or has an unknown version is derived data:
-/// it is logged and removed, and the index is built again. Returns whether one was attached.
+/// it is logged and removed, and the index is built again. Any other failure to open it (an
+/// I/O error, no address space left to map it) is logged and the segment is searched by a
+/// scan: an index never makes its space unreadable. Returns whether one was attached.
 pub fn open_index(disk: &dyn Disk, seg: &Segment) -> Result<bool> {
     let path = index_path(seg.path());
     if !disk.exists(&path) {
@@ -581,7 +651,10 @@ pub fn open_index(disk: &dyn Disk, seg: &Segment) -> Result<bool> {
             disk.remove_file(&path).at(&path)?;
             Ok(false)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "could not open an index file; searching its segment by a scan");
+            Ok(false)
+        }
     }
 }
 

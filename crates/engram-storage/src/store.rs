@@ -230,6 +230,8 @@ struct Inner {
     pending_drops: Mutex<Vec<(u64, Arc<Space>)>>,
     /// One compaction pass at a time.
     compaction: Mutex<()>,
+    /// Segments whose index build failed, and when to try again.
+    index_failures: Mutex<HashMap<PathBuf, Instant>>,
     quarantine: Quarantine,
     stats: StoreStats,
     started: Instant,
@@ -318,6 +320,7 @@ impl Store {
             clock: AtomicU64::new(0),
             pending_drops: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
+            index_failures: Mutex::new(HashMap::new()),
             quarantine,
             stats: StoreStats::default(),
             started,
@@ -1200,29 +1203,51 @@ impl Inner {
     }
 
     /// Builds the index of one loaded segment that has none and at least
-    /// `index_min_rows` rows (smaller ones are scanned). Returns whether one was built.
+    /// `index_min_rows` rows (smaller ones are scanned). Returns whether one was built. A
+    /// segment whose build failed is skipped for a minute (other spaces go first).
     fn build_one_index(&self) -> Result<bool> {
-        for space in self.loaded_spaces() {
-            let todo = {
+        let now = Instant::now();
+        let target = {
+            let failed = self.index_failures.lock();
+            let mut target = None;
+            for space in self.loaded_spaces() {
                 let st = space.state.read();
                 if st.dropped {
                     continue;
                 }
-                st.segments
-                    .iter()
-                    .find(|s| s.rows() >= self.opts.index_min_rows && s.index().is_none())
-                    .cloned()
-            };
-            if let Some(seg) = todo {
-                let t = Instant::now();
-                if space::build_index(&*self.disk, &space, &seg, self.opts.hnsw)? {
-                    self.stats.index_builds.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(space = %space.id, rows = seg.rows(), elapsed_ms = t.elapsed().as_millis() as u64, "index built");
-                    return Ok(true);
+                let seg = st.segments.iter().find(|s| {
+                    s.rows() >= self.opts.index_min_rows
+                        && s.index().is_none()
+                        && failed.get(s.path()).is_none_or(|t| now >= *t)
+                });
+                if let Some(seg) = seg.cloned() {
+                    drop(st);
+                    target = Some((space, seg));
+                    break;
                 }
             }
+            target
+        };
+        let Some((space, seg)) = target else {
+            return Ok(false);
+        };
+        let t = Instant::now();
+        match space::build_index(&*self.disk, &space, &seg, self.opts.hnsw) {
+            Ok(built) => {
+                if built {
+                    self.stats.index_builds.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(space = %space.id, rows = seg.rows(), elapsed_ms = t.elapsed().as_millis() as u64, "index built");
+                }
+                self.index_failures.lock().remove(seg.path());
+                Ok(built)
+            }
+            Err(e) => {
+                self.index_failures
+                    .lock()
+                    .insert(seg.path().to_path_buf(), now + Duration::from_secs(60));
+                Err(e)
+            }
         }
-        Ok(false)
     }
 
     fn compactor_loop(self: Arc<Self>) {
@@ -1277,13 +1302,22 @@ impl Inner {
                 || idle_us > self.opts.idle_flush_after.as_micros() as u64;
             if due {
                 self.flush_spaces(&dirty)?;
+            } else if self.opts.memtable_max_rows > 0 {
+                let full: Vec<Arc<Space>> = dirty
+                    .iter()
+                    .filter(|s| s.state.read().active.entries.len() >= self.opts.memtable_max_rows)
+                    .cloned()
+                    .collect();
+                if !full.is_empty() {
+                    self.flush_spaces(&full)?;
+                }
             }
         }
         drop(dirty);
         for space in &loaded {
             let many = space.state.read().segments.len() > self.opts.max_segments_per_space;
             if many && !space.merge_blocked.load(Ordering::Relaxed) {
-                match space::merge_all(&*self.disk, space) {
+                match space::merge_tiered(&*self.disk, space) {
                     Ok(n) => {
                         self.stats.merges.fetch_add(1, Ordering::Relaxed);
                         self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);

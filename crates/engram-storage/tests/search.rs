@@ -235,3 +235,76 @@ fn search_refuses_a_query_of_the_wrong_dimension() {
     assert!(err.to_string().contains("3 dimensions"), "{err}");
     assert!(store.search(&s, &vector(1), 5, 16).unwrap().is_empty());
 }
+
+#[test]
+fn tiered_merges_leave_a_large_indexed_segment_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("s");
+    let opts = StoreOptions {
+        max_segments_per_space: 3,
+        ..options()
+    };
+    let store = Store::open_dir(dir.path(), opts).unwrap();
+    store.create_space(&s, DIM as u32).unwrap();
+    let batch: Vec<Memory> = (0..1000).map(mem).collect();
+    for chunk in batch.chunks(100) {
+        store.remember_batch(&s, chunk.to_vec()).unwrap();
+    }
+    store.compact().unwrap();
+    assert_eq!(store.build_indexes().unwrap(), 1);
+    let big = index_files(&dir.path().join("spaces").join("s"));
+    // Small flushes on top, with a delete of a row of the big segment: merges combine the
+    // small ones only and keep the tombstone that hides the big segment's row.
+    for round in 0..6u64 {
+        for i in 0..20 {
+            store.remember(&s, mem(2000 + round * 20 + i)).unwrap();
+        }
+        if round == 2 {
+            store.forget(&s, &mid("v00005")).unwrap();
+        }
+        store.compact().unwrap();
+    }
+    let st = store.space_status(&s).unwrap();
+    assert!(st.segments <= 3, "{st:?}");
+    assert!(store.stats().merges.load(Ordering::Relaxed) >= 2);
+    let now = index_files(&dir.path().join("spaces").join("s"));
+    assert!(
+        now.contains(&big[0]),
+        "the big segment's index is still there: {now:?}"
+    );
+    assert_eq!(store.stats().index_builds.load(Ordering::Relaxed), 1);
+    assert!(store.get(&s, "v00005").unwrap().is_none());
+    let hits = store.search(&s, &vector(5), 5, 64).unwrap();
+    assert!(hits.iter().all(|h| h.id.as_str() != "v00005"));
+    assert_eq!(st.memories, 1000 - 1 + 120);
+    drop(store);
+    let store = Store::open_dir(dir.path(), options()).unwrap();
+    assert!(
+        store.get(&s, "v00005").unwrap().is_none(),
+        "tombstone survived the merge"
+    );
+    assert_eq!(store.space_status(&s).unwrap().memories, 1000 - 1 + 120);
+}
+
+#[test]
+fn a_full_memtable_is_flushed_whatever_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("s");
+    let opts = StoreOptions {
+        memtable_max_rows: 50,
+        background_compaction: true,
+        compaction_tick: std::time::Duration::from_millis(5),
+        idle_flush_after: std::time::Duration::from_secs(3600),
+        ..options()
+    };
+    let store = Store::open_dir(dir.path(), opts).unwrap();
+    store.create_space(&s, DIM as u32).unwrap();
+    for i in 0..60 {
+        store.remember(&s, mem(i)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.space_status(&s).unwrap().segments == 0 {
+        assert!(std::time::Instant::now() < deadline, "no flush");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

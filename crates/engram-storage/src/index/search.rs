@@ -327,19 +327,19 @@ pub fn flat_search<V: Vectors + ?Sized>(
     let rows = u32::try_from(vectors.len()).unwrap_or(u32::MAX);
     let mut heap: BinaryHeap<Reverse<Cand>> = BinaryHeap::with_capacity(k.min(rows as usize) + 1);
     for row in 0..rows {
-        if !accept(row) {
-            continue;
-        }
         let c = Cand {
             sim: similarity(query, vectors.vector(row)),
             id: row,
         };
-        if heap.len() < k {
-            heap.push(Reverse(c));
-        } else if heap.peek().is_some_and(|w| c > w.0) {
-            heap.pop();
-            heap.push(Reverse(c));
+        // The filter (a lookup in newer data) only for rows that would enter the top k.
+        let enters = heap.len() < k || heap.peek().is_some_and(|w| c > w.0);
+        if !enters || !accept(row) {
+            continue;
         }
+        if heap.len() == k {
+            heap.pop();
+        }
+        heap.push(Reverse(c));
     }
     let mut out: Vec<(u32, f32)> = heap
         .into_sorted_vec()
