@@ -356,7 +356,11 @@ fn index_part(seg: &Segment, queries: &[Vec<f32>]) -> Result<()> {
             "#   ef {ef:>3}: recall@10 {recall:.4}, p50 {p50:.0} us, p99 {p99:.0} us, {qps:.0} \
              queries/s ({:.0}x exact search){}",
             exact_us / (1e6 / qps),
-            if ef == engine_ef { "  <- the engine's search_ef" } else { "" }
+            if ef == engine_ef {
+                "  <- the engine's search_ef"
+            } else {
+                ""
+            }
         );
         if ef == engine_ef {
             at_engine_ef = Some((recall, p99, qps));

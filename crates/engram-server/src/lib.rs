@@ -1,0 +1,73 @@
+//! Engram's HTTP API, exactly as shared/API.md specifies: [`app`] builds the router over an
+//! [`AppState`]. Nothing below this crate knows HTTP.
+
+mod error;
+mod routes;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use engram_engine::Engine;
+
+pub use error::ApiError;
+
+/// Request limits (shared/API.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The router of every route in shared/API.md.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/health", get(routes::health))
+        .route(
+            "/api/v1/spaces",
+            get(routes::list_spaces).post(routes::create_space),
+        )
+        .route("/api/v1/spaces/{id}", delete(routes::drop_space))
+        .route("/api/v1/memories/remember", post(routes::remember))
+        .route("/api/v1/memories/batch", post(routes::batch))
+        .route(
+            "/api/v1/memories/recall",
+            get(routes::recall_get).post(routes::recall_post),
+        )
+        .route(
+            "/api/v1/memories/{id}",
+            get(routes::get_memory).delete(routes::forget),
+        )
+        .route("/api/v1/memories/{id}/links", post(routes::link))
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

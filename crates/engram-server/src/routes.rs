@@ -1,0 +1,372 @@
+//! The handlers, one per route of shared/API.md.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::Json;
+use engram_core::{Cue, CueInput, RecallMode, SpaceId};
+use engram_engine::{EngineError, DEFAULT_SPACE};
+use serde_json::{json, Value};
+
+use crate::wire::{self, BatchIn, MemoryIn, RecallIn, SpaceIn};
+use crate::{ApiError, AppState};
+
+type Reply = Result<(StatusCode, Json<Value>), ApiError>;
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body too large: {}", e.body_text()))
+        } else {
+            ApiError::Invalid(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            ))
+        }
+    })
+}
+
+fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::Invalid(format!("bad query string: {}", e.body_text())))
+}
+
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| ApiError::Invalid(format!("bad path: {}", e.body_text())))
+}
+
+/// The space of a request: header `X-Memory-Space`, query `space`, body `memory_space_id`,
+/// else `default` (first match wins).
+fn space_of(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body_field: Option<&str>,
+) -> Result<SpaceId, ApiError> {
+    let from_header = match headers.get("x-memory-space") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::Invalid("X-Memory-Space is not a valid space id".into()))?,
+        ),
+        None => None,
+    };
+    let id = from_header
+        .or(query.get("space").map(String::as_str))
+        .or(body_field)
+        .unwrap_or(DEFAULT_SPACE);
+    Ok(SpaceId::new(id)?)
+}
+
+/// Creates the space on first write, with the default dimension.
+fn ensure_space(st: &AppState, space: &SpaceId) -> Result<(), ApiError> {
+    if st
+        .engine
+        .store()
+        .space_exists(space)
+        .map_err(EngineError::from)?
+    {
+        return Ok(());
+    }
+    match st.engine.create_space(space, None) {
+        Ok(_) | Err(EngineError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+fn space_json(i: &engram_engine::SpaceInfo) -> Value {
+    json!({
+        "id": i.id.as_str(),
+        "dimension": i.dimension,
+        "memories": i.memories,
+        "created_at": wire::format_timestamp(i.created_at_us),
+    })
+}
+
+pub async fn list_spaces(State(st): State<AppState>) -> Reply {
+    let spaces = st.engine.list_spaces()?;
+    let list: Vec<Value> = spaces.iter().map(space_json).collect();
+    Ok((StatusCode::OK, Json(json!({ "spaces": list }))))
+}
+
+pub async fn create_space(State(st): State<AppState>, b: Result<Bytes, BytesRejection>) -> Reply {
+    let req: SpaceIn = wire::parse(&body(b)?)?;
+    let id = SpaceId::new(req.id)?;
+    let info = st.engine.create_space(&id, req.dimension)?;
+    Ok((StatusCode::CREATED, Json(space_json(&info))))
+}
+
+pub async fn drop_space(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let id = SpaceId::new(path_id(p)?)?;
+    st.engine.drop_space(&id)?;
+    Ok((StatusCode::OK, Json(json!({ "dropped": id.as_str() }))))
+}
+
+pub async fn remember(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let query = params(q)?;
+    let req: MemoryIn = wire::parse(&body(b)?)?;
+    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    let new = req.into_new()?;
+    ensure_space(&st, &space)?;
+    let stored = st.engine.remember_async(&space, new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "memory_id": stored.id.as_str(),
+            "storage_confidence": wire::confidence_json(stored.confidence),
+            "consolidation_state": "Recent",
+            "stored_at": wire::format_timestamp(stored.stored_at_us),
+            "links": wire::links_json(&stored.links),
+        })),
+    ))
+}
+
+pub async fn batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let query = params(q)?;
+    let req: BatchIn = wire::parse(&body(b)?)?;
+    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    if req.memories.len() > engram_core::limits::MAX_BATCH {
+        return Err(ApiError::TooLarge(format!(
+            "a batch of {} memories exceeds the limit of {}",
+            req.memories.len(),
+            engram_core::limits::MAX_BATCH
+        )));
+    }
+    let mut batch = Vec::with_capacity(req.memories.len());
+    for (i, m) in req.memories.into_iter().enumerate() {
+        if let Some(s) = &m.memory_space_id {
+            if s != space.as_str() {
+                return Err(ApiError::Invalid(format!(
+                    "memory {i}: memory_space_id {s:?} differs from the request's space {:?}",
+                    space.as_str()
+                )));
+            }
+        }
+        batch.push(m.into_new().map_err(|e| match e {
+            ApiError::Invalid(m) => ApiError::Invalid(format!("memory {i}: {m}")),
+            ApiError::TooLarge(m) => ApiError::TooLarge(format!("memory {i}: {m}")),
+            e => e,
+        })?);
+    }
+    ensure_space(&st, &space)?;
+    let stored = st.engine.remember_batch_async(&space, batch).await?;
+    let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
+    Ok((StatusCode::CREATED, Json(json!({ "memory_ids": ids }))))
+}
+
+pub async fn get_memory(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    p: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let query = params(q)?;
+    let id = wire::memory_id(path_id(p)?)?;
+    let space = space_of(&headers, &query, None)?;
+    let with_embedding = match query.get("include_embedding").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(ApiError::Invalid(format!(
+                "include_embedding {v:?}: expected true or false"
+            )))
+        }
+    };
+    match st.engine.get(&space, id.as_str())? {
+        Some(m) => Ok((StatusCode::OK, Json(wire::memory_json(&m, with_embedding)))),
+        None => Err(ApiError::MemoryNotFound(format!(
+            "memory {:?} does not exist in space {:?}",
+            id.as_str(),
+            space.as_str()
+        ))),
+    }
+}
+
+pub async fn forget(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    p: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let query = params(q)?;
+    let id = wire::memory_id(path_id(p)?)?;
+    let space = space_of(&headers, &query, None)?;
+    if st.engine.forget(&space, &id)? {
+        Ok((StatusCode::OK, Json(json!({ "deleted": id.as_str() }))))
+    } else {
+        Err(ApiError::MemoryNotFound(format!(
+            "memory {:?} does not exist in space {:?}",
+            id.as_str(),
+            space.as_str()
+        )))
+    }
+}
+
+pub async fn link(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    p: Result<Path<String>, PathRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
+    #[derive(serde::Deserialize)]
+    struct LinkReq {
+        to: String,
+        weight: f64,
+        memory_space_id: Option<String>,
+    }
+    let query = params(q)?;
+    let from = wire::memory_id(path_id(p)?)?;
+    let req: LinkReq = wire::parse(&body(b)?)?;
+    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    let to = wire::memory_id(req.to)?;
+    if !(req.weight > 0.0 && req.weight <= 1.0) {
+        return Err(ApiError::Invalid(format!(
+            "weight {} is outside (0, 1]",
+            req.weight
+        )));
+    }
+    if st.engine.get(&space, from.as_str())?.is_none() {
+        return Err(ApiError::MemoryNotFound(format!(
+            "memory {:?} does not exist in space {:?}",
+            from.as_str(),
+            space.as_str()
+        )));
+    }
+    st.engine.link(&space, &from, &to, req.weight as f32)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "from": from.as_str(), "to": to.as_str(), "weight": wire::num(req.weight as f32) }),
+        ),
+    ))
+}
+
+fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
+    let r = st.engine.recall(space, &cue)?;
+    let vivid: Vec<Value> = r.vivid.iter().map(wire::recall_item_json).collect();
+    let associated: Vec<Value> = r.associated.iter().map(wire::recall_item_json).collect();
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "memories": { "vivid": vivid, "associated": associated, "reconstructed": [] },
+            "space": space.as_str(),
+            "mode": r.mode.as_str(),
+            "took_ms": r.took_ms,
+        })),
+    ))
+}
+
+/// A cue from the request's fields: `query` (text) or `embedding`, not both.
+fn cue_of(r: RecallIn) -> Result<Cue, ApiError> {
+    let input = match (r.query, r.embedding) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Invalid(
+                "give either query (text) or embedding, not both".into(),
+            ))
+        }
+        (Some(q), None) => CueInput::Text(q),
+        (None, Some(e)) => CueInput::Vector(wire::embedding(e, "embedding")?),
+        (None, None) => {
+            return Err(ApiError::Invalid(
+                "a recall needs query (text) or embedding".into(),
+            ))
+        }
+    };
+    let mut cue = match input {
+        CueInput::Text(t) => Cue::text(t),
+        CueInput::Vector(v) => Cue::vector(v),
+    };
+    if let Some(n) = r.max_results {
+        cue.max_results = n;
+    }
+    if let Some(t) = r.threshold {
+        cue.threshold = t as f32;
+    }
+    if let Some(m) = r.mode {
+        cue.mode = m.parse::<RecallMode>()?;
+    }
+    if let Some(h) = r.max_hops {
+        cue.max_hops = h;
+    }
+    cue.validate()?;
+    Ok(cue)
+}
+
+pub async fn recall_post(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Params,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let query = params(q)?;
+    let req: RecallIn = wire::parse(&body(b)?)?;
+    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    recall_reply(&st, &space, cue_of(req)?)
+}
+
+pub async fn recall_get(State(st): State<AppState>, headers: HeaderMap, q: Params) -> Reply {
+    let query = params(q)?;
+    let space = space_of(&headers, &query, None)?;
+    fn num<T: std::str::FromStr>(
+        q: &HashMap<String, String>,
+        name: &str,
+        expected: &str,
+    ) -> Result<Option<T>, ApiError> {
+        q.get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| ApiError::Invalid(format!("{name} {v:?} is not {expected}")))
+            })
+            .transpose()
+    }
+    let embedding = match query.get("embedding") {
+        Some(e) => Some(serde_json::from_str::<Vec<f64>>(e).map_err(|err| {
+            ApiError::Invalid(format!("embedding must be a JSON array of numbers: {err}"))
+        })?),
+        None => None,
+    };
+    let req = RecallIn {
+        query: query.get("query").cloned(),
+        embedding,
+        max_results: num(&query, "max_results", "a whole number")?,
+        threshold: num(&query, "threshold", "a number")?,
+        mode: query.get("mode").cloned(),
+        max_hops: num(&query, "max_hops", "a whole number")?,
+        memory_space_id: None,
+    };
+    if let Some(t) = req.threshold {
+        if !t.is_finite() {
+            return Err(ApiError::Invalid(format!("threshold {t} is not finite")));
+        }
+    }
+    recall_reply(&st, &space, cue_of(req)?)
+}
+
+pub async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(format!("no route {}", uri.path()))
+}
+
+pub async fn wrong_method(uri: Uri) -> ApiError {
+    ApiError::Method(format!("{} does not take this method", uri.path()))
+}

@@ -1,0 +1,231 @@
+//! Request and response bodies, and their conversion to and from the engine's types.
+
+use std::collections::BTreeMap;
+
+use engram_core::{Confidence, ConfidenceCategory, Link, Memory, MemoryId};
+use engram_engine::{NewMemory, RecallItem};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::ApiError;
+
+/// A memory in a request (`remember`, and each member of `batch`).
+#[derive(Debug, Deserialize)]
+pub struct MemoryIn {
+    pub content: Option<String>,
+    pub id: Option<String>,
+    pub embedding: Option<Vec<f64>>,
+    pub confidence: Option<f64>,
+    pub timestamp: Option<String>,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub links: Option<Vec<LinkIn>>,
+    pub auto_link: Option<bool>,
+    pub memory_space_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LinkIn {
+    pub to: String,
+    pub weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchIn {
+    pub memories: Vec<MemoryIn>,
+    pub memory_space_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SpaceIn {
+    pub id: String,
+    pub dimension: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RecallIn {
+    pub query: Option<String>,
+    pub embedding: Option<Vec<f64>>,
+    pub max_results: Option<usize>,
+    pub threshold: Option<f64>,
+    pub mode: Option<String>,
+    pub max_hops: Option<u32>,
+    pub memory_space_id: Option<String>,
+}
+
+/// Parses JSON, answering 400 with serde's description of what is wrong (type, position).
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::Invalid(
+            "the request body is empty: expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+}
+
+/// An f64 from JSON as the f32 stored: finite values beyond f32's range are refused here
+/// rather than turned into infinities.
+fn to_f32(v: f64, what: &str) -> Result<f32, ApiError> {
+    let f = v as f32;
+    if !f.is_finite() {
+        return Err(ApiError::Invalid(format!(
+            "{what} {v} is outside the range of a 32-bit float"
+        )));
+    }
+    Ok(f)
+}
+
+pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
+    if v.len() > engram_core::limits::MAX_DIMENSION {
+        return Err(ApiError::Invalid(format!(
+            "{what} has {} dimensions, the limit is {}",
+            v.len(),
+            engram_core::limits::MAX_DIMENSION
+        )));
+    }
+    v.into_iter()
+        .enumerate()
+        .map(|(i, x)| to_f32(x, &format!("{what}[{i}]")))
+        .collect()
+}
+
+pub fn memory_id(s: String) -> Result<MemoryId, ApiError> {
+    Ok(MemoryId::new(s)?)
+}
+
+/// Microseconds since the Unix epoch from RFC 3339.
+pub fn parse_timestamp(s: &str) -> Result<i64, ApiError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+        ApiError::Invalid(format!(
+            "timestamp {s:?} is not RFC 3339 (e.g. 2026-11-21T10:00:00Z): {e}"
+        ))
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000)
+        .map_err(|_| ApiError::Invalid(format!("timestamp {s:?} is out of range")))
+}
+
+/// RFC 3339 (UTC) from microseconds since the Unix epoch.
+pub fn format_timestamp(us: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+impl MemoryIn {
+    /// The engine's form; the space is chosen by the caller.
+    pub fn into_new(self) -> Result<NewMemory, ApiError> {
+        let content = self
+            .content
+            .ok_or_else(|| ApiError::Invalid("content is required".into()))?;
+        if content.trim().is_empty() {
+            return Err(ApiError::Invalid("content is empty".into()));
+        }
+        if content.len() > engram_core::limits::MAX_CONTENT_LEN {
+            return Err(ApiError::TooLarge(format!(
+                "content is {} bytes, the limit is {} bytes",
+                content.len(),
+                engram_core::limits::MAX_CONTENT_LEN
+            )));
+        }
+        let confidence = match self.confidence {
+            Some(c) if !(0.0..=1.0).contains(&c) => {
+                return Err(ApiError::Invalid(format!(
+                    "confidence {c} is outside [0, 1]"
+                )))
+            }
+            Some(c) => Some(c as f32),
+            None => None,
+        };
+        let links = self
+            .links
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| {
+                if !(l.weight > 0.0 && l.weight <= 1.0) {
+                    return Err(ApiError::Invalid(format!(
+                        "link to {:?} has weight {}, expected (0, 1]",
+                        l.to, l.weight
+                    )));
+                }
+                Ok(Link {
+                    to: memory_id(l.to)?,
+                    weight: l.weight as f32,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NewMemory {
+            id: self.id.map(memory_id).transpose()?,
+            content,
+            embedding: self
+                .embedding
+                .map(|e| embedding(e, "embedding"))
+                .transpose()?,
+            confidence,
+            timestamp_us: self.timestamp.as_deref().map(parse_timestamp).transpose()?,
+            metadata: self.metadata.unwrap_or_default(),
+            links,
+            auto_link: self.auto_link.unwrap_or(true),
+        })
+    }
+}
+
+fn category(c: Confidence) -> &'static str {
+    match c.category() {
+        ConfidenceCategory::High => "High",
+        ConfidenceCategory::Medium => "Medium",
+        ConfidenceCategory::Low => "Low",
+    }
+}
+
+/// An f32 as the JSON number with its shortest decimal form (0.7, not 0.699999988079071).
+pub fn num(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+pub fn confidence_json(c: Confidence) -> Value {
+    json!({ "value": num(c.value()), "category": category(c) })
+}
+
+pub fn memory_json(m: &Memory, with_embedding: bool) -> Value {
+    let links = links_json(&m.links);
+    let mut v = json!({
+        "id": m.id.as_str(),
+        "content": m.content,
+        "confidence": confidence_json(Confidence::new(m.confidence)),
+        "timestamp": format_timestamp(m.timestamp_us),
+        "metadata": m.metadata,
+        "links": links,
+    });
+    if with_embedding {
+        v["embedding"] = Value::Array(m.embedding.iter().map(|&x| num(x)).collect());
+    }
+    v
+}
+
+pub fn links_json(links: &[Link]) -> Vec<Value> {
+    links
+        .iter()
+        .map(|l| json!({ "to": l.to.as_str(), "weight": num(l.weight) }))
+        .collect()
+}
+
+pub fn recall_item_json(i: &RecallItem) -> Value {
+    json!({
+        "id": i.id.as_str(),
+        "content": i.content,
+        "confidence": confidence_json(i.confidence),
+        "similarity_score": num(i.similarity),
+        "activation_level": num(i.activation),
+        "score": num(i.score),
+        "hops": i.hops,
+        "path": i.path.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "retrieval_path": i.retrieval_path.as_str(),
+        "observed_at": format_timestamp(i.timestamp_us),
+    })
+}

@@ -1,0 +1,129 @@
+//! The `engram` command (shared/API.md, "Command line").
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use engram_engine::{Engine, EngineOptions};
+use engram_server::{app, AppState};
+
+/// Engram's allocator: see engram-bench (write path allocation in the kernel with glibc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "engram",
+    version,
+    about = "Engram: a memory database for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: recover the data directory, then serve the HTTP API until SIGTERM or
+    /// SIGINT (in-flight requests finish, memtables are flushed, exit 0).
+    Start(StartArgs),
+}
+
+#[derive(clap::Args)]
+struct StartArgs {
+    /// Where the node's data lives (created if missing).
+    #[arg(long, env = "ENGRAM_DATA_DIR", default_value = "./engram-data")]
+    data_dir: PathBuf,
+    /// Address to listen on. Without API keys only loopback addresses are allowed, unless
+    /// --insecure.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on. A busy port is an error (the server never moves to another one).
+    #[arg(long, default_value_t = 7432)]
+    port: u16,
+    /// Listen on a non-loopback address without API keys.
+    #[arg(long)]
+    insecure: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start(args) => start(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: StartArgs) -> Result<()> {
+    if !args.bind.is_loopback() && !args.insecure {
+        bail!(
+            "refusing to listen on {} without API keys: bind a loopback address, or pass \
+             --insecure to serve without authentication",
+            args.bind
+        );
+    }
+    // See engram_storage::process: huge pages stall the WAL committer.
+    if let Err(e) = engram_storage::process::disable_transparent_huge_pages() {
+        tracing::warn!(error = %e, "could not turn off transparent huge pages");
+    }
+    let engine = Engine::open(&args.data_dir, EngineOptions::default())
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let engine = Arc::new(engine);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let served = runtime.block_on(serve(engine.clone(), SocketAddr::new(args.bind, args.port)));
+    // Requests are done: make the memtables segments so the next start replays little.
+    if let Err(e) = engine.store().compact() {
+        tracing::error!(error = %e, "flush at shutdown failed (the WAL still holds everything)");
+    }
+    engine.store().close();
+    served
+}
+
+async fn serve(engine: Arc<Engine>, addr: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    println!("engram listening on http://{local}");
+    let router = app(AppState::new(engine));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("stopped accepting requests; flushing");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
