@@ -1,6 +1,7 @@
 //! Engram's HTTP API, exactly as shared/API.md specifies: [`app`] builds the router over an
 //! [`AppState`]. Nothing below this crate knows HTTP.
 
+mod auth;
 mod error;
 mod routes;
 mod wire;
@@ -12,6 +13,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use engram_engine::Engine;
 
+pub use auth::{ApiKey, Auth, Grant};
 pub use error::ApiError;
 
 /// Request limits (shared/API.md, "Limits").
@@ -34,6 +36,7 @@ impl Default for Limits {
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub limits: Limits,
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -41,6 +44,7 @@ impl AppState {
         Self {
             engine,
             limits: Limits::default(),
+            auth: Arc::new(Auth::default()),
         }
     }
 }
@@ -69,5 +73,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use engram_core::{Cue, CueInput, RecallMode, SpaceId};
@@ -12,7 +12,7 @@ use engram_engine::{EngineError, DEFAULT_SPACE};
 use serde_json::{json, Value};
 
 use crate::wire::{self, BatchIn, MemoryIn, RecallIn, SpaceIn};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Grant};
 
 type Reply = Result<(StatusCode, Json<Value>), ApiError>;
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -90,30 +90,42 @@ fn space_json(i: &engram_engine::SpaceInfo) -> Value {
     })
 }
 
-pub async fn list_spaces(State(st): State<AppState>) -> Reply {
+pub async fn list_spaces(State(st): State<AppState>, Extension(grant): Extension<Grant>) -> Reply {
     let spaces = st.engine.list_spaces()?;
-    let list: Vec<Value> = spaces.iter().map(space_json).collect();
+    let list: Vec<Value> = spaces
+        .iter()
+        .filter(|s| grant.allows(&s.id))
+        .map(space_json)
+        .collect();
     Ok((StatusCode::OK, Json(json!({ "spaces": list }))))
 }
 
-pub async fn create_space(State(st): State<AppState>, b: Result<Bytes, BytesRejection>) -> Reply {
+pub async fn create_space(
+    State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
     let req: SpaceIn = wire::parse(&body(b)?)?;
     let id = SpaceId::new(req.id)?;
+    grant.check(&id)?;
     let info = st.engine.create_space(&id, req.dimension)?;
     Ok((StatusCode::CREATED, Json(space_json(&info))))
 }
 
 pub async fn drop_space(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     p: Result<Path<String>, PathRejection>,
 ) -> Reply {
     let id = SpaceId::new(path_id(p)?)?;
+    grant.check(&id)?;
     st.engine.drop_space(&id)?;
     Ok((StatusCode::OK, Json(json!({ "dropped": id.as_str() }))))
 }
 
 pub async fn remember(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     b: Result<Bytes, BytesRejection>,
@@ -121,6 +133,7 @@ pub async fn remember(
     let query = params(q)?;
     let req: MemoryIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    grant.check(&space)?;
     let new = req.into_new()?;
     ensure_space(&st, &space)?;
     let stored = st.engine.remember_async(&space, new).await?;
@@ -138,6 +151,7 @@ pub async fn remember(
 
 pub async fn batch(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     b: Result<Bytes, BytesRejection>,
@@ -145,6 +159,7 @@ pub async fn batch(
     let query = params(q)?;
     let req: BatchIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    grant.check(&space)?;
     if req.memories.len() > engram_core::limits::MAX_BATCH {
         return Err(ApiError::TooLarge(format!(
             "a batch of {} memories exceeds the limit of {}",
@@ -176,6 +191,7 @@ pub async fn batch(
 
 pub async fn get_memory(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     p: Result<Path<String>, PathRejection>,
@@ -183,6 +199,7 @@ pub async fn get_memory(
     let query = params(q)?;
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
+    grant.check(&space)?;
     let with_embedding = match query.get("include_embedding").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
@@ -204,6 +221,7 @@ pub async fn get_memory(
 
 pub async fn forget(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     p: Result<Path<String>, PathRejection>,
@@ -211,6 +229,7 @@ pub async fn forget(
     let query = params(q)?;
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
+    grant.check(&space)?;
     if st.engine.forget(&space, &id)? {
         Ok((StatusCode::OK, Json(json!({ "deleted": id.as_str() }))))
     } else {
@@ -224,6 +243,7 @@ pub async fn forget(
 
 pub async fn link(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     p: Result<Path<String>, PathRejection>,
@@ -239,6 +259,7 @@ pub async fn link(
     let from = wire::memory_id(path_id(p)?)?;
     let req: LinkReq = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    grant.check(&space)?;
     let to = wire::memory_id(req.to)?;
     if !(req.weight > 0.0 && req.weight <= 1.0) {
         return Err(ApiError::Invalid(format!(
@@ -315,6 +336,7 @@ fn cue_of(r: RecallIn) -> Result<Cue, ApiError> {
 
 pub async fn recall_post(
     State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
     headers: HeaderMap,
     q: Params,
     b: Result<Bytes, BytesRejection>,
@@ -322,12 +344,19 @@ pub async fn recall_post(
     let query = params(q)?;
     let req: RecallIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    grant.check(&space)?;
     recall_reply(&st, &space, cue_of(req)?)
 }
 
-pub async fn recall_get(State(st): State<AppState>, headers: HeaderMap, q: Params) -> Reply {
+pub async fn recall_get(
+    State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    q: Params,
+) -> Reply {
     let query = params(q)?;
     let space = space_of(&headers, &query, None)?;
+    grant.check(&space)?;
     fn num<T: std::str::FromStr>(
         q: &HashMap<String, String>,
         name: &str,

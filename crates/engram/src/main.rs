@@ -46,6 +46,55 @@ struct StartArgs {
     /// Listen on a non-loopback address without API keys.
     #[arg(long)]
     insecure: bool,
+    /// A TOML configuration file with API keys:
+    /// `[[api_keys]]` tables of `key = "..."` and `spaces = ["alice", "bob"]` (or `["*"]` for
+    /// every space). With keys, every route but /health needs `Authorization: Bearer KEY`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The configuration file.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    api_keys: Vec<KeyEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    key: String,
+    spaces: Vec<String>,
+}
+
+fn load_auth(path: &std::path::Path) -> Result<engram_server::Auth> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration file {}", path.display()))?;
+    let cfg: ConfigFile = toml::from_str(&text)
+        .with_context(|| format!("parsing the configuration file {}", path.display()))?;
+    let mut keys = Vec::new();
+    for (i, k) in cfg.api_keys.into_iter().enumerate() {
+        if k.key.trim().len() < 8 || k.key.contains(char::is_whitespace) {
+            bail!("api_keys[{i}]: a key needs at least 8 characters and no whitespace");
+        }
+        if keys.iter().any(|e: &engram_server::ApiKey| e.key == k.key) {
+            bail!("api_keys[{i}]: the same key appears twice");
+        }
+        let spaces = if k.spaces.iter().any(|s| s == "*") {
+            None
+        } else {
+            Some(
+                k.spaces
+                    .iter()
+                    .map(|s| engram_core::SpaceId::new(s.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("api_keys[{i}].spaces"))?,
+            )
+        };
+        keys.push(engram_server::ApiKey { key: k.key, spaces });
+    }
+    Ok(engram_server::Auth { keys })
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,7 +119,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: StartArgs) -> Result<()> {
-    if !args.bind.is_loopback() && !args.insecure {
+    let auth = match &args.config {
+        Some(p) => load_auth(p)?,
+        None => engram_server::Auth::default(),
+    };
+    if !args.bind.is_loopback() && !args.insecure && auth.keys.is_empty() {
         bail!(
             "refusing to listen on {} without API keys: bind a loopback address, or pass \
              --insecure to serve without authentication",
@@ -88,7 +141,11 @@ fn start(args: StartArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let served = runtime.block_on(serve(engine.clone(), SocketAddr::new(args.bind, args.port)));
+    let state = AppState {
+        auth: Arc::new(auth),
+        ..AppState::new(engine.clone())
+    };
+    let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port)));
     // Requests are done: make the memtables segments so the next start replays little.
     if let Err(e) = engine.store().compact() {
         tracing::error!(error = %e, "flush at shutdown failed (the WAL still holds everything)");
@@ -97,13 +154,13 @@ fn start(args: StartArgs) -> Result<()> {
     served
 }
 
-async fn serve(engine: Arc<Engine>, addr: SocketAddr) -> Result<()> {
+async fn serve(state: AppState, addr: SocketAddr) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     println!("engram listening on http://{local}");
-    let router = app(AppState::new(engine));
+    let router = app(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await

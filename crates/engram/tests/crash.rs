@@ -33,7 +33,10 @@ fn start(dir: &Path) -> (Child, String) {
         .recv_timeout(Duration::from_secs(60))
         .expect("the server printed its listening line");
     assert!(line.starts_with("engram listening on http://"), "{line:?}");
-    let base = line.trim().trim_start_matches("engram listening on ").to_string();
+    let base = line
+        .trim()
+        .trim_start_matches("engram listening on ")
+        .to_string();
     (child, base)
 }
 
@@ -116,7 +119,11 @@ fn every_acknowledged_write_survives_sigkill() {
             .json(&json!({"content": "written after the restart"}))
             .send()
             .unwrap();
-        assert_eq!(r.status().as_u16(), 201, "round {seed}: writes refused after restart");
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "round {seed}: writes refused after restart"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }
