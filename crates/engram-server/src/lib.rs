@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+pub mod metrics;
 mod routes;
 mod wire;
 
@@ -52,8 +53,11 @@ impl AppState {
 /// The router of every route in shared/API.md.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    // Installed before the first request, so storage metrics are recorded from the start.
+    let _ = metrics::handle();
     Router::new()
         .route("/health", get(routes::health))
+        .route("/metrics", get(metrics::render))
         .route(
             "/api/v1/spaces",
             get(routes::list_spaces).post(routes::create_space),
@@ -70,6 +74,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::get_memory).delete(routes::forget),
         )
         .route("/api/v1/memories/{id}/links", post(routes::link))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

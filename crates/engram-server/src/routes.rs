@@ -285,6 +285,8 @@ pub async fn link(
 
 fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
     let r = st.engine.recall(space, &cue)?;
+    metrics::histogram!("engram_recall_duration_seconds", "mode" => r.mode.as_str())
+        .record(r.took_ms / 1e3);
     let vivid: Vec<Value> = r.vivid.iter().map(wire::recall_item_json).collect();
     let associated: Vec<Value> = r.associated.iter().map(wire::recall_item_json).collect();
     Ok((

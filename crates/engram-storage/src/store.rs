@@ -638,6 +638,18 @@ impl Store {
         st.search(query, k, ef)
     }
 
+    /// The ids of the spaces loaded now (opening none).
+    pub fn loaded_space_ids(&self) -> Vec<SpaceId> {
+        let mut ids: Vec<SpaceId> = self
+            .inner
+            .loaded_spaces()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Builds every missing HNSW index of the loaded spaces now (the background indexer does
     /// the same a segment at a time). Returns how many were built.
     pub fn build_indexes(&self) -> Result<usize> {
@@ -1049,6 +1061,9 @@ impl Inner {
         synced.map_err(|source| StorageError::Io { path, source })?;
         let s = &self.stats;
         let us = t.elapsed().as_micros() as u64;
+        // For a metrics recorder, if the host installed one (a no-op otherwise).
+        metrics::histogram!("engram_wal_fsync_seconds").record(us as f64 / 1e6);
+        metrics::histogram!("engram_wal_batch_records").record(batch.len() as f64);
         s.fsync_micros_total.fetch_add(us, Ordering::Relaxed);
         s.fsync_micros_max.fetch_max(us, Ordering::Relaxed);
         if us > 2_000 {

@@ -277,6 +277,22 @@ fn every_route_answers_with_the_documented_shape() {
         .collect();
     assert_eq!(ids, ["default", "fresh", "small"]);
 
+    // Prometheus metrics: requests by route and status, WAL fsyncs, spaces, recall latency.
+    let r = c.get(s.url("/metrics")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().unwrap();
+    for needle in [
+        "engram_http_requests_total{route=\"/api/v1/memories/remember\",method=\"POST\",status=\"201\"}",
+        "engram_http_request_duration_seconds_bucket",
+        "engram_wal_fsync_seconds_bucket",
+        "engram_wal_batch_records_bucket",
+        "engram_space_memories{space=\"small\"} 2",
+        "engram_recall_duration_seconds_bucket",
+        "engram_compaction_flushes_total",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+
     // Drop a space: gone now and after a restart.
     let r = c.delete(s.url("/api/v1/spaces/fresh")).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
@@ -573,6 +589,18 @@ spaces = ["*"]
             .unwrap(),
     );
     assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        c.get(s.url("/metrics")).send().unwrap().status().as_u16(),
+        401
+    );
+    assert_eq!(
+        admin(c.get(s.url("/metrics")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
     // With keys, a non-loopback address is allowed (not tested here: binding 0.0.0.0 in a
     // test would expose the port); without keys it needs --insecure (tested above).
 }

@@ -1,0 +1,94 @@
+//! `GET /metrics` in the Prometheus text format: request counts and latency per route and
+//! status, WAL fsync latency and batch size (recorded by the storage engine through the
+//! `metrics` facade), memories and bytes per loaded space, compaction work, recall latency.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::AppState;
+
+/// Latency buckets, in seconds.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Records per group commit.
+const RECORDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// The process's Prometheus recorder, installed on first use (one per process: the `metrics`
+/// facade has one global recorder). `None` when another recorder was installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("engram_wal_batch_records".into()),
+                    RECORDS,
+                )
+                .and_then(|b| b.set_buckets(SECONDS));
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Middleware: counts every request and times it, by route pattern, method and status.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("engram_http_requests_total", &labels).increment(1);
+    metrics::histogram!("engram_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`.
+pub async fn render(State(st): State<AppState>) -> Response {
+    let store = st.engine.store();
+    let stats = store.stats();
+    let counters = [
+        ("engram_compaction_flushes_total", &stats.flushes),
+        ("engram_compaction_merges_total", &stats.merges),
+        ("engram_index_builds_total", &stats.index_builds),
+        ("engram_index_loads_total", &stats.index_loads),
+        ("engram_wal_records_total", &stats.records),
+        ("engram_wal_group_commits_total", &stats.group_commits),
+        ("engram_wal_bytes_written_total", &stats.wal_bytes_written),
+        ("engram_compaction_bytes_total", &stats.compaction_bytes),
+    ];
+    for (name, v) in counters {
+        metrics::counter!(name).absolute(v.load(Ordering::Relaxed));
+    }
+    // Per space, for the spaces open now (counting loads nothing).
+    for id in store.loaded_space_ids() {
+        if let Ok(s) = store.space_status(&id) {
+            let labels = [("space", id.to_string())];
+            metrics::gauge!("engram_space_memories", &labels).set(s.memories as f64);
+            metrics::gauge!("engram_space_segment_bytes", &labels).set(s.segment_bytes as f64);
+            metrics::gauge!("engram_space_memtable_bytes", &labels).set(s.memtable_bytes as f64);
+        }
+    }
+    let body = handle().map_or_else(String::new, |h| h.render());
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
