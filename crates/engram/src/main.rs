@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use engram_engine::{Engine, EngineOptions};
 use engram_server::{app, AppState};
 
+mod client;
+
 /// Engram's allocator: see engram-bench (write path allocation in the kernel with glibc).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,6 +31,76 @@ enum Command {
     /// Run the server: recover the data directory, then serve the HTTP API until SIGTERM or
     /// SIGINT (in-flight requests finish, memtables are flushed, exit 0).
     Start(StartArgs),
+    /// List or create memory spaces on a running server.
+    Space {
+        #[command(subcommand)]
+        action: SpaceAction,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Store one memory (its text is embedded by the server).
+    Remember {
+        /// The memory's content.
+        text: String,
+        /// The space (default: `default`; created on first write).
+        #[arg(long)]
+        space: Option<String>,
+        /// Confidence in [0, 1] (default 0.7).
+        #[arg(long)]
+        confidence: Option<f32>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Recall memories for a text cue, printed as a table (score, similarity, hops, how each
+    /// was found, id, content).
+    Recall {
+        /// The cue.
+        text: String,
+        #[arg(long)]
+        space: Option<String>,
+        /// Most results (1 to 1000).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// similarity (direct matches only), spreading (only what links reach), or hybrid
+        /// (both; the server's default).
+        #[arg(long)]
+        mode: Option<String>,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Bulk-load a JSON-lines file, one memory object per line (the body of `remember`), in
+    /// batches, with a progress bar. Bad lines are reported with their line number and
+    /// reason, and skipped; the exit status is 1 if any line was bad.
+    Import {
+        /// The `.jsonl` file.
+        file: PathBuf,
+        #[arg(long)]
+        space: Option<String>,
+        /// Memories per request (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+    /// Server health, its spaces and their memory counts.
+    Status {
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpaceAction {
+    /// List the spaces.
+    List,
+    /// Create a space.
+    Create {
+        /// 1-64 characters of a-z, 0-9, '_' or '-'.
+        id: String,
+        /// Embedding dimension (default 768), fixed for the space's life.
+        #[arg(long)]
+        dimension: Option<u32>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -107,10 +179,49 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start(args) => start(args),
+        Command::Start(args) => start(args).map(|()| true),
+        Command::Space { action, conn } => client::Api::new(conn).and_then(|api| match action {
+            SpaceAction::List => client::space_list(&api).map(|()| true),
+            SpaceAction::Create { id, dimension } => {
+                client::space_create(&api, &id, dimension).map(|()| true)
+            }
+        }),
+        Command::Remember {
+            text,
+            space,
+            confidence,
+            conn,
+        } => client::Api::new(conn)
+            .and_then(|api| client::remember(&api, &text, &space, confidence))
+            .map(|()| true),
+        Command::Recall {
+            text,
+            space,
+            limit,
+            mode,
+            conn,
+        } => client::Api::new(conn)
+            .and_then(|api| client::recall(&api, &text, &space, limit, &mode))
+            .map(|()| true),
+        Command::Import {
+            file,
+            space,
+            batch,
+            conn,
+        } => {
+            if !(1..=1000).contains(&batch) {
+                Err(anyhow::anyhow!("--batch {batch}: expected 1 to 1000"))
+            } else {
+                client::Api::new(conn).and_then(|api| client::import(&api, &file, &space, batch))
+            }
+        }
+        Command::Status { conn } => client::Api::new(conn)
+            .and_then(|api| client::status(&api))
+            .map(|()| true),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
