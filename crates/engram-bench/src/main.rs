@@ -4,6 +4,7 @@
 //! Usage: `engram-bench <suite> [--quick]`.
 
 mod dataset;
+mod http;
 mod recall;
 mod storage;
 mod util;
@@ -20,6 +21,7 @@ const USAGE: &str = "usage: engram-bench <suite> [--quick]
 suites:
   storage   the storage engine: durable writes, recovery, gets, memory, many spaces
   recall    similarity kernels, flat scan, the HNSW index (recall@10, latency)
+  http      the real server over HTTP: remember, batch, recall at 100,000 memories
 options:
   --quick   a short run (about a minute) instead of the full one (several minutes)
 environment:
@@ -28,10 +30,10 @@ environment:
                       error message lists them)";
 
 /// The suites this build runs.
-const SUITES: &[&str] = &["storage", "recall"];
+const SUITES: &[&str] = &["storage", "recall", "http"];
 
 /// Suites that are planned but not built yet.
-const PLANNED: &[&str] = &["http", "placement", "text"];
+const PLANNED: &[&str] = &["placement", "text"];
 
 fn main() -> ExitCode {
     // As the server does: see engram_storage::process.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
     let result = match suite.as_str() {
         "storage" => storage::run(quick),
         "recall" => recall::run(quick),
+        "http" => http::run(quick),
         s if PLANNED.contains(&s) => {
             eprintln!(
                 "error: suite {s:?} is not implemented yet (available: {})\n{USAGE}",

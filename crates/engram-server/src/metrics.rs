@@ -80,6 +80,7 @@ pub async fn render(State(st): State<AppState>) -> Response {
     for (name, v) in counters {
         metrics::counter!(name).absolute(v.load(Ordering::Relaxed));
     }
+    metrics::gauge!("engram_index_pending_segments").set(store.pending_index_builds() as f64);
     // Per space, for the spaces open now (counting loads nothing).
     for id in store.loaded_space_ids() {
         if let Ok(s) = store.space_status(&id) {

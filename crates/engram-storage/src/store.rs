@@ -638,6 +638,23 @@ impl Store {
         st.search(query, k, ef)
     }
 
+    /// Segments of the loaded spaces that are due an index and have none yet (the indexer's
+    /// backlog).
+    pub fn pending_index_builds(&self) -> usize {
+        self.inner
+            .loaded_spaces()
+            .iter()
+            .map(|s| {
+                s.state
+                    .read()
+                    .segments
+                    .iter()
+                    .filter(|g| g.rows() >= self.inner.opts.index_min_rows && g.index().is_none())
+                    .count()
+            })
+            .sum()
+    }
+
     /// The ids of the spaces loaded now (opening none).
     pub fn loaded_space_ids(&self) -> Vec<SpaceId> {
         let mut ids: Vec<SpaceId> = self
