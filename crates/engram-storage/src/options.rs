@@ -41,6 +41,9 @@ pub struct StoreOptions {
     /// (4-5 ms) between fsync and wake-up. Best effort: without `CAP_SYS_NICE` the thread
     /// keeps normal priority and the log says so once.
     pub committer_nice: i32,
+    /// Nice value of the background indexer thread (0 leaves it alone). Lowered by default so
+    /// that index builds (seconds of CPU each) take what requests leave.
+    pub indexer_nice: i32,
     /// Segments with at least this many rows get an HNSW index (built in the background);
     /// smaller ones are searched by an exact scan, which is as fast at that size. Measured
     /// with `ENGRAM_BENCH_PARTS=crossover engram-bench recall` (768-d, ef 64, k 10): exact
@@ -67,6 +70,7 @@ impl Default for StoreOptions {
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
             index_min_rows: 2048,
+            indexer_nice: 10,
             hnsw: crate::index::HnswParams::default(),
         }
     }
@@ -85,6 +89,12 @@ impl StoreOptions {
             return Err(format!(
                 "max_record_bytes ({}) exceeds max_pending_bytes ({})",
                 self.max_record_bytes, self.max_pending_bytes
+            ));
+        }
+        if !(-20..=19).contains(&self.indexer_nice) {
+            return Err(format!(
+                "indexer_nice ({}) must be within -20..=19",
+                self.indexer_nice
             ));
         }
         if !(-20..=19).contains(&self.committer_nice) {

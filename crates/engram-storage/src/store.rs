@@ -427,7 +427,11 @@ impl Store {
             let bg = store.inner.clone();
             let handle = std::thread::Builder::new()
                 .name("engram-indexer".into())
-                .spawn(move || bg.indexer_loop())
+                .spawn(move || {
+                    // Index builds are background work: requests go first.
+                    crate::process::set_current_thread_nice(bg.opts.indexer_nice);
+                    bg.indexer_loop()
+                })
                 .map_err(|e| StorageError::Io {
                     path: root.to_path_buf(),
                     source: e,
