@@ -81,6 +81,14 @@ pub async fn health() -> Json<Value> {
     Json(json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") }))
 }
 
+fn memory_not_found(id: &engram_core::MemoryId, space: &SpaceId) -> ApiError {
+    ApiError::MemoryNotFound(format!(
+        "memory {:?} does not exist in space {:?}",
+        id.as_str(),
+        space.as_str()
+    ))
+}
+
 fn space_json(i: &engram_engine::SpaceInfo) -> Value {
     json!({
         "id": i.id.as_str(),
@@ -211,11 +219,7 @@ pub async fn get_memory(
     };
     match st.engine.get(&space, id.as_str())? {
         Some(m) => Ok((StatusCode::OK, Json(wire::memory_json(&m, with_embedding)))),
-        None => Err(ApiError::MemoryNotFound(format!(
-            "memory {:?} does not exist in space {:?}",
-            id.as_str(),
-            space.as_str()
-        ))),
+        None => Err(memory_not_found(&id, &space)),
     }
 }
 
@@ -233,11 +237,7 @@ pub async fn forget(
     if st.engine.forget(&space, &id)? {
         Ok((StatusCode::OK, Json(json!({ "deleted": id.as_str() }))))
     } else {
-        Err(ApiError::MemoryNotFound(format!(
-            "memory {:?} does not exist in space {:?}",
-            id.as_str(),
-            space.as_str()
-        )))
+        Err(memory_not_found(&id, &space))
     }
 }
 
@@ -268,11 +268,7 @@ pub async fn link(
         )));
     }
     if st.engine.get(&space, from.as_str())?.is_none() {
-        return Err(ApiError::MemoryNotFound(format!(
-            "memory {:?} does not exist in space {:?}",
-            from.as_str(),
-            space.as_str()
-        )));
+        return Err(memory_not_found(&from, &space));
     }
     st.engine.link(&space, &from, &to, req.weight as f32)?;
     Ok((

@@ -101,8 +101,8 @@ pub fn space_list(api: &Api) -> Result<()> {
         println!(
             "{:<32} {:>9} {:>10}  {}",
             s["id"].as_str().unwrap_or("?"),
-            s["dimension"],
-            s["memories"],
+            s["dimension"].as_u64().unwrap_or(0),
+            s["memories"].as_u64().unwrap_or(0),
             s["created_at"].as_str().unwrap_or("")
         );
     }
@@ -206,7 +206,7 @@ pub fn recall(
             i + 1,
             r["score"].as_f64().unwrap_or(0.0),
             r["similarity_score"].as_f64().unwrap_or(0.0),
-            r["hops"],
+            r["hops"].as_u64().unwrap_or(0),
             r["retrieval_path"].as_str().unwrap_or(""),
             cut(r["id"].as_str().unwrap_or(""), 24),
             cut(r["content"].as_str().unwrap_or(""), 60)

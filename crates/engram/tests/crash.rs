@@ -3,42 +3,15 @@
 //! and the server takes writes again. Several seeded rounds on one directory (CI runs 4;
 //! `ENGRAM_HTTP_CRASH_ROUNDS=50` runs more).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::Server;
 use reqwest::blocking::Client;
 use serde_json::json;
-
-fn start(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(["start", "--port", "0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn engram");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server printed its listening line");
-    assert!(line.starts_with("engram listening on http://"), "{line:?}");
-    let base = line
-        .trim()
-        .trim_start_matches("engram listening on ")
-        .to_string();
-    (child, base)
-}
 
 /// splitmix64: the rounds are reproducible from their seed.
 fn next(x: &mut u64) -> u64 {
@@ -67,7 +40,8 @@ fn every_acknowledged_write_survives_sigkill() {
     let mut acknowledged: Vec<String> = Vec::new();
     for seed in 1..=rounds {
         let mut rng = seed * 7919;
-        let (mut child, base) = start(dir.path());
+        let mut server = Server::start(dir.path());
+        let base = server.base.clone();
         let stop = AtomicBool::new(false);
         let acked: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let kill_after = Duration::from_millis(150 + next(&mut rng) % 500);
@@ -95,8 +69,8 @@ fn every_acknowledged_write_survives_sigkill() {
                 });
             }
             std::thread::sleep(kill_after);
-            child.kill().expect("SIGKILL the server");
-            child.wait().unwrap();
+            server.child.kill().expect("SIGKILL the server");
+            server.child.wait().unwrap();
             stop.store(true, Ordering::Relaxed);
         });
         let acked = acked.into_inner().unwrap();
@@ -104,7 +78,8 @@ fn every_acknowledged_write_survives_sigkill() {
         acknowledged.extend(acked);
 
         // Restart: everything acknowledged so far, in every round, is there and intact.
-        let (mut child, base) = start(dir.path());
+        let server = Server::start(dir.path());
+        let base = server.base.clone();
         for id in &acknowledged {
             let r = client
                 .get(format!("{base}/api/v1/memories/{id}"))
@@ -124,7 +99,6 @@ fn every_acknowledged_write_survives_sigkill() {
             201,
             "round {seed}: writes refused after restart"
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(server); // SIGKILL again
     }
 }
