@@ -1211,20 +1211,19 @@ impl Inner {
         Ok(true)
     }
 
+    /// Waits one `compaction_tick` (or until shutdown); false once the store is shutting down.
+    fn wait_tick(&self) -> bool {
+        let mut stop = self.shutdown.lock();
+        if !*stop {
+            self.shutdown_cv
+                .wait_for(&mut stop, self.opts.compaction_tick);
+        }
+        !*stop
+    }
+
     /// The background indexer: builds the index of one segment lacking it per round.
     fn indexer_loop(self: Arc<Self>) {
-        loop {
-            {
-                let mut stop = self.shutdown.lock();
-                if *stop {
-                    return;
-                }
-                self.shutdown_cv
-                    .wait_for(&mut stop, self.opts.compaction_tick);
-                if *stop {
-                    return;
-                }
-            }
+        while self.wait_tick() {
             loop {
                 match self.build_one_index() {
                     Ok(true) if !*self.shutdown.lock() => continue,
@@ -1287,18 +1286,7 @@ impl Inner {
     }
 
     fn compactor_loop(self: Arc<Self>) {
-        loop {
-            {
-                let mut stop = self.shutdown.lock();
-                if *stop {
-                    return;
-                }
-                self.shutdown_cv
-                    .wait_for(&mut stop, self.opts.compaction_tick);
-                if *stop {
-                    return;
-                }
-            }
+        while self.wait_tick() {
             if let Err(e) = self.compact_pass(false) {
                 tracing::error!(error = %e, "compaction pass failed; will retry");
             }
