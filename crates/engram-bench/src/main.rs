@@ -5,6 +5,7 @@
 
 mod dataset;
 mod http;
+mod placement;
 mod recall;
 mod storage;
 mod util;
@@ -22,6 +23,7 @@ suites:
   storage   the storage engine: durable writes, recovery, gets, memory, many spaces
   recall    similarity kernels, flat scan, the HNSW index (recall@10, latency)
   http      the real server over HTTP: remember, batch, recall at 100,000 memories
+  placement cluster placement: balance, movement, lookups, replicas, rebalance, routing
 options:
   --quick   a short run (about a minute) instead of the full one (several minutes)
 environment:
@@ -30,10 +32,10 @@ environment:
                       error message lists them)";
 
 /// The suites this build runs.
-const SUITES: &[&str] = &["storage", "recall", "http"];
+const SUITES: &[&str] = &["storage", "recall", "http", "placement"];
 
 /// Suites that are planned but not built yet.
-const PLANNED: &[&str] = &["placement", "text"];
+const PLANNED: &[&str] = &["text"];
 
 fn main() -> ExitCode {
     // As the server does: see engram_storage::process.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         "storage" => storage::run(quick),
         "recall" => recall::run(quick),
         "http" => http::run(quick),
+        "placement" => placement::run(quick),
         s if PLANNED.contains(&s) => {
             eprintln!(
                 "error: suite {s:?} is not implemented yet (available: {})\n{USAGE}",
