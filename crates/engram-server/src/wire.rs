@@ -64,18 +64,6 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
 }
 
-/// An f64 from JSON as the f32 stored: finite values beyond f32's range are refused here
-/// rather than turned into infinities.
-fn to_f32(v: f64, what: &str) -> Result<f32, ApiError> {
-    let f = v as f32;
-    if !f.is_finite() {
-        return Err(ApiError::Invalid(format!(
-            "{what} {v} is outside the range of a 32-bit float"
-        )));
-    }
-    Ok(f)
-}
-
 pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
     if v.len() > engram_core::limits::MAX_DIMENSION {
         return Err(ApiError::Invalid(format!(
@@ -84,10 +72,16 @@ pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
             engram_core::limits::MAX_DIMENSION
         )));
     }
-    v.into_iter()
-        .enumerate()
-        .map(|(i, x)| to_f32(x, &format!("{what}[{i}]")))
-        .collect()
+    // f64 from JSON as the f32 stored: finite values beyond f32's range are refused here
+    // rather than turned into infinities. The message is only formatted for a bad value.
+    let out: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    match out.iter().position(|f| !f.is_finite()) {
+        None => Ok(out),
+        Some(i) => Err(ApiError::Invalid(format!(
+            "{what}[{i}] {} is outside the range of a 32-bit float",
+            v[i]
+        ))),
+    }
 }
 
 pub fn memory_id(s: String) -> Result<MemoryId, ApiError> {

@@ -70,7 +70,7 @@ impl Default for StoreOptions {
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
             index_min_rows: 2048,
-            indexer_nice: 10,
+            indexer_nice: 19,
             hnsw: crate::index::HnswParams::default(),
         }
     }
