@@ -71,7 +71,7 @@ impl Default for EngineOptions {
             search_ef: 32,
             auto_link_ef: 32,
             link_index_m: 16,
-            link_index_ef_construction: 64,
+            link_index_ef_construction: 48,
         }
     }
 }
@@ -599,6 +599,13 @@ impl Engine {
             }
         }
         Ok(index)
+    }
+
+    /// Memories in `space`'s link index once it is built (`None` before the first write
+    /// asking for automatic links since the engine opened, and while the build runs).
+    pub fn link_index_memories(&self, space: &SpaceId) -> Option<usize> {
+        let index = self.link_indexes.lock().get(space).cloned()?;
+        index.is_ready().then(|| index.len())
     }
 
     /// Records committed memories in the space's link index, if it has one: as planned while
