@@ -540,6 +540,7 @@ impl Engine {
             let index = self.link_indexes.lock().get(space).cloned();
             if let Some(index) = index {
                 index.remove(id);
+                self.retire_if_worn(space, &index);
             }
         }
         Ok(forgotten)
@@ -625,6 +626,21 @@ impl Engine {
                         index.put(&id, &v);
                     }
                 }
+            }
+        }
+        if let Some(index) = index {
+            self.retire_if_worn(space, &index);
+        }
+    }
+
+    /// Drops a link index whose dead rows outnumber its live ones; the next write asking for
+    /// automatic links makes a fresh one from the space.
+    fn retire_if_worn(&self, space: &SpaceId, index: &Arc<LinkIndex>) {
+        if index.wants_rebuild() {
+            let mut map = self.link_indexes.lock();
+            if map.get(space).is_some_and(|i| Arc::ptr_eq(i, index)) {
+                tracing::info!(space = %space, "the link index holds more replaced and forgotten memories than live ones: making it again");
+                map.remove(space);
             }
         }
     }

@@ -154,6 +154,8 @@ pub(crate) struct Insertion {
     chosen: Vec<(usize, Vec<Cand>)>,
     /// The search's result on layer 0, best first (dead rows included).
     nearest: Vec<Cand>,
+    /// Rows in the graph when it was planned.
+    planned_at_rows: usize,
 }
 
 impl QuantGraph {
@@ -406,15 +408,19 @@ impl QuantGraph {
     /// The search half of inserting `v` (the graph's dimension): its level and, on each of its
     /// layers present in the graph, the neighbours the heuristic chooses.
     pub fn plan(&self, v: &[f32]) -> Insertion {
-        let code = quantize(v);
-        let level = self.random_level();
+        self.plan_code(quantize(v), self.random_level())
+    }
+
+    fn plan_code(&self, code: Code, level: usize) -> Insertion {
         let mut chosen = Vec::new();
+        let planned_at_rows = self.rows();
         if self.entry == NO_ENTRY {
             return Insertion {
                 code,
                 level,
                 chosen,
                 nearest: Vec::new(),
+                planned_at_rows,
             };
         }
         let mut ep = Cand {
@@ -447,6 +453,7 @@ impl QuantGraph {
             level,
             chosen,
             nearest: entries,
+            planned_at_rows,
         }
     }
 
@@ -460,10 +467,17 @@ impl QuantGraph {
             .collect()
     }
 
-    /// The linking half: adds the memory `id` (replacing an older version) as planned.
-    pub fn apply(&mut self, id: MemoryId, ins: Insertion) {
+    /// The linking half: adds the memory `id` (replacing an older version) as planned. A plan
+    /// made on a graph much smaller than the present one (while a space's first memories go
+    /// in concurrently) is made again here, so no node is left without neighbours.
+    pub fn apply(&mut self, id: MemoryId, mut ins: Insertion) {
         if ins.code.bytes.len() != self.dim {
             return;
+        }
+        if self.rows() > 2 * ins.planned_at_rows + 16
+            || (ins.planned_at_rows == 0 && self.entry != NO_ENTRY)
+        {
+            ins = self.plan_code(ins.code, ins.level);
         }
         if let Some(old) = self.by_id.remove(&id) {
             self.live[old as usize] = false;
@@ -517,6 +531,13 @@ impl QuantGraph {
     pub fn put(&mut self, id: MemoryId, v: &[f32]) {
         let ins = self.plan(v);
         self.apply(id, ins);
+    }
+
+    /// Whether forgotten and replaced rows (kept as routing nodes) have come to outnumber the
+    /// live ones: then the graph is better made again from the live memories.
+    pub fn wants_rebuild(&self) -> bool {
+        let dead = self.rows() - self.len();
+        dead > 1024 && dead > self.len()
     }
 
     /// Marks `id` forgotten: it is never returned again (it stays a routing node).
@@ -663,6 +684,11 @@ impl LinkIndex {
     pub fn len(&self) -> usize {
         self.graph.read().len()
     }
+
+    /// See [`QuantGraph::wants_rebuild`].
+    pub fn wants_rebuild(&self) -> bool {
+        self.is_ready() && self.graph.read().wants_rebuild()
+    }
 }
 
 #[cfg(test)]
@@ -752,6 +778,33 @@ mod tests {
         // m1's old vector no longer finds m1 first.
         let got = g.search(&vs[1], 1, 32);
         assert_ne!(got[0].0.as_str(), "m1");
+    }
+
+    #[test]
+    fn plans_made_on_a_much_smaller_graph_are_made_again() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        let mut g = QuantGraph::new(16, 8, 32);
+        let vs: Vec<Vec<f32>> = (0..200).map(|_| unit(&mut rng, 16)).collect();
+        // Every plan made on the empty graph, as concurrent first writes would.
+        let plans: Vec<Insertion> = vs.iter().map(|v| g.plan(v)).collect();
+        for (i, p) in plans.into_iter().enumerate() {
+            g.apply(id(i), p);
+        }
+        for (i, v) in vs.iter().enumerate() {
+            assert_eq!(g.search(v, 1, 32)[0].0, id(i), "{i} unreachable");
+        }
+    }
+
+    #[test]
+    fn replacing_everything_twice_asks_for_a_rebuild() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(6);
+        let mut g = QuantGraph::new(8, 4, 16);
+        for round in 0..3 {
+            for i in 0..1100 {
+                g.put(id(i), &unit(&mut rng, 8));
+            }
+            assert_eq!(g.wants_rebuild(), round == 2, "round {round}");
+        }
     }
 
     #[test]
