@@ -588,7 +588,22 @@ pub(crate) struct LinkIndex {
     /// `Some` while the first build runs: changes committed meanwhile wait here.
     backlog: Mutex<Option<Vec<Change>>>,
     ready: AtomicBool,
+    /// Committed changes waiting for the graph's write lock. A request thread does not wait
+    /// for that lock while searches hold it: it queues its change here and links it only if
+    /// the lock is free; whoever next finds it free links everything queued. Searches
+    /// meanwhile look at the queued memories exactly, so a memory is a link candidate as soon
+    /// as it is committed.
+    pending: Mutex<Vec<Pending>>,
 }
+
+/// A committed change not yet in the graph.
+enum Pending {
+    Add(MemoryId, Insertion),
+    Remove(MemoryId),
+}
+
+/// Past this many queued changes, linking them waits for the write lock.
+const MAX_PENDING: usize = 64;
 
 impl LinkIndex {
     /// An index still to be built (see [`LinkIndex::build`]).
@@ -597,6 +612,45 @@ impl LinkIndex {
             graph: RwLock::new(QuantGraph::new(dim, m, ef_construction)),
             backlog: Mutex::new(Some(Vec::new())),
             ready: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Links the queued changes if the write lock is free (or, past [`MAX_PENDING`] of them,
+    /// once it is), and again while more arrive meanwhile.
+    fn drain(&self) {
+        loop {
+            let queued = self.pending.lock().len();
+            if queued == 0 {
+                return;
+            }
+            let mut g = if queued > MAX_PENDING {
+                self.graph.write()
+            } else {
+                match self.graph.try_write() {
+                    Some(g) => g,
+                    // A search holds the lock; it drains when it lets go.
+                    None => return,
+                }
+            };
+            let items = std::mem::take(&mut *self.pending.lock());
+            for item in items {
+                match item {
+                    Pending::Add(id, ins) => g.apply(id, ins),
+                    Pending::Remove(id) => g.remove(id.as_str()),
+                }
+            }
+        }
+    }
+
+    /// Links everything queued, waiting for the write lock.
+    fn settle(&self) {
+        let mut g = self.graph.write();
+        for item in std::mem::take(&mut *self.pending.lock()) {
+            match item {
+                Pending::Add(id, ins) => g.apply(id, ins),
+                Pending::Remove(id) => g.remove(id.as_str()),
+            }
         }
     }
 
@@ -611,6 +665,7 @@ impl LinkIndex {
         for (id, v) in memories {
             self.insert(id, &v);
         }
+        self.settle();
         let mut backlog = self.backlog.lock();
         let mut g = self.graph.write();
         for change in backlog.take().unwrap_or_default() {
@@ -636,10 +691,11 @@ impl LinkIndex {
         self.insert(id.clone(), v);
     }
 
-    /// Searches under the read lock, links under the write lock.
+    /// Searches under the read lock, links when the write lock is free (see `pending`).
     fn insert(&self, id: MemoryId, v: &[f32]) {
         let ins = self.graph.read().plan(v);
-        self.graph.write().apply(id, ins);
+        self.pending.lock().push(Pending::Add(id, ins));
+        self.drain();
     }
 
     /// Records a committed forget.
@@ -650,7 +706,8 @@ impl LinkIndex {
             return;
         }
         drop(backlog);
-        self.graph.write().remove(id.as_str());
+        self.pending.lock().push(Pending::Remove(id.clone()));
+        self.drain();
     }
 
     /// Plans the insertion of `v` (see [`QuantGraph::plan`]) and returns it with the `k`
@@ -662,13 +719,36 @@ impl LinkIndex {
         }
         let g = self.graph.read();
         let ins = g.plan(v);
-        let nearest = g.nearest(&ins, k);
+        let mut nearest = g.nearest(&ins, k);
+        drop(g);
+        // Committed memories still queued are candidates too; queued forgets are not.
+        {
+            let pending = self.pending.lock();
+            for item in pending.iter() {
+                match item {
+                    Pending::Add(id, queued) => {
+                        let sim = simd::dot_i8(&ins.code.bytes, &queued.code.bytes) as f32
+                            * ins.code.scale
+                            * queued.code.scale;
+                        nearest.retain(|(n, _)| n != id);
+                        nearest.push((id.clone(), sim));
+                    }
+                    Pending::Remove(id) => nearest.retain(|(n, _)| n != id),
+                }
+            }
+        }
+        if nearest.len() > k {
+            nearest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            nearest.truncate(k);
+        }
+        self.drain();
         Some((ins, nearest))
     }
 
     /// Adds a committed memory as planned by [`LinkIndex::plan`] on this index.
     pub fn apply(&self, id: MemoryId, ins: Insertion) {
-        self.graph.write().apply(id, ins);
+        self.pending.lock().push(Pending::Add(id, ins));
+        self.drain();
     }
 
     /// See [`QuantGraph::search`]; empty until the index is ready.
@@ -680,8 +760,9 @@ impl LinkIndex {
         self.graph.read().search(v, k, ef)
     }
 
-    /// Live memories indexed.
+    /// Live memories indexed (queued changes linked first).
     pub fn len(&self) -> usize {
+        self.settle();
         self.graph.read().len()
     }
 
