@@ -146,10 +146,45 @@ fn body_pool(clusters: &Clusters, seed: u64, auto_link: bool) -> Arc<Vec<String>
 /// Makes the (JSON) body of request `n`.
 type BodyFn = Arc<dyn Fn(u64) -> String + Send + Sync>;
 
-/// Latencies and throughput of one fixed-time load.
+/// CPU seconds used so far by the threads of process `pid`: (the background indexer's, all
+/// the others'). Zero where /proc is missing.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut indexer, mut rest) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0.0, 0.0);
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ...": utime and stime are fields 14 and 15.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        if comm.starts_with("engram-indexer") {
+            indexer += ticks / tick;
+        } else {
+            rest += ticks / tick;
+        }
+    }
+    (indexer, rest)
+}
+
+/// Latencies and throughput of one fixed-time load, and the server's CPU time per item in
+/// the measured window (the indexer's apart).
 struct Load {
     per_s: f64,
     latencies_ns: Vec<u64>,
+    cpu_us_per_item: f64,
+    indexer_cpu_us_per_item: f64,
 }
 
 impl Load {
@@ -163,6 +198,7 @@ impl Load {
 fn load(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
+    server_pid: u32,
     url: String,
     clients: usize,
     per_request: usize,
@@ -211,10 +247,12 @@ fn load(
         .collect();
     std::thread::sleep(cfg.warmup);
     let d0 = done.load(Ordering::Relaxed);
+    let c0 = cpu_seconds(server_pid);
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(cfg.window);
     let d1 = done.load(Ordering::Relaxed);
+    let c1 = cpu_seconds(server_pid);
     let window = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -223,9 +261,12 @@ fn load(
     }
     all.sort_unstable();
     anyhow::ensure!(!all.is_empty(), "no request completed in the window");
+    let items = (d1 - d0).max(1) as f64;
     Ok(Load {
         per_s: (d1 - d0) as f64 / window.as_secs_f64(),
         latencies_ns: all,
+        cpu_us_per_item: (c1.1 - c0.1) * 1e6 / items,
+        indexer_cpu_us_per_item: (c1.0 - c0.0) * 1e6 / items,
     })
 }
 
@@ -239,6 +280,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 pub fn run(quick: bool) -> Result<()> {
     let cfg = Config::new(quick);
+    let parts = util::selected_parts(&["remember", "batch", "batch-nolink", "recall"])?;
     let exe = engram_binary()?;
     let root = tempfile::Builder::new()
         .prefix("engram-bench-http-")
@@ -263,40 +305,51 @@ pub fn run(quick: bool) -> Result<()> {
     let clusters = Arc::new(Clusters::new(&mut rng, Shape::realistic(DIM)));
 
     // Single remembers, 64 clients, 768-d embeddings given, auto-linking on (the default).
-    let pool = body_pool(&clusters, 11, true);
-    let single = load(
-        &rt,
-        &cfg,
-        format!("{}/api/v1/memories/remember?space=single", server.base),
-        64,
-        1,
-        Arc::new(move |n| memory_body(n, &pool[n as usize % pool.len()])),
-    )?;
-    println!(
-        "# remember: 64 clients, {DIM}-d, auto-link on: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} requests",
+    if parts.iter().any(|p| p == "remember") {
+        let pool = body_pool(&clusters, 11, true);
+        let single = load(
+            &rt,
+            &cfg,
+            server.child.id(),
+            format!("{}/api/v1/memories/remember?space=single", server.base),
+            64,
+            1,
+            Arc::new(move |n| memory_body(n, &pool[n as usize % pool.len()])),
+        )?;
+        println!(
+        "# remember: 64 clients, {DIM}-d, auto-link on: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} requests; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer)",
         single.p_ms(50.0),
         single.p_ms(99.0),
         single.p_ms(100.0),
-        single.latencies_ns.len()
+        single.latencies_ns.len(),
+        single.cpu_us_per_item,
+        single.indexer_cpu_us_per_item
     );
-    report("http_remember_ops_per_s", single.per_s, "ops/s");
-    report("http_remember_p99_ms", single.p_ms(99.0), "ms");
-    compare(
-        "http_remember_p99_ms",
-        single.p_ms(99.0),
-        "ms",
-        Better::Lower,
-        None,
-        Some(10.0),
-    );
+        report("http_remember_ops_per_s", single.per_s, "ops/s");
+        report("http_remember_p99_ms", single.p_ms(99.0), "ms");
+        compare(
+            "http_remember_p99_ms",
+            single.p_ms(99.0),
+            "ms",
+            Better::Lower,
+            None,
+            Some(10.0),
+        );
+    }
 
     // Batches of 100, 8 clients, auto-linking on (the default), then off.
-    for auto_link in [true, false] {
+    let batch_runs: Vec<bool> = [("batch", true), ("batch-nolink", false)]
+        .into_iter()
+        .filter(|(name, _)| parts.iter().any(|p| p == name))
+        .map(|(_, auto)| auto)
+        .collect();
+    for auto_link in batch_runs {
         let pool = body_pool(&clusters, 12, auto_link);
         let space = if auto_link { "batch" } else { "batch-nolink" };
         let b = load(
             &rt,
             &cfg,
+            server.child.id(),
             format!("{}/api/v1/memories/batch?space={space}", server.base),
             8,
             100,
@@ -311,11 +364,13 @@ pub fn run(quick: bool) -> Result<()> {
             }),
         )?;
         println!(
-            "# batch of 100, 8 clients, auto-link {}: {:.0} memories/s, request p50 {:.1} ms, p99 {:.1} ms",
+            "# batch of 100, 8 clients, auto-link {}: {:.0} memories/s, request p50 {:.1} ms, p99 {:.1} ms; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer)",
             if auto_link { "on" } else { "off" },
             b.per_s,
             b.p_ms(50.0),
-            b.p_ms(99.0)
+            b.p_ms(99.0),
+            b.cpu_us_per_item,
+            b.indexer_cpu_us_per_item
         );
         if auto_link {
             report("http_batch_memories_per_s", b.per_s, "1/s");
@@ -333,6 +388,9 @@ pub fn run(quick: bool) -> Result<()> {
     }
 
     // Recall at N memories: load them (batches, no auto-link), wait for flushes and indexes.
+    if !parts.iter().any(|p| p == "recall") {
+        return Ok(());
+    }
     let n = cfg.recall_memories;
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))

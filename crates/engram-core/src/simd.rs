@@ -113,6 +113,45 @@ impl Kernel {
         unsafe { self.dot_rows_unchecked(query, rows, stride, out) }
     }
 
+    /// Dot product of two equal-length `i8` vectors (quantised embeddings), exact in `i32`.
+    /// Vectors of up to 65,536 elements cannot overflow (each product is at most 2^14).
+    ///
+    /// # Panics
+    /// If the lengths differ, or if the running CPU cannot run this kernel.
+    pub fn dot_i8(self, a: &[i8], b: &[i8]) -> i32 {
+        assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
+        self.assert_supported();
+        // SAFETY: `assert_supported` just checked that the CPU has this kernel's features.
+        unsafe { self.dot_i8_unchecked(a, b) }
+    }
+
+    /// [`Kernel::dot_i8`] without the checks.
+    ///
+    /// # Safety
+    /// The running CPU must support `self` ([`Kernel::is_supported`]).
+    #[inline]
+    unsafe fn dot_i8_unchecked(self, a: &[i8], b: &[i8]) -> i32 {
+        match self {
+            Kernel::Scalar => scalar::dot_i8(a, b),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller guarantees the CPU supports `self`, which includes AVX2.
+            Kernel::Avx2Fma => unsafe { x86::dot_i8_avx2(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                if x86::has_vnni() {
+                    // SAFETY: `has_vnni` checked AVX-512 BW and VNNI (F is the kernel's own).
+                    unsafe { x86::dot_i8_vnni(a, b) }
+                } else {
+                    // SAFETY: every AVX-512F CPU has AVX2.
+                    unsafe { x86::dot_i8_avx2(a, b) }
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above.
+            Kernel::Neon => unsafe { arm::dot_i8_neon(a, b) },
+        }
+    }
+
     fn assert_supported(self) {
         assert!(
             self.is_supported(),
@@ -226,6 +265,17 @@ pub fn dot_rows(query: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     unsafe { kernel().dot_rows_unchecked(query, rows, stride, out) }
 }
 
+/// Dot product of two equal-length `i8` vectors, exact (see [`Kernel::dot_i8`]).
+///
+/// # Panics
+/// If the lengths differ.
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
+    // SAFETY: `kernel()` only returns what `Kernel::detect` found this CPU supports.
+    unsafe { kernel().dot_i8_unchecked(a, b) }
+}
+
 /// Squared L2 norm.
 #[inline]
 pub fn norm_sq(a: &[f32]) -> f32 {
@@ -283,6 +333,15 @@ pub mod scalar {
         let mut s = 0.0f32;
         for i in 0..a.len().min(b.len()) {
             s += a[i] * b[i];
+        }
+        s
+    }
+
+    /// Dot product of `i8` vectors in `i32`, a plain loop.
+    pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        let mut s = 0i32;
+        for i in 0..a.len().min(b.len()) {
+            s += i32::from(a[i]) * i32::from(b[i]);
         }
         s
     }
@@ -381,6 +440,88 @@ mod x86 {
 
     /// The mask of the first `rem` lanes, `rem < 16`.
     #[inline]
+    /// `i8` dot product: 16 elements per step sign-extended to `i16` and multiplied
+    /// pairwise into eight `i32` lanes (`vpmaddwd`), two accumulators, then a scalar tail.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_si256();
+        let mut acc1 = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n <= a.len(), b.len(): the four 16-byte unaligned loads are
+            // in bounds.
+            unsafe {
+                let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pa.add(i).cast()));
+                let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i).cast()));
+                let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pa.add(i + 16).cast()));
+                let y1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(pb.add(i + 16).cast()));
+                acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
+                acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, y1));
+            }
+            i += 32;
+        }
+        let acc = _mm256_add_epi32(acc0, acc1);
+        let lo = _mm256_castsi256_si128(acc);
+        let hi = _mm256_extracti128_si256::<1>(acc);
+        let v = _mm_add_epi32(lo, hi);
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+        let mut s = _mm_cvtsi128_si32(v);
+        for (x, y) in a[i..n].iter().zip(&b[i..n]) {
+            s += i32::from(*x) * i32::from(*y);
+        }
+        s
+    }
+
+    /// Whether the CPU has AVX-512 BW and VNNI (for [`dot_i8_vnni`]); detected once.
+    pub(super) fn has_vnni() -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static VNNI: AtomicU8 = AtomicU8::new(0);
+        match VNNI.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let yes = std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni");
+                VNNI.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+
+    /// `i8` dot product with AVX-512 VNNI, 64 elements per step. `vpdpbusd` multiplies
+    /// unsigned by signed bytes, so `a` is shifted to `a + 128` (an xor of the sign bit) and
+    /// `128 * sum(b)` (summed alongside, as `1 * b`) is taken off at the end. The tail is a
+    /// masked load (zeros add nothing).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) fn dot_i8_vnni(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let ones = _mm512_set1_epi8(1);
+        let mut acc = _mm512_setzero_si512();
+        let mut sum_b = _mm512_setzero_si512();
+        let mut i = 0;
+        while i < n {
+            let rem = n - i;
+            let mask: __mmask64 = if rem >= 64 { !0 } else { (1u64 << rem) - 1 };
+            // SAFETY: the mask covers only elements i..min(i + 64, n), inside both slices;
+            // masked-off bytes are not read.
+            let (x, y) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(mask, pa.add(i)),
+                    _mm512_maskz_loadu_epi8(mask, pb.add(i)),
+                )
+            };
+            acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(x, flip), y);
+            sum_b = _mm512_dpbusd_epi32(sum_b, ones, y);
+            i += 64;
+        }
+        _mm512_reduce_add_epi32(acc) - 128 * _mm512_reduce_add_epi32(sum_b)
+    }
+
     fn tail_mask(rem: usize) -> __mmask16 {
         debug_assert!(rem < 16);
         (1u16 << rem) - 1
@@ -496,6 +637,31 @@ mod arm {
         let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3)));
         for (x, y) in a[i..n].iter().zip(&b[i..n]) {
             s += x * y;
+        }
+        s
+    }
+
+    /// `i8` dot product: widening multiplies of 8 lanes into `i16`, pairwise-accumulated
+    /// into four `i32` lanes (16 elements per step), then a scalar tail.
+    #[target_feature(enable = "neon")]
+    pub(super) fn dot_i8_neon(a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = vdupq_n_s32(0);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n <= a.len(), b.len(): both 16-byte loads are in bounds.
+            unsafe {
+                let x = vld1q_s8(pa.add(i));
+                let y = vld1q_s8(pb.add(i));
+                acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+                acc = vpadalq_s16(acc, vmull_high_s8(x, y));
+            }
+            i += 16;
+        }
+        let mut s = vaddvq_s32(acc);
+        for (x, y) in a[i..n].iter().zip(&b[i..n]) {
+            s += i32::from(*x) * i32::from(*y);
         }
         s
     }
@@ -661,6 +827,30 @@ mod tests {
             for k in Kernel::available() {
                 assert_eq!(k.dot(&a[..n], &b[..n]), want, "{} n = {n}", k.name());
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_kernel_matches_scalar_dot_i8(
+            (a, b) in (0usize..=800).prop_flat_map(|n| (
+                prop::collection::vec(any::<i8>(), n),
+                prop::collection::vec(any::<i8>(), n),
+            ))
+        ) {
+            let want = scalar::dot_i8(&a, &b);
+            for k in Kernel::available() {
+                prop_assert_eq!(k.dot_i8(&a, &b), want, "{}", k.name());
+            }
+            prop_assert_eq!(dot_i8(&a, &b), want);
+        }
+    }
+
+    #[test]
+    fn dot_i8_extremes_do_not_overflow() {
+        let a = vec![i8::MIN; 4096];
+        for k in Kernel::available() {
+            assert_eq!(k.dot_i8(&a, &a), 4096 * 128 * 128, "{}", k.name());
         }
     }
 

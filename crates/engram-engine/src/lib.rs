@@ -16,6 +16,7 @@
 //!   the graph it spreads over is read from that space only.
 
 mod error;
+mod link_index;
 mod recall;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use engram_core::embed::{Embedder, HashingEmbedder};
 use engram_core::{limits, simd, Confidence, Link, Memory, MemoryId, SpaceId};
-use engram_storage::{Store, StoreOptions};
+use engram_storage::{Hit, Store, StoreOptions};
+use link_index::LinkIndex;
 use parking_lot::Mutex;
 
 pub use error::{EngineError, Result};
@@ -46,8 +48,12 @@ pub struct EngineOptions {
     pub auto_link_max: usize,
     /// HNSW beam width of recall (raised to at least the number of results wanted).
     pub search_ef: usize,
-    /// HNSW beam width of the search behind auto-linking.
+    /// HNSW beam width of the search behind auto-linking (in the link index).
     pub auto_link_ef: usize,
+    /// Neighbours per node in the link index's graph (`2 m` on its bottom layer).
+    pub link_index_m: usize,
+    /// Beam width while inserting into the link index.
+    pub link_index_ef_construction: usize,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +70,8 @@ impl Default for EngineOptions {
             auto_link_max: 3,
             search_ef: 32,
             auto_link_ef: 32,
+            link_index_m: 16,
+            link_index_ef_construction: 48,
         }
     }
 }
@@ -123,7 +131,14 @@ pub struct Engine {
     store: Store,
     opts: EngineOptions,
     embedders: Mutex<HashMap<usize, Arc<dyn Embedder>>>,
+    /// Per space, the in-memory index behind auto-linking ([`link_index`]), made the first
+    /// time a write to the space asks for automatic links.
+    link_indexes: Mutex<HashMap<SpaceId, Arc<LinkIndex>>>,
 }
+
+/// A space with at most this many rows has its link index built by the write that needs it;
+/// a larger one in the background (writes meanwhile use the store's search).
+const INLINE_LINK_INDEX_ROWS: usize = 1_000;
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -152,6 +167,7 @@ impl Engine {
             store,
             opts,
             embedders: Mutex::new(HashMap::new()),
+            link_indexes: Mutex::new(HashMap::new()),
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
         if !engine.store.space_exists(&default)? {
@@ -228,6 +244,7 @@ impl Engine {
             ));
         }
         self.store.drop_space(id)?;
+        self.link_indexes.lock().remove(id);
         Ok(())
     }
 
@@ -242,16 +259,18 @@ impl Engine {
     /// from the embedder), defaults, validation, explicit links checked, automatic links.
     pub fn prepare(&self, space: &SpaceId, m: NewMemory) -> Result<Memory> {
         let dim = self.dimension(space)?;
-        let mut prepared = self.prepare_batch(space, dim, vec![m])?;
+        let (mut prepared, _) = self.prepare_batch(space, dim, vec![m])?;
         Ok(prepared.remove(0))
     }
 
+    /// The memories to store, and per memory the link index insertion planned while
+    /// auto-linking it (applied once it is committed, see [`Engine::indexed`]).
     fn prepare_batch(
         &self,
         space: &SpaceId,
         dim: usize,
         batch: Vec<NewMemory>,
-    ) -> Result<Vec<Memory>> {
+    ) -> Result<(Vec<Memory>, Vec<Option<Planned>>)> {
         let now = now_us();
         let mut out = Vec::with_capacity(batch.len());
         let mut auto = Vec::with_capacity(batch.len());
@@ -329,26 +348,58 @@ impl Engine {
         }
         // Automatic links: against what is stored, and against the batch's earlier members
         // (stored in the same record, before it).
+        let mut plans = Vec::with_capacity(out.len());
         for (i, &auto) in auto.iter().enumerate() {
+            let mut plan = None;
             if auto && self.opts.auto_link_max > 0 {
                 let (earlier, rest) = out.split_at_mut(i);
-                self.auto_link(space, &mut rest[0], earlier)?;
+                plan = self.auto_link(space, &mut rest[0], earlier)?;
             }
+            plans.push(plan);
         }
-        Ok(out)
+        Ok((out, plans))
     }
 
-    fn auto_link(&self, space: &SpaceId, m: &mut Memory, earlier: &[Memory]) -> Result<()> {
+    /// Adds `m`'s automatic links. The candidates come from the space's link index, through
+    /// the search that also plans `m`'s insertion into it (returned); while the index is
+    /// being built, from the store's search.
+    fn auto_link(
+        &self,
+        space: &SpaceId,
+        m: &mut Memory,
+        earlier: &[Memory],
+    ) -> Result<Option<Planned>> {
         let want = self.opts.auto_link_max;
-        let mut hits = self
-            .store
-            .search(space, &m.embedding, want + 1, self.opts.auto_link_ef)?;
+        let index = self.link_index(space)?;
+        let mut planned = None;
+        let mut hits = if let Some((ins, candidates)) = index.plan(&m.embedding, want + 3) {
+            planned = Some(Planned {
+                index: index.clone(),
+                insertion: ins,
+            });
+            // A few more candidates than wanted, scored exactly against what is stored (the
+            // index's similarities are approximate, and it may hold a version replaced or
+            // deleted since).
+            let q = &m.embedding;
+            self.store.read_space(space, |st| {
+                let mut hits = Vec::with_capacity(candidates.len());
+                for (id, _) in candidates {
+                    if let Some(similarity) = st.similarity(id.as_str(), q)? {
+                        hits.push(Hit { id, similarity });
+                    }
+                }
+                Ok::<_, engram_storage::StorageError>(hits)
+            })??
+        } else {
+            self.store
+                .search(space, &m.embedding, want + 1, self.opts.auto_link_ef)?
+        };
         // A stored version replaced by an earlier member of the batch is not linked to.
         hits.retain(|h| !earlier.iter().any(|e| e.id == h.id));
         for e in earlier {
             let similarity = simd::dot(&m.embedding, &e.embedding);
             if similarity >= self.opts.auto_link_threshold {
-                hits.push(engram_storage::Hit {
+                hits.push(Hit {
                     id: e.id.clone(),
                     similarity,
                 });
@@ -376,31 +427,41 @@ impl Engine {
             });
             added += 1;
         }
-        Ok(())
+        Ok(planned)
     }
 
     /// Stores one memory; returns once it is durable (fsync'd).
     pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        let memory = self.prepare(space, m)?;
+        let dim = self.dimension(space)?;
+        let (mut memories, plans) = self.prepare_batch(space, dim, vec![m])?;
+        let memory = memories.remove(0);
         let stored = stored(&memory);
+        let vector = memory.embedding.clone();
         self.store.remember(space, memory)?;
+        self.indexed(space, [(stored.id.clone(), vector)], plans);
         Ok(stored)
     }
 
     /// [`Engine::remember`] for async callers: no thread blocks while the group commit runs.
     pub async fn remember_async(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        let memory = self.prepare(space, m)?;
+        let dim = self.dimension(space)?;
+        let (mut memories, plans) = self.prepare_batch(space, dim, vec![m])?;
+        let memory = memories.remove(0);
         let stored = stored(&memory);
+        let vector = memory.embedding.clone();
         self.store.remember_async(space, memory)?.await?;
+        self.indexed(space, [(stored.id.clone(), vector)], plans);
         Ok(stored)
     }
 
     /// Stores memories all or nothing: every one is checked before any is written, and they
     /// share one WAL record.
     pub fn remember_batch(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Stored>> {
-        let memories = self.prepare_many(space, batch)?;
-        let out = memories.iter().map(stored).collect();
+        let (memories, plans) = self.prepare_many(space, batch)?;
+        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        let vectors = id_vectors(&memories);
         self.store.remember_batch(space, memories)?;
+        self.indexed(space, vectors, plans);
         Ok(out)
     }
 
@@ -410,13 +471,19 @@ impl Engine {
         space: &SpaceId,
         batch: Vec<NewMemory>,
     ) -> Result<Vec<Stored>> {
-        let memories = self.prepare_many(space, batch)?;
-        let out = memories.iter().map(stored).collect();
+        let (memories, plans) = self.prepare_many(space, batch)?;
+        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        let vectors = id_vectors(&memories);
         self.store.remember_batch_async(space, memories)?.await?;
+        self.indexed(space, vectors, plans);
         Ok(out)
     }
 
-    fn prepare_many(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Memory>> {
+    fn prepare_many(
+        &self,
+        space: &SpaceId,
+        batch: Vec<NewMemory>,
+    ) -> Result<(Vec<Memory>, Vec<Option<Planned>>)> {
         if batch.is_empty() {
             return Err(EngineError::Invalid(
                 "a batch needs at least one memory".into(),
@@ -468,7 +535,114 @@ impl Engine {
     /// Deletes a memory (and so every link out of it; links to it lead nowhere). Returns
     /// whether it existed.
     pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
-        Ok(self.store.forget(space, id)?)
+        let forgotten = self.store.forget(space, id)?;
+        if forgotten {
+            let index = self.link_indexes.lock().get(space).cloned();
+            if let Some(index) = index {
+                index.remove(id);
+                self.retire_if_worn(space, &index);
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// The link index of `space`, made (registered, then filled from a snapshot of the space)
+    /// on first use. Every write committed after the registration reaches it through
+    /// [`Engine::indexed`] (into its backlog while it is built), and the snapshot is taken
+    /// after the registration, so nothing committed is missed.
+    fn link_index(&self, space: &SpaceId) -> Result<Arc<LinkIndex>> {
+        if let Some(index) = self.link_indexes.lock().get(space) {
+            return Ok(index.clone());
+        }
+        let dim = self.dimension(space)?;
+        let index = {
+            let mut map = self.link_indexes.lock();
+            if let Some(index) = map.get(space) {
+                return Ok(index.clone());
+            }
+            let index = Arc::new(LinkIndex::new(
+                dim,
+                self.opts.link_index_m,
+                self.opts.link_index_ef_construction,
+            ));
+            map.insert(space.clone(), index.clone());
+            index
+        };
+        let snapshot = self.store.read_space(space, |st| {
+            let mut rows = Vec::with_capacity(st.approx_rows());
+            st.for_each(|m| rows.push((m.id, m.embedding)))?;
+            Ok::<_, engram_storage::StorageError>(rows)
+        });
+        let snapshot = match snapshot {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) | Err(e) => {
+                self.link_indexes.lock().remove(space);
+                return Err(e.into());
+            }
+        };
+        if snapshot.len() <= INLINE_LINK_INDEX_ROWS {
+            index.build(snapshot);
+        } else {
+            let (building, space_name) = (index.clone(), space.to_string());
+            tracing::info!(space = %space_name, memories = snapshot.len(), "building the link index");
+            let spawned = std::thread::Builder::new()
+                .name("engram-linkidx".into())
+                .spawn(move || {
+                    let t = std::time::Instant::now();
+                    let n = snapshot.len();
+                    building.build(snapshot);
+                    tracing::info!(space = %space_name, memories = n, seconds = t.elapsed().as_secs_f64(), "link index built");
+                });
+            if let Err(e) = spawned {
+                // Not fatal: this write uses the store's search, the next one tries again.
+                tracing::warn!(space = %space, error = %e, "could not start a link index build");
+                self.link_indexes.lock().remove(space);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Memories in `space`'s link index once it is built (`None` before the first write
+    /// asking for automatic links since the engine opened, and while the build runs).
+    pub fn link_index_memories(&self, space: &SpaceId) -> Option<usize> {
+        let index = self.link_indexes.lock().get(space).cloned()?;
+        index.is_ready().then(|| index.len())
+    }
+
+    /// Records committed memories in the space's link index, if it has one: as planned while
+    /// auto-linking them, else with a search of their own.
+    fn indexed(
+        &self,
+        space: &SpaceId,
+        memories: impl IntoIterator<Item = (MemoryId, Vec<f32>)>,
+        plans: Vec<Option<Planned>>,
+    ) {
+        let index = self.link_indexes.lock().get(space).cloned();
+        for ((id, v), plan) in memories.into_iter().zip(plans) {
+            match plan {
+                Some(p) => p.index.apply(id, p.insertion),
+                None => {
+                    if let Some(index) = &index {
+                        index.put(&id, &v);
+                    }
+                }
+            }
+        }
+        if let Some(index) = index {
+            self.retire_if_worn(space, &index);
+        }
+    }
+
+    /// Drops a link index whose dead rows outnumber its live ones; the next write asking for
+    /// automatic links makes a fresh one from the space.
+    fn retire_if_worn(&self, space: &SpaceId, index: &Arc<LinkIndex>) {
+        if index.wants_rebuild() {
+            let mut map = self.link_indexes.lock();
+            if map.get(space).is_some_and(|i| Arc::ptr_eq(i, index)) {
+                tracing::info!(space = %space, "the link index holds more replaced and forgotten memories than live ones: making it again");
+                map.remove(space);
+            }
+        }
     }
 
     /// Adds (or re-weights) a link; both memories must exist in the space.
@@ -493,6 +667,21 @@ impl Engine {
         self.store.link(space, from, to, weight)?;
         Ok(())
     }
+}
+
+/// A link index insertion planned for a memory about to be committed, with the index it was
+/// planned on (its rows are that index's).
+struct Planned {
+    index: Arc<LinkIndex>,
+    insertion: link_index::Insertion,
+}
+
+/// Ids and embeddings of memories about to be committed, for [`Engine::indexed`].
+fn id_vectors(memories: &[Memory]) -> Vec<(MemoryId, Vec<f32>)> {
+    memories
+        .iter()
+        .map(|m| (m.id.clone(), m.embedding.clone()))
+        .collect()
 }
 
 fn stored(m: &Memory) -> Stored {

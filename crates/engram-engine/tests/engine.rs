@@ -423,3 +423,131 @@ fn self_links_are_refused_and_batches_link_to_earlier_members() {
     assert_eq!(stored[1].links.len(), 1, "{:?}", stored[1].links);
     assert_eq!(stored[1].links[0].to.as_str(), "x");
 }
+
+/// A unit vector close to axis `i` (similarity about 0.995 to it), tilted towards axis `j`.
+fn near(dim: usize, i: usize, j: usize, tilt: f32) -> Vec<f32> {
+    let mut v = axis(dim, i);
+    v[j] = tilt;
+    let n = (1.0 + tilt * tilt).sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+fn auto(id: &str, embedding: Vec<f32>) -> NewMemory {
+    NewMemory {
+        auto_link: true,
+        ..vector_memory(id, embedding, vec![])
+    }
+}
+
+fn link_targets(engine: &Engine, space: &SpaceId, id: &str) -> Vec<String> {
+    let mut t: Vec<String> = engine
+        .get(space, id)
+        .unwrap()
+        .unwrap()
+        .links
+        .iter()
+        .map(|l| l.to.to_string())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn the_link_index_is_rebuilt_after_a_restart_and_follows_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("s");
+    {
+        let engine = Engine::open(dir.path(), options(8)).unwrap();
+        engine.create_space(&s, Some(8)).unwrap();
+        assert_eq!(engine.link_index_memories(&s), None);
+        engine.remember(&s, auto("a", axis(8, 0))).unwrap();
+        engine.remember(&s, auto("b", near(8, 0, 1, 0.1))).unwrap();
+        assert_eq!(link_targets(&engine, &s, "b"), ["a"]);
+        assert_eq!(engine.link_index_memories(&s), Some(2));
+        // Forgotten: never linked to again, and gone from the index.
+        engine.forget(&s, &mid("a")).unwrap();
+        assert_eq!(engine.link_index_memories(&s), Some(1));
+        engine.remember(&s, auto("c", near(8, 0, 2, 0.1))).unwrap();
+        assert_eq!(link_targets(&engine, &s, "c"), ["b"]);
+        // Written without auto-linking, still a link target.
+        engine
+            .remember(&s, vector_memory("d", near(8, 0, 3, 0.1), vec![]))
+            .unwrap();
+        assert_eq!(engine.link_index_memories(&s), Some(3));
+    }
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    assert_eq!(engine.link_index_memories(&s), None);
+    engine.remember(&s, auto("e", near(8, 0, 4, 0.1))).unwrap();
+    assert_eq!(link_targets(&engine, &s, "e"), ["b", "c", "d"]);
+    assert_eq!(engine.link_index_memories(&s), Some(4));
+    // Replaced with a far vector: the old version is not linked to.
+    engine
+        .remember(&s, vector_memory("b", axis(8, 7), vec![]))
+        .unwrap();
+    engine.remember(&s, auto("f", near(8, 0, 5, 0.1))).unwrap();
+    assert_eq!(link_targets(&engine, &s, "f"), ["c", "d", "e"]);
+    // A dropped space takes its index with it.
+    engine.drop_space(&s).unwrap();
+    assert_eq!(engine.link_index_memories(&s), None);
+    engine.create_space(&s, Some(8)).unwrap();
+    engine.remember(&s, auto("g", axis(8, 0))).unwrap();
+    assert!(link_targets(&engine, &s, "g").is_empty());
+    assert_eq!(engine.link_index_memories(&s), Some(1));
+}
+
+#[test]
+fn a_large_space_builds_its_link_index_in_the_background_and_links_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("big");
+    let dim = 16;
+    let engine = Engine::open(dir.path(), options(dim as u32)).unwrap();
+    engine.create_space(&s, Some(dim as u32)).unwrap();
+    // 3,000 memories spread over the sphere (a deterministic pseudo-random walk).
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut batch = Vec::new();
+    for i in 0..3000 {
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        batch.push(vector_memory(&format!("m{i}"), v, vec![]));
+        if batch.len() == 500 {
+            engine
+                .remember_batch(&s, std::mem::take(&mut batch))
+                .unwrap();
+        }
+    }
+    let target = engine.get(&s, "m1234").unwrap().unwrap().embedding;
+    // The first auto-linking write starts the build and links through the store's search;
+    // the ones after the build through the index: the same nearest memory either way.
+    for round in 0..50 {
+        let mut v = target.clone();
+        v[round % dim] += 0.01;
+        engine.remember(&s, auto(&format!("q{round}"), v)).unwrap();
+        let links = engine.get(&s, &format!("q{round}")).unwrap().unwrap().links;
+        assert!(
+            links.iter().any(|l| l.to.as_str() == "m1234"),
+            "{round}: {links:?}"
+        );
+        if engine.link_index_memories(&s).is_some() && round > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while engine.link_index_memories(&s).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Everything written before and during the build is in it.
+    let n = engine.store().space_status(&s).unwrap().memories;
+    assert_eq!(engine.link_index_memories(&s), Some(n));
+}

@@ -54,26 +54,23 @@ pub struct RecallIn {
     pub memory_space_id: Option<String>,
 }
 
-/// Parses JSON, answering 400 with serde's description of what is wrong (type, position).
+/// Parses JSON, answering 400 with the parser's description of what is wrong (type,
+/// position). The parser is sonic-rs (SIMD, the input checked as UTF-8): on 768-d embeddings
+/// it takes 12.6 µs a memory where serde_json takes 18.3 µs, and number parsing is most of a
+/// write request's CPU (`cargo test --release -p engram-server --lib wire::measure --
+/// --ignored --nocapture`).
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::Invalid(
             "the request body is empty: expected a JSON object".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
-}
-
-/// An f64 from JSON as the f32 stored: finite values beyond f32's range are refused here
-/// rather than turned into infinities.
-fn to_f32(v: f64, what: &str) -> Result<f32, ApiError> {
-    let f = v as f32;
-    if !f.is_finite() {
-        return Err(ApiError::Invalid(format!(
-            "{what} {v} is outside the range of a 32-bit float"
-        )));
-    }
-    Ok(f)
+    sonic_rs::from_slice(body).map_err(|e| {
+        // The first line: what and where (the rest is an excerpt of the input).
+        let e = e.to_string();
+        let what = e.lines().next().unwrap_or("malformed");
+        ApiError::Invalid(format!("invalid JSON body: {what}"))
+    })
 }
 
 pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
@@ -84,10 +81,16 @@ pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
             engram_core::limits::MAX_DIMENSION
         )));
     }
-    v.into_iter()
-        .enumerate()
-        .map(|(i, x)| to_f32(x, &format!("{what}[{i}]")))
-        .collect()
+    // f64 from JSON as the f32 stored: finite values beyond f32's range are refused here
+    // rather than turned into infinities. The message is only formatted for a bad value.
+    let out: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    match out.iter().position(|f| !f.is_finite()) {
+        None => Ok(out),
+        Some(i) => Err(ApiError::Invalid(format!(
+            "{what}[{i}] {} is outside the range of a 32-bit float",
+            v[i]
+        ))),
+    }
 }
 
 pub fn memory_id(s: String) -> Result<MemoryId, ApiError> {
@@ -228,4 +231,38 @@ pub fn recall_item_json(i: &RecallItem) -> Value {
         "retrieval_path": i.retrieval_path.as_str(),
         "observed_at": format_timestamp(i.timestamp_us),
     })
+}
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    /// `cargo test --release -p engram-server --lib wire::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn request_parsing() {
+        let v: Vec<f32> = (0..768)
+            .map(|i| ((i as f32) * 0.7123).sin() * 0.05)
+            .collect();
+        let body = serde_json::to_vec(&json!({"content": "hello there", "embedding": v})).unwrap();
+        let n = 3000;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let mut sum = 0.0;
+            for _ in 0..n {
+                let m: MemoryIn = serde_json::from_slice(&body).unwrap();
+                sum += m.embedding.unwrap()[3];
+            }
+            let serde = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                let m: MemoryIn = parse(&body).unwrap();
+                sum += m.embedding.unwrap()[3];
+            }
+            let ours = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+            println!(
+                "768-d memory: serde_json {serde:.1} µs, sonic-rs (parse) {ours:.1} µs ({sum})"
+            );
+        }
+    }
 }

@@ -41,8 +41,12 @@ pub struct StoreOptions {
     /// (4-5 ms) between fsync and wake-up. Best effort: without `CAP_SYS_NICE` the thread
     /// keeps normal priority and the log says so once.
     pub committer_nice: i32,
-    /// Nice value of the background indexer thread (0 leaves it alone). Lowered by default so
-    /// that index builds (seconds of CPU each) take what requests leave.
+    /// Runs the background indexer in the `SCHED_IDLE` class (Linux), so that index builds
+    /// (seconds of CPU each) only take what requests leave. Where that is unavailable, or
+    /// with `false`, the indexer runs at `indexer_nice`.
+    pub indexer_idle_class: bool,
+    /// Nice value of the background indexer thread when it is not in the idle class (0
+    /// leaves it alone).
     pub indexer_nice: i32,
     /// Segments with at least this many rows get an HNSW index (built in the background);
     /// smaller ones are searched by an exact scan, which is as fast at that size. Measured
@@ -70,7 +74,8 @@ impl Default for StoreOptions {
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
             index_min_rows: 2048,
-            indexer_nice: 10,
+            indexer_idle_class: true,
+            indexer_nice: 19,
             hnsw: crate::index::HnswParams::default(),
         }
     }

@@ -68,6 +68,24 @@ pub(crate) fn set_current_thread_nice(nice: i32) {
     let _ = (&PRIORITY_WARNED, Ordering::Relaxed);
 }
 
+/// Puts the calling thread in the `SCHED_IDLE` scheduling class (Linux): it runs only when
+/// no other thread wants the CPU, and the scheduler treats a CPU running only such threads as
+/// idle when it places a waking thread, so a request never waits behind it. (A nice value of
+/// 19 is not that: measured under 64 HTTP writers on 2 cores, a nice-19 indexer still took
+/// 29% of the CPU time while the request threads spent half of theirs runnable but waiting.)
+/// Returns false where it is not available; the caller then falls back to a nice value.
+pub(crate) fn set_current_thread_idle_class() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain syscall on the calling thread (pid 0) with a valid parameter.
+        let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        r == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +114,18 @@ mod tests {
             "child failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_thread_can_move_to_the_idle_class() {
+        std::thread::spawn(|| {
+            assert!(set_current_thread_idle_class());
+            // SAFETY: a plain syscall on the calling thread.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -235,6 +235,36 @@ impl SpaceState {
         Ok(None)
     }
 
+    /// The similarity (dot product) of `query` to the newest version of a memory's embedding
+    /// (`None` if absent, deleted, or of another dimension), without copying the memory.
+    pub fn similarity(&self, id: &str, query: &[f32]) -> Result<Option<f32>> {
+        let sim = |e: &[f32]| (e.len() == query.len()).then(|| engram_core::simd::dot(query, e));
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => sim(&m.embedding),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(sim(seg.embedding(row))),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rows held (memtable entries and segment rows, replaced versions and tombstones
+    /// included): an upper bound of the live memories, without reading any id.
+    pub fn approx_rows(&self) -> usize {
+        self.active.entries.len()
+            + self.frozen.as_ref().map_or(0, |f| f.entries.len())
+            + self.segments.iter().map(|s| s.rows()).sum::<usize>()
+    }
+
     pub fn contains(&self, id: &str) -> Result<bool> {
         for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
             if let Some(e) = table.entries.get(id) {
@@ -302,6 +332,8 @@ impl SpaceState {
         if k == 0 {
             return Ok(hits);
         }
+        // The memtables: every entry scored, only the best k kept (ids cloned for those).
+        let mut scored: Vec<(f32, &MemoryId)> = Vec::new();
         for (ti, table) in std::iter::once(&self.active)
             .chain(self.frozen.as_deref())
             .enumerate()
@@ -313,13 +345,21 @@ impl SpaceState {
                     continue;
                 }
                 if m.embedding.len() == query.len() {
-                    hits.push(Hit {
-                        id: id.clone(),
-                        similarity: engram_core::simd::dot(query, &m.embedding),
-                    });
+                    scored.push((engram_core::simd::dot(query, &m.embedding), id));
                 }
             }
         }
+        let best_first = |a: &(f32, &MemoryId), b: &(f32, &MemoryId)| {
+            b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        if scored.len() > k {
+            scored.select_nth_unstable_by(k - 1, best_first);
+            scored.truncate(k);
+        }
+        hits.extend(scored.into_iter().map(|(similarity, id)| Hit {
+            id: id.clone(),
+            similarity,
+        }));
         // An error inside a filter (a corrupt id column) fails the search, after the scan.
         let mut failed: Option<StorageError> = None;
         for (si, seg) in self.segments.iter().enumerate() {

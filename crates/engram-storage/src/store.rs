@@ -429,7 +429,11 @@ impl Store {
                 .name("engram-indexer".into())
                 .spawn(move || {
                     // Index builds are background work: requests go first.
-                    crate::process::set_current_thread_nice(bg.opts.indexer_nice);
+                    if !(bg.opts.indexer_idle_class
+                        && crate::process::set_current_thread_idle_class())
+                    {
+                        crate::process::set_current_thread_nice(bg.opts.indexer_nice);
+                    }
                     bg.indexer_loop()
                 })
                 .map_err(|e| StorageError::Io {

@@ -1,0 +1,991 @@
+//! The link index: an in-memory HNSW graph (Malkov & Yashunin 2016) over one space's
+//! embeddings quantised to `i8`, kept up to date on every write. Auto-linking asks it for the
+//! nearest neighbours of a new memory instead of searching the space's memtables and
+//! segments: one graph search over 768-byte codes instead of an exact scan of the memtable
+//! (up to 4,096 rows of 3 KiB) plus one HNSW search per segment.
+//!
+//! It is derived data, never persisted: built from the space's memories the first time a write
+//! to the space asks for automatic links after the engine opened (in the background for a
+//! large space; writes meanwhile use the store's search), then updated after each committed
+//! write and forget. Its candidates are re-scored exactly against the stored `f32` embeddings
+//! before any link is made, so quantisation only affects which candidates are looked at.
+//!
+//! Quantisation: each unit vector is scaled so its largest component is ±127 and rounded;
+//! `sim(a, b) = dot_i8(a, b) · scale_a · scale_b`, within about 1e-3 of the exact cosine for
+//! 768-d unit vectors. Forgotten and replaced memories stay in the graph as routing nodes and
+//! are never returned.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+
+use engram_core::{simd, MemoryId};
+use parking_lot::{Mutex, RwLock};
+
+const NO_ENTRY: u32 = u32::MAX;
+const MAX_LEVEL: usize = 16;
+
+/// A candidate: a row and its (approximate) similarity to the query.
+#[derive(Debug, Clone, Copy)]
+struct Cand {
+    sim: f32,
+    row: u32,
+}
+
+impl PartialEq for Cand {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Cand {
+    /// Greater is better: higher similarity, then the lower row.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.sim
+            .total_cmp(&other.sim)
+            .then_with(|| other.row.cmp(&self.row))
+    }
+}
+
+/// Per-thread search buffers: a visited mark per row (by generation, so it is never cleared)
+/// and the two heaps of the beam search.
+#[derive(Default)]
+struct Scratch {
+    visited: Vec<u32>,
+    generation: u32,
+    candidates: BinaryHeap<Cand>,
+    results: BinaryHeap<Reverse<Cand>>,
+    /// The neighbours of the node being expanded that are compared.
+    batch: Vec<u32>,
+}
+
+impl Scratch {
+    fn start(&mut self, rows: usize) {
+        if self.visited.len() < rows {
+            self.visited.resize(rows, 0);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.visited.fill(0);
+            self.generation = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Marks `row` visited; false if it already was.
+    #[inline]
+    fn visit(&mut self, row: u32) -> bool {
+        let v = &mut self.visited[row as usize];
+        if *v == self.generation {
+            return false;
+        }
+        *v = self.generation;
+        true
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// An `i8` code and its scale.
+struct Code {
+    bytes: Vec<i8>,
+    scale: f32,
+}
+
+fn quantize(v: &[f32]) -> Code {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    if !(max.is_finite() && max > 0.0) {
+        return Code {
+            bytes: vec![0; v.len()],
+            scale: 0.0,
+        };
+    }
+    let inv = 127.0 / max;
+    Code {
+        bytes: v
+            .iter()
+            .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8)
+            .collect(),
+        scale: max / 127.0,
+    }
+}
+
+/// The graph: rows in insertion order, codes contiguous, neighbour lists in flat arrays
+/// (layer 0: `m0` slots per row; upper layers: `m` slots per layer per row), each slot list
+/// starting with its count, and the similarity of every link kept beside it for pruning.
+pub(crate) struct QuantGraph {
+    dim: usize,
+    m: usize,
+    m0: usize,
+    ef_construction: usize,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    levels: Vec<u8>,
+    layer0: Vec<u32>,
+    layer0_sims: Vec<f32>,
+    upper: Vec<Box<[u32]>>,
+    upper_sims: Vec<Box<[f32]>>,
+    entry: u32,
+    max_level: usize,
+    rng: AtomicU64,
+    ids: Vec<MemoryId>,
+    live: Vec<bool>,
+    by_id: HashMap<MemoryId, u32>,
+    /// Reused while linking.
+    chosen: Vec<Cand>,
+    pool: Vec<Cand>,
+}
+
+/// What inserting a vector needs from a search of the graph (made under a read lock, so
+/// searches and other inserts' searches go on; applied under the write lock).
+pub(crate) struct Insertion {
+    code: Code,
+    level: usize,
+    /// Per layer from `min(level, max_level)` down to 0: the neighbours chosen.
+    chosen: Vec<(usize, Vec<Cand>)>,
+    /// The search's result on layer 0, best first (dead rows included).
+    nearest: Vec<Cand>,
+    /// Rows in the graph when it was planned.
+    planned_at_rows: usize,
+}
+
+impl QuantGraph {
+    /// An empty graph for `dim`-dimensional vectors: `m` neighbours per node on upper layers,
+    /// `2 m` on layer 0, beam `ef_construction` while inserting.
+    pub fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
+        let m = m.max(2);
+        QuantGraph {
+            dim,
+            m,
+            m0: 2 * m,
+            ef_construction: ef_construction.max(m),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            levels: Vec::new(),
+            layer0: Vec::new(),
+            layer0_sims: Vec::new(),
+            upper: Vec::new(),
+            upper_sims: Vec::new(),
+            entry: NO_ENTRY,
+            max_level: 0,
+            rng: AtomicU64::new(0),
+            ids: Vec::new(),
+            live: Vec::new(),
+            by_id: HashMap::new(),
+            chosen: Vec::new(),
+            pool: Vec::new(),
+        }
+    }
+
+    /// Live memories in the graph.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Rows, live or not.
+    pub fn rows(&self) -> usize {
+        self.levels.len()
+    }
+
+    #[inline]
+    fn code(&self, row: u32) -> &[i8] {
+        let at = row as usize * self.dim;
+        &self.codes[at..at + self.dim]
+    }
+
+    /// Asks for the start of `row`'s code to be brought into the cache.
+    #[inline]
+    fn prefetch(&self, row: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let code = self.code(row);
+            // The first 4 cache lines; the hardware prefetcher follows the rest.
+            for line in (0..code.len().min(256)).step_by(64) {
+                // SAFETY: SSE is part of the x86_64 baseline; a prefetch of an address inside
+                // a live slice has no effect beyond the cache.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(code.as_ptr().add(line)) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = row;
+    }
+
+    #[inline]
+    fn sim_to(&self, q: &Code, row: u32) -> f32 {
+        simd::dot_i8(&q.bytes, self.code(row)) as f32 * q.scale * self.scales[row as usize]
+    }
+
+    #[inline]
+    fn sim_rows(&self, a: u32, b: u32) -> f32 {
+        simd::dot_i8(self.code(a), self.code(b)) as f32
+            * self.scales[a as usize]
+            * self.scales[b as usize]
+    }
+
+    fn neighbours(&self, row: u32, layer: usize) -> &[u32] {
+        let (words, width, at) = if layer == 0 {
+            (&self.layer0[..], self.m0, row as usize * (self.m0 + 1))
+        } else {
+            (
+                &self.upper[row as usize][..],
+                self.m,
+                (layer - 1) * (self.m + 1),
+            )
+        };
+        let count = words[at] as usize;
+        &words[at + 1..at + 1 + count.min(width)]
+    }
+
+    fn random_level(&self) -> usize {
+        // splitmix64, then floor(-ln(U) / ln(m)).
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, AtomicOrdering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() / (self.m as f64).ln()) as usize).min(MAX_LEVEL)
+    }
+
+    /// Greedy walk towards `q` on `layer` from `ep`.
+    fn greedy(&self, q: &Code, mut ep: Cand, layer: usize) -> Cand {
+        loop {
+            let mut moved = false;
+            for &n in self.neighbours(ep.row, layer) {
+                let c = Cand {
+                    sim: self.sim_to(q, n),
+                    row: n,
+                };
+                if c > ep {
+                    ep = c;
+                    moved = true;
+                }
+            }
+            if !moved {
+                return ep;
+            }
+        }
+    }
+
+    /// Beam search of width `ef` on `layer` from `entries`; the result, best first, in `out`.
+    fn search_layer(
+        &self,
+        s: &mut Scratch,
+        q: &Code,
+        entries: &[Cand],
+        ef: usize,
+        layer: usize,
+        out: &mut Vec<Cand>,
+    ) {
+        s.start(self.rows());
+        for &e in entries {
+            if s.visit(e.row) {
+                s.candidates.push(e);
+                s.results.push(Reverse(e));
+                if s.results.len() > ef {
+                    s.results.pop();
+                }
+            }
+        }
+        while let Some(c) = s.candidates.pop() {
+            if s.results.len() >= ef && s.results.peek().is_some_and(|w| c < w.0) {
+                break;
+            }
+            // The unvisited neighbours' codes are requested from memory together before any
+            // is compared: the comparisons then wait on one round of cache misses, not one
+            // each.
+            s.batch.clear();
+            for &n in self.neighbours(c.row, layer) {
+                if s.visit(n) {
+                    s.batch.push(n);
+                    self.prefetch(n);
+                }
+            }
+            for i in 0..s.batch.len() {
+                let n = s.batch[i];
+                let cand = Cand {
+                    sim: self.sim_to(q, n),
+                    row: n,
+                };
+                if s.results.len() < ef || s.results.peek().is_some_and(|w| cand > w.0) {
+                    s.candidates.push(cand);
+                    s.results.push(Reverse(cand));
+                    if s.results.len() > ef {
+                        s.results.pop();
+                    }
+                }
+            }
+        }
+        out.clear();
+        out.extend(s.results.drain().map(|r| r.0));
+        out.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// The diversity heuristic (Algorithm 4 of the paper): walking `candidates` best first,
+    /// keep one only if it is more similar to the base than to every neighbour already kept.
+    fn select_diverse(&self, candidates: &[Cand], max: usize, out: &mut Vec<Cand>) {
+        out.clear();
+        for &c in candidates {
+            if out.len() >= max {
+                break;
+            }
+            if out.iter().all(|k| self.sim_rows(c.row, k.row) <= c.sim) {
+                out.push(c);
+            }
+        }
+    }
+
+    fn set_list(&mut self, row: u32, layer: usize, list: &[Cand]) {
+        let (words, sims, at) = if layer == 0 {
+            let at = row as usize * (self.m0 + 1);
+            (&mut self.layer0[..], &mut self.layer0_sims[..], at)
+        } else {
+            let at = (layer - 1) * (self.m + 1);
+            (
+                &mut self.upper[row as usize][..],
+                &mut self.upper_sims[row as usize][..],
+                at,
+            )
+        };
+        words[at] = list.len() as u32;
+        for (i, c) in list.iter().enumerate() {
+            words[at + 1 + i] = c.row;
+            sims[at + 1 + i] = c.sim;
+        }
+    }
+
+    /// Adds `new` (at similarity `sim`) to the neighbours of `node` on `layer`; a full list is
+    /// chosen again from its members and `new` by the heuristic.
+    fn link_back(&mut self, node: u32, new: u32, sim: f32, layer: usize) {
+        let width = if layer == 0 { self.m0 } else { self.m };
+        let (words, sims, at) = if layer == 0 {
+            let at = node as usize * (self.m0 + 1);
+            (&mut self.layer0[..], &mut self.layer0_sims[..], at)
+        } else {
+            let at = (layer - 1) * (self.m + 1);
+            (
+                &mut self.upper[node as usize][..],
+                &mut self.upper_sims[node as usize][..],
+                at,
+            )
+        };
+        let count = words[at] as usize;
+        if count < width {
+            words[at + 1 + count] = new;
+            sims[at + 1 + count] = sim;
+            words[at] += 1;
+            return;
+        }
+        let mut pool = std::mem::take(&mut self.pool);
+        pool.clear();
+        pool.push(Cand { sim, row: new });
+        for i in 0..count {
+            pool.push(Cand {
+                sim: sims[at + 1 + i],
+                row: words[at + 1 + i],
+            });
+        }
+        pool.sort_unstable_by(|a, b| b.cmp(a));
+        let mut kept = std::mem::take(&mut self.chosen);
+        self.select_diverse(&pool, width, &mut kept);
+        self.set_list(node, layer, &kept);
+        self.chosen = kept;
+        self.pool = pool;
+    }
+
+    /// The search half of inserting `v` (the graph's dimension): its level and, on each of its
+    /// layers present in the graph, the neighbours the heuristic chooses.
+    pub fn plan(&self, v: &[f32]) -> Insertion {
+        self.plan_code(quantize(v), self.random_level())
+    }
+
+    fn plan_code(&self, code: Code, level: usize) -> Insertion {
+        let mut chosen = Vec::new();
+        let planned_at_rows = self.rows();
+        if self.entry == NO_ENTRY {
+            return Insertion {
+                code,
+                level,
+                chosen,
+                nearest: Vec::new(),
+                planned_at_rows,
+            };
+        }
+        let mut ep = Cand {
+            sim: self.sim_to(&code, self.entry),
+            row: self.entry,
+        };
+        for layer in (level + 1..=self.max_level).rev() {
+            ep = self.greedy(&code, ep, layer);
+        }
+        let mut entries = vec![ep];
+        let mut found = Vec::new();
+        for layer in (0..=level.min(self.max_level)).rev() {
+            SCRATCH.with(|s| {
+                self.search_layer(
+                    &mut s.borrow_mut(),
+                    &code,
+                    &entries,
+                    self.ef_construction,
+                    layer,
+                    &mut found,
+                )
+            });
+            let mut list = Vec::with_capacity(self.m);
+            self.select_diverse(&found, self.m, &mut list);
+            chosen.push((layer, list));
+            std::mem::swap(&mut entries, &mut found);
+        }
+        Insertion {
+            code,
+            level,
+            chosen,
+            nearest: entries,
+            planned_at_rows,
+        }
+    }
+
+    /// The `k` best live memories of a plan's layer-0 search, best first.
+    fn nearest(&self, ins: &Insertion, k: usize) -> Vec<(MemoryId, f32)> {
+        ins.nearest
+            .iter()
+            .filter(|c| self.live[c.row as usize])
+            .take(k)
+            .map(|c| (self.ids[c.row as usize].clone(), c.sim))
+            .collect()
+    }
+
+    /// The linking half: adds the memory `id` (replacing an older version) as planned. A plan
+    /// made on a graph much smaller than the present one (while a space's first memories go
+    /// in concurrently) is made again here, so no node is left without neighbours.
+    pub fn apply(&mut self, id: MemoryId, mut ins: Insertion) {
+        if ins.code.bytes.len() != self.dim {
+            return;
+        }
+        if self.rows() > 2 * ins.planned_at_rows + 16
+            || (ins.planned_at_rows == 0 && self.entry != NO_ENTRY)
+        {
+            ins = self.plan_code(ins.code, ins.level);
+        }
+        if let Some(old) = self.by_id.remove(&id) {
+            self.live[old as usize] = false;
+        }
+        let Insertion {
+            code,
+            level,
+            chosen,
+            ..
+        } = ins;
+        let row = self.levels.len() as u32;
+        self.codes.extend_from_slice(&code.bytes);
+        self.scales.push(code.scale);
+        self.levels.push(level as u8);
+        self.layer0.resize(self.layer0.len() + self.m0 + 1, 0);
+        self.layer0_sims
+            .resize(self.layer0_sims.len() + self.m0 + 1, 0.0);
+        self.upper
+            .push(vec![0; level * (self.m + 1)].into_boxed_slice());
+        self.upper_sims
+            .push(vec![0.0; level * (self.m + 1)].into_boxed_slice());
+        self.ids.push(id.clone());
+        self.live.push(true);
+        self.by_id.insert(id, row);
+        if self.entry == NO_ENTRY {
+            self.entry = row;
+            self.max_level = level;
+            return;
+        }
+        for (layer, list) in chosen {
+            // Planned against an older graph: layers above the current top are left empty.
+            if layer > self.max_level {
+                continue;
+            }
+            self.set_list(row, layer, &list);
+            for c in &list {
+                if usize::from(self.levels[c.row as usize]) >= layer {
+                    self.link_back(c.row, row, c.sim, layer);
+                }
+            }
+        }
+        if level > self.max_level {
+            self.entry = row;
+            self.max_level = level;
+        }
+    }
+
+    /// Adds (or replaces) the memory `id` with embedding `v`: [`plan`](Self::plan), then
+    /// [`apply`](Self::apply).
+    #[cfg(test)]
+    pub fn put(&mut self, id: MemoryId, v: &[f32]) {
+        let ins = self.plan(v);
+        self.apply(id, ins);
+    }
+
+    /// Whether forgotten and replaced rows (kept as routing nodes) have come to outnumber the
+    /// live ones: then the graph is better made again from the live memories.
+    pub fn wants_rebuild(&self) -> bool {
+        let dead = self.rows() - self.len();
+        dead > 1024 && dead > self.len()
+    }
+
+    /// Marks `id` forgotten: it is never returned again (it stays a routing node).
+    pub fn remove(&mut self, id: &str) {
+        if let Some(row) = self.by_id.remove(id) {
+            self.live[row as usize] = false;
+        }
+    }
+
+    /// Up to `k` live memories nearest to `v` (approximate similarity), best first; `ef` is
+    /// the beam width (raised to `k`).
+    #[cfg(test)]
+    pub fn search(&self, v: &[f32], k: usize, ef: usize) -> Vec<(MemoryId, f32)> {
+        if self.entry == NO_ENTRY || k == 0 || v.len() != self.dim {
+            return Vec::new();
+        }
+        let q = quantize(v);
+        let mut ep = Cand {
+            sim: self.sim_to(&q, self.entry),
+            row: self.entry,
+        };
+        for layer in (1..=self.max_level).rev() {
+            ep = self.greedy(&q, ep, layer);
+        }
+        // Dead rows take places in the beam: widen it by the share of them.
+        let dead = self.rows() - self.len();
+        let ef = ef.max(k) + (ef.max(k) * dead) / self.rows().max(1);
+        let mut found = Vec::new();
+        SCRATCH.with(|s| self.search_layer(&mut s.borrow_mut(), &q, &[ep], ef, 0, &mut found));
+        found
+            .into_iter()
+            .filter(|c| self.live[c.row as usize])
+            .take(k)
+            .map(|c| (self.ids[c.row as usize].clone(), c.sim))
+            .collect()
+    }
+}
+
+/// A change recorded while the index is being built.
+enum Change {
+    Put(MemoryId, Vec<f32>),
+    Remove(MemoryId),
+}
+
+/// One space's link index and its build state.
+pub(crate) struct LinkIndex {
+    graph: RwLock<QuantGraph>,
+    /// `Some` while the first build runs: changes committed meanwhile wait here.
+    backlog: Mutex<Option<Vec<Change>>>,
+    ready: AtomicBool,
+    /// Committed changes waiting for the graph's write lock. A request thread does not wait
+    /// for that lock while searches hold it: it queues its change here and links it only if
+    /// the lock is free; whoever next finds it free links everything queued. Searches
+    /// meanwhile look at the queued memories exactly, so a memory is a link candidate as soon
+    /// as it is committed.
+    pending: Mutex<Vec<Pending>>,
+}
+
+/// A committed change not yet in the graph.
+enum Pending {
+    Add(MemoryId, Insertion),
+    Remove(MemoryId),
+}
+
+/// Past this many queued changes, linking them waits for the write lock.
+const MAX_PENDING: usize = 64;
+
+impl LinkIndex {
+    /// An index still to be built (see [`LinkIndex::build`]).
+    pub fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
+        LinkIndex {
+            graph: RwLock::new(QuantGraph::new(dim, m, ef_construction)),
+            backlog: Mutex::new(Some(Vec::new())),
+            ready: AtomicBool::new(false),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Links the queued changes if the write lock is free (or, past [`MAX_PENDING`] of them,
+    /// once it is), and again while more arrive meanwhile.
+    fn drain(&self) {
+        loop {
+            let queued = self.pending.lock().len();
+            if queued == 0 {
+                return;
+            }
+            let mut g = if queued > MAX_PENDING {
+                self.graph.write()
+            } else {
+                match self.graph.try_write() {
+                    Some(g) => g,
+                    // A search holds the lock; it drains when it lets go.
+                    None => return,
+                }
+            };
+            let items = std::mem::take(&mut *self.pending.lock());
+            for item in items {
+                match item {
+                    Pending::Add(id, ins) => g.apply(id, ins),
+                    Pending::Remove(id) => g.remove(id.as_str()),
+                }
+            }
+        }
+    }
+
+    /// Links everything queued, waiting for the write lock.
+    fn settle(&self) {
+        let mut g = self.graph.write();
+        for item in std::mem::take(&mut *self.pending.lock()) {
+            match item {
+                Pending::Add(id, ins) => g.apply(id, ins),
+                Pending::Remove(id) => g.remove(id.as_str()),
+            }
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(AtomicOrdering::Acquire)
+    }
+
+    /// Fills the index from `memories` (a snapshot of the space taken after this index was
+    /// registered, so every later write is in the backlog), then applies the backlog and
+    /// marks it ready.
+    pub fn build(&self, memories: impl IntoIterator<Item = (MemoryId, Vec<f32>)>) {
+        for (id, v) in memories {
+            self.insert(id, &v);
+        }
+        self.settle();
+        let mut backlog = self.backlog.lock();
+        let mut g = self.graph.write();
+        for change in backlog.take().unwrap_or_default() {
+            match change {
+                Change::Put(id, v) => {
+                    let ins = g.plan(&v);
+                    g.apply(id, ins);
+                }
+                Change::Remove(id) => g.remove(id.as_str()),
+            }
+        }
+        self.ready.store(true, AtomicOrdering::Release);
+    }
+
+    /// Records a committed write.
+    pub fn put(&self, id: &MemoryId, v: &[f32]) {
+        let mut backlog = self.backlog.lock();
+        if let Some(b) = backlog.as_mut() {
+            b.push(Change::Put(id.clone(), v.to_vec()));
+            return;
+        }
+        drop(backlog);
+        self.insert(id.clone(), v);
+    }
+
+    /// Searches under the read lock, links when the write lock is free (see `pending`).
+    fn insert(&self, id: MemoryId, v: &[f32]) {
+        let ins = self.graph.read().plan(v);
+        self.pending.lock().push(Pending::Add(id, ins));
+        self.drain();
+    }
+
+    /// Records a committed forget.
+    pub fn remove(&self, id: &MemoryId) {
+        let mut backlog = self.backlog.lock();
+        if let Some(b) = backlog.as_mut() {
+            b.push(Change::Remove(id.clone()));
+            return;
+        }
+        drop(backlog);
+        self.pending.lock().push(Pending::Remove(id.clone()));
+        self.drain();
+    }
+
+    /// Plans the insertion of `v` (see [`QuantGraph::plan`]) and returns it with the `k`
+    /// nearest live memories its search found; `None` until the index is ready. The plan is
+    /// applied with [`LinkIndex::apply`] once the memory is committed.
+    pub fn plan(&self, v: &[f32], k: usize) -> Option<(Insertion, Vec<(MemoryId, f32)>)> {
+        if !self.is_ready() {
+            return None;
+        }
+        let g = self.graph.read();
+        let ins = g.plan(v);
+        let mut nearest = g.nearest(&ins, k);
+        drop(g);
+        // Committed memories still queued are candidates too; queued forgets are not.
+        {
+            let pending = self.pending.lock();
+            for item in pending.iter() {
+                match item {
+                    Pending::Add(id, queued) => {
+                        let sim = simd::dot_i8(&ins.code.bytes, &queued.code.bytes) as f32
+                            * ins.code.scale
+                            * queued.code.scale;
+                        nearest.retain(|(n, _)| n != id);
+                        nearest.push((id.clone(), sim));
+                    }
+                    Pending::Remove(id) => nearest.retain(|(n, _)| n != id),
+                }
+            }
+        }
+        if nearest.len() > k {
+            nearest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            nearest.truncate(k);
+        }
+        self.drain();
+        Some((ins, nearest))
+    }
+
+    /// Adds a committed memory as planned by [`LinkIndex::plan`] on this index.
+    pub fn apply(&self, id: MemoryId, ins: Insertion) {
+        self.pending.lock().push(Pending::Add(id, ins));
+        self.drain();
+    }
+
+    /// See [`QuantGraph::search`]; empty until the index is ready.
+    #[cfg(test)]
+    pub fn search(&self, v: &[f32], k: usize, ef: usize) -> Vec<(MemoryId, f32)> {
+        if !self.is_ready() {
+            return Vec::new();
+        }
+        self.graph.read().search(v, k, ef)
+    }
+
+    /// Live memories indexed (queued changes linked first).
+    pub fn len(&self) -> usize {
+        self.settle();
+        self.graph.read().len()
+    }
+
+    /// See [`QuantGraph::wants_rebuild`].
+    pub fn wants_rebuild(&self) -> bool {
+        self.is_ready() && self.graph.read().wants_rebuild()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn unit(rng: &mut rand::rngs::SmallRng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        simd::normalize(&mut v);
+        v
+    }
+
+    fn id(i: usize) -> MemoryId {
+        MemoryId::new(format!("m{i}")).unwrap()
+    }
+
+    #[test]
+    fn quantised_similarity_is_close_to_exact() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let (a, b) = (unit(&mut rng, 768), unit(&mut rng, 768));
+            let (qa, qb) = (quantize(&a), quantize(&b));
+            let approx = simd::dot_i8(&qa.bytes, &qb.bytes) as f32 * qa.scale * qb.scale;
+            assert!((approx - simd::dot(&a, &b)).abs() < 2e-3);
+        }
+        let zero = quantize(&[0.0; 8]);
+        assert_eq!(zero.scale, 0.0);
+    }
+
+    #[test]
+    fn finds_near_neighbours_like_an_exact_scan() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+        let dim = 64;
+        // Clustered data, as embeddings are.
+        let centres: Vec<Vec<f32>> = (0..40).map(|_| unit(&mut rng, dim)).collect();
+        let mut data = Vec::new();
+        let mut g = QuantGraph::new(dim, 16, 64);
+        for i in 0..3000 {
+            let c = &centres[i % centres.len()];
+            let mut v: Vec<f32> = c.iter().map(|x| x + rng.gen_range(-0.15..0.15)).collect();
+            simd::normalize(&mut v);
+            g.put(id(i), &v);
+            data.push(v);
+        }
+        assert_eq!(g.len(), 3000);
+        let mut hits = 0;
+        let queries = 200;
+        for _ in 0..queries {
+            let t = &data[rng.gen_range(0..data.len())];
+            let mut q: Vec<f32> = t.iter().map(|x| x + rng.gen_range(-0.05..0.05)).collect();
+            simd::normalize(&mut q);
+            let mut exact: Vec<(usize, f32)> = data
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, simd::dot(&q, v)))
+                .collect();
+            exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let want: Vec<MemoryId> = exact[..3].iter().map(|(i, _)| id(*i)).collect();
+            let got = g.search(&q, 3, 32);
+            hits += want
+                .iter()
+                .filter(|w| got.iter().any(|(g, _)| g == *w))
+                .count();
+        }
+        let recall = hits as f64 / (3 * queries) as f64;
+        assert!(recall >= 0.95, "recall@3 {recall}");
+    }
+
+    #[test]
+    fn forgotten_and_replaced_memories_are_not_returned() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let mut g = QuantGraph::new(32, 8, 32);
+        let vs: Vec<Vec<f32>> = (0..500).map(|_| unit(&mut rng, 32)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            g.put(id(i), v);
+        }
+        // Forget m0; replace m1 with m2's vector.
+        g.remove("m0");
+        g.put(id(1), &vs[2]);
+        assert_eq!(g.len(), 499);
+        let got = g.search(&vs[0], 5, 32);
+        assert!(got.iter().all(|(i, _)| i.as_str() != "m0"), "{got:?}");
+        let got = g.search(&vs[2], 2, 32);
+        let ids: Vec<&str> = got.iter().map(|(i, _)| i.as_str()).collect();
+        assert!(ids.contains(&"m1") && ids.contains(&"m2"), "{ids:?}");
+        // m1's old vector no longer finds m1 first.
+        let got = g.search(&vs[1], 1, 32);
+        assert_ne!(got[0].0.as_str(), "m1");
+    }
+
+    #[test]
+    fn plans_made_on_a_much_smaller_graph_are_made_again() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+        let mut g = QuantGraph::new(16, 8, 32);
+        let vs: Vec<Vec<f32>> = (0..200).map(|_| unit(&mut rng, 16)).collect();
+        // Every plan made on the empty graph, as concurrent first writes would.
+        let plans: Vec<Insertion> = vs.iter().map(|v| g.plan(v)).collect();
+        for (i, p) in plans.into_iter().enumerate() {
+            g.apply(id(i), p);
+        }
+        for (i, v) in vs.iter().enumerate() {
+            assert_eq!(g.search(v, 1, 32)[0].0, id(i), "{i} unreachable");
+        }
+    }
+
+    #[test]
+    fn replacing_everything_twice_asks_for_a_rebuild() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(6);
+        let mut g = QuantGraph::new(8, 4, 16);
+        for round in 0..3 {
+            for i in 0..1100 {
+                g.put(id(i), &unit(&mut rng, 8));
+            }
+            assert_eq!(g.wants_rebuild(), round == 2, "round {round}");
+        }
+    }
+
+    #[test]
+    fn the_backlog_holds_changes_until_the_build_ends() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(4);
+        let idx = LinkIndex::new(16, 8, 32);
+        let a = unit(&mut rng, 16);
+        let b = unit(&mut rng, 16);
+        idx.put(&id(1), &a);
+        idx.remove(&id(0));
+        assert!(!idx.is_ready());
+        assert!(idx.search(&a, 1, 8).is_empty());
+        idx.build(vec![(id(0), b.clone())]);
+        assert!(idx.is_ready());
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.search(&a, 1, 8)[0].0, id(1));
+        idx.put(&id(2), &b);
+        assert_eq!(idx.search(&b, 1, 8)[0].0, id(2));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod measure {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn thread_cpu_s() -> f64 {
+        let mut ts = Timespec::default();
+        // SAFETY: a valid out-pointer for clock_gettime.
+        unsafe { clock_gettime(3, &mut ts) }; // CLOCK_THREAD_CPUTIME_ID
+        ts.sec as f64 + ts.nsec as f64 * 1e-9
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+
+    /// `cargo test --release -p engram-engine --lib link_index::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn insert_cost_and_recall() {
+        let dim = 768;
+        let n = 40_000;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let centres: Vec<Vec<f32>> = (0..300)
+            .map(|_| {
+                let mut v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                simd::normalize(&mut v);
+                v
+            })
+            .collect();
+        let data: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                let c = &centres[i % centres.len()];
+                let mut v: Vec<f32> = c.iter().map(|x| x + rng.gen_range(-0.06..0.06)).collect();
+                simd::normalize(&mut v);
+                v
+            })
+            .collect();
+        for ef_c in [24, 32, 48, 64] {
+            let mut g = QuantGraph::new(dim, 16, ef_c);
+            let t = thread_cpu_s();
+            for (i, v) in data.iter().enumerate() {
+                let ins = g.plan(v);
+                g.apply(MemoryId::new(format!("m{i}")).unwrap(), ins);
+            }
+            let insert_us = (thread_cpu_s() - t) / n as f64 * 1e6;
+            let mut hits = 0;
+            let q = 200;
+            let t = thread_cpu_s();
+            for j in 0..q {
+                let target = &data[(j * 7919) % n];
+                let mut v: Vec<f32> = target
+                    .iter()
+                    .map(|x| x + rng.gen_range(-0.02..0.02))
+                    .collect();
+                simd::normalize(&mut v);
+                let mut exact: Vec<(usize, f32)> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (i, simd::dot(&v, d)))
+                    .collect();
+                exact.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let ins = g.plan(&v);
+                let got = g.nearest(&ins, 3);
+                hits += exact[..3]
+                    .iter()
+                    .filter(|(i, _)| got.iter().any(|(id, _)| id.as_str() == format!("m{i}")))
+                    .count();
+            }
+            let _ = t;
+            println!(
+                "ef_construction {ef_c}: {insert_us:.1} µs CPU per insert at {n} rows; recall@3 of the plan's search {:.3}",
+                hits as f64 / (3 * q) as f64
+            );
+        }
+    }
+}
