@@ -48,7 +48,8 @@ pub struct EngineOptions {
     pub auto_link_max: usize,
     /// HNSW beam width of recall (raised to at least the number of results wanted).
     pub search_ef: usize,
-    /// HNSW beam width of the search behind auto-linking (in the link index).
+    /// HNSW beam width of the store's search behind auto-linking while a space's link index
+    /// is being built (the link index itself searches with `link_index_ef_construction`).
     pub auto_link_ef: usize,
     /// Neighbours per node in the link index's graph (`2 m` on its bottom layer).
     pub link_index_m: usize,
@@ -243,6 +244,8 @@ impl Engine {
                 "the default space cannot be dropped".into(),
             ));
         }
+        // Before (no write plans on it meanwhile) and after (one registered meanwhile).
+        self.link_indexes.lock().remove(id);
         self.store.drop_space(id)?;
         self.link_indexes.lock().remove(id);
         Ok(())
@@ -449,8 +452,12 @@ impl Engine {
         let memory = memories.remove(0);
         let stored = stored(&memory);
         let vector = memory.embedding.clone();
-        self.store.remember_async(space, memory)?.await?;
+        let committed = self.store.remember_async(space, memory)?;
+        // Recorded before the wait, so a request dropped meanwhile (its client gone) still
+        // records a memory the group commit will write. Until it is durable it is not linked
+        // to: candidates are scored against the store.
         self.indexed(space, [(stored.id.clone(), vector)], plans);
+        committed.await?;
         Ok(stored)
     }
 
@@ -474,8 +481,10 @@ impl Engine {
         let (memories, plans) = self.prepare_many(space, batch)?;
         let out: Vec<Stored> = memories.iter().map(stored).collect();
         let vectors = id_vectors(&memories);
-        self.store.remember_batch_async(space, memories)?.await?;
+        let committed = self.store.remember_batch_async(space, memories)?;
+        // Recorded before the wait (see `remember_async`).
         self.indexed(space, vectors, plans);
+        committed.await?;
         Ok(out)
     }
 
@@ -551,8 +560,15 @@ impl Engine {
     /// [`Engine::indexed`] (into its backlog while it is built), and the snapshot is taken
     /// after the registration, so nothing committed is missed.
     fn link_index(&self, space: &SpaceId) -> Result<Arc<LinkIndex>> {
-        if let Some(index) = self.link_indexes.lock().get(space) {
-            return Ok(index.clone());
+        {
+            let mut map = self.link_indexes.lock();
+            match map.get(space) {
+                Some(index) if !index.has_failed() => return Ok(index.clone()),
+                Some(_) => {
+                    map.remove(space);
+                }
+                None => {}
+            }
         }
         let dim = self.dimension(space)?;
         let index = {
@@ -568,38 +584,45 @@ impl Engine {
             map.insert(space.clone(), index.clone());
             index
         };
-        let snapshot = self.store.read_space(space, |st| {
-            let mut rows = Vec::with_capacity(st.approx_rows());
-            st.for_each(|m| rows.push((m.id, m.embedding)))?;
-            Ok::<_, engram_storage::StorageError>(rows)
-        });
-        let snapshot = match snapshot {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) | Err(e) => {
-                self.link_indexes.lock().remove(space);
+        // Cheap under the space's lock: entries and segment handles are shared, and read
+        // by the build without the lock.
+        let snapshot = match self.store.read_space(space, |st| st.embedding_snapshot()) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                self.forget_link_index(space, &index);
                 return Err(e.into());
             }
         };
-        if snapshot.len() <= INLINE_LINK_INDEX_ROWS {
-            index.build(snapshot);
+        let rows = snapshot.approx_rows();
+        if rows <= INLINE_LINK_INDEX_ROWS {
+            index.build(&snapshot);
         } else {
             let (building, space_name) = (index.clone(), space.to_string());
-            tracing::info!(space = %space_name, memories = snapshot.len(), "building the link index");
+            tracing::info!(space = %space_name, rows, "building the link index");
             let spawned = std::thread::Builder::new()
                 .name("engram-linkidx".into())
                 .spawn(move || {
+                    // Background work, like the storage indexer: requests first.
+                    engram_storage::process::lower_current_thread_priority();
                     let t = std::time::Instant::now();
-                    let n = snapshot.len();
-                    building.build(snapshot);
-                    tracing::info!(space = %space_name, memories = n, seconds = t.elapsed().as_secs_f64(), "link index built");
+                    building.build(&snapshot);
+                    tracing::info!(space = %space_name, rows, seconds = t.elapsed().as_secs_f64(), "link index built");
                 });
             if let Err(e) = spawned {
                 // Not fatal: this write uses the store's search, the next one tries again.
                 tracing::warn!(space = %space, error = %e, "could not start a link index build");
-                self.link_indexes.lock().remove(space);
+                self.forget_link_index(space, &index);
             }
         }
         Ok(index)
+    }
+
+    /// Removes `index` from the map if it is still the one registered for `space`.
+    fn forget_link_index(&self, space: &SpaceId, index: &Arc<LinkIndex>) {
+        let mut map = self.link_indexes.lock();
+        if map.get(space).is_some_and(|i| Arc::ptr_eq(i, index)) {
+            map.remove(space);
+        }
     }
 
     /// Memories in `space`'s link index once it is built (`None` before the first write
@@ -619,13 +642,14 @@ impl Engine {
     ) {
         let index = self.link_indexes.lock().get(space).cloned();
         for ((id, v), plan) in memories.into_iter().zip(plans) {
-            match plan {
-                Some(p) => p.index.apply(id, p.insertion),
-                None => {
-                    if let Some(index) = &index {
-                        index.put(&id, &v);
-                    }
+            match (plan, &index) {
+                // Planned on the index registered now: as planned.
+                (Some(p), Some(index)) if Arc::ptr_eq(&p.index, index) => {
+                    index.apply(id, p.insertion)
                 }
+                // Planned on one retired since (or none planned): a search of its own.
+                (_, Some(index)) => index.put(&id, &v),
+                (_, None) => {}
             }
         }
         if let Some(index) = index {
@@ -637,11 +661,8 @@ impl Engine {
     /// automatic links makes a fresh one from the space.
     fn retire_if_worn(&self, space: &SpaceId, index: &Arc<LinkIndex>) {
         if index.wants_rebuild() {
-            let mut map = self.link_indexes.lock();
-            if map.get(space).is_some_and(|i| Arc::ptr_eq(i, index)) {
-                tracing::info!(space = %space, "the link index holds more replaced and forgotten memories than live ones: making it again");
-                map.remove(space);
-            }
+            tracing::info!(space = %space, "the link index holds more replaced and forgotten memories than live ones: making it again");
+            self.forget_link_index(space, index);
         }
     }
 

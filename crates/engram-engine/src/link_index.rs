@@ -21,6 +21,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use engram_core::{simd, MemoryId};
+use engram_storage::space::EmbeddingSnapshot;
 use parking_lot::{Mutex, RwLock};
 
 const NO_ENTRY: u32 = u32::MAX;
@@ -156,6 +157,8 @@ pub(crate) struct Insertion {
     nearest: Vec<Cand>,
     /// Rows in the graph when it was planned.
     planned_at_rows: usize,
+    /// The graph's top layer when it was planned.
+    planned_max_level: usize,
 }
 
 impl QuantGraph {
@@ -414,6 +417,7 @@ impl QuantGraph {
     fn plan_code(&self, code: Code, level: usize) -> Insertion {
         let mut chosen = Vec::new();
         let planned_at_rows = self.rows();
+        let planned_max_level = self.max_level;
         if self.entry == NO_ENTRY {
             return Insertion {
                 code,
@@ -421,6 +425,7 @@ impl QuantGraph {
                 chosen,
                 nearest: Vec::new(),
                 planned_at_rows,
+                planned_max_level,
             };
         }
         let mut ep = Cand {
@@ -454,6 +459,7 @@ impl QuantGraph {
             chosen,
             nearest: entries,
             planned_at_rows,
+            planned_max_level,
         }
     }
 
@@ -474,8 +480,19 @@ impl QuantGraph {
         if ins.code.bytes.len() != self.dim {
             return;
         }
+        // The same vector again (a memory stored anew with other metadata or confidence): its
+        // row stays, rather than piling up identical dead copies that fill search beams.
+        if let Some(&old) = self.by_id.get(&id) {
+            if self.scales[old as usize] == ins.code.scale && self.code(old) == &ins.code.bytes[..]
+            {
+                return;
+            }
+        }
+        // Planned on a graph much smaller than this one, or below a layer it has grown since
+        // (the node could become the entry point with empty upper lists): planned again.
         if self.rows() > 2 * ins.planned_at_rows + 16
             || (ins.planned_at_rows == 0 && self.entry != NO_ENTRY)
+            || (ins.level > ins.planned_max_level && self.max_level > ins.planned_max_level)
         {
             ins = self.plan_code(ins.code, ins.level);
         }
@@ -584,15 +601,18 @@ enum Change {
 
 /// One space's link index and its build state.
 pub(crate) struct LinkIndex {
+    dim: usize,
     graph: RwLock<QuantGraph>,
+    /// Set when the build failed (a panic): the engine then drops this index and makes another.
+    failed: AtomicBool,
     /// `Some` while the first build runs: changes committed meanwhile wait here.
     backlog: Mutex<Option<Vec<Change>>>,
     ready: AtomicBool,
     /// Committed changes waiting for the graph's write lock. A request thread does not wait
     /// for that lock while searches hold it: it queues its change here and links it only if
     /// the lock is free; whoever next finds it free links everything queued. Searches
-    /// meanwhile look at the queued memories exactly, so a memory is a link candidate as soon
-    /// as it is committed.
+    /// meanwhile compare the queued memories one by one, so a memory is a link candidate as
+    /// soon as it is recorded.
     pending: Mutex<Vec<Pending>>,
 }
 
@@ -609,7 +629,9 @@ impl LinkIndex {
     /// An index still to be built (see [`LinkIndex::build`]).
     pub fn new(dim: usize, m: usize, ef_construction: usize) -> Self {
         LinkIndex {
+            dim,
             graph: RwLock::new(QuantGraph::new(dim, m, ef_construction)),
+            failed: AtomicBool::new(false),
             backlog: Mutex::new(Some(Vec::new())),
             ready: AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
@@ -619,7 +641,9 @@ impl LinkIndex {
     /// Links the queued changes if the write lock is free (or, past [`MAX_PENDING`] of them,
     /// once it is), and again while more arrive meanwhile.
     fn drain(&self) {
-        loop {
+        // A few rounds at most: one request thread does not link for everyone indefinitely
+        // (what stays queued is still seen by searches, and the next caller links it).
+        for _ in 0..4 {
             let queued = self.pending.lock().len();
             if queued == 0 {
                 return;
@@ -658,26 +682,50 @@ impl LinkIndex {
         self.ready.load(AtomicOrdering::Acquire)
     }
 
-    /// Fills the index from `memories` (a snapshot of the space taken after this index was
-    /// registered, so every later write is in the backlog), then applies the backlog and
-    /// marks it ready.
-    pub fn build(&self, memories: impl IntoIterator<Item = (MemoryId, Vec<f32>)>) {
-        for (id, v) in memories {
-            self.insert(id, &v);
-        }
-        self.settle();
-        let mut backlog = self.backlog.lock();
-        let mut g = self.graph.write();
-        for change in backlog.take().unwrap_or_default() {
-            match change {
-                Change::Put(id, v) => {
-                    let ins = g.plan(&v);
-                    g.apply(id, ins);
-                }
-                Change::Remove(id) => g.remove(id.as_str()),
+    /// Whether its build failed (see `failed`).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(AtomicOrdering::Acquire)
+    }
+
+    /// Fills the index from `snapshot` (taken after this index was registered, so every later
+    /// write is in the backlog), then applies the backlog a chunk at a time (writers are not
+    /// held up while it is replayed) and marks the index ready. A panic marks it failed.
+    pub fn build(&self, snapshot: &EmbeddingSnapshot) {
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let listed = snapshot.for_each(|id, v| self.insert(id.clone(), v));
+            if let Err(e) = listed {
+                // Memories it could not read are missing from the index (never from the
+                // store); writes keep adding theirs.
+                tracing::error!(error = %e, "reading a space for its link index failed");
             }
+            loop {
+                let chunk = {
+                    let mut backlog = self.backlog.lock();
+                    match backlog.as_mut() {
+                        Some(b) if !b.is_empty() => std::mem::take(b),
+                        _ => {
+                            *backlog = None;
+                            self.ready.store(true, AtomicOrdering::Release);
+                            break;
+                        }
+                    }
+                };
+                for change in chunk {
+                    match change {
+                        Change::Put(id, v) => self.insert(id, &v),
+                        Change::Remove(id) => {
+                            self.pending.lock().push(Pending::Remove(id));
+                            self.drain();
+                        }
+                    }
+                }
+            }
+            self.settle();
+        }));
+        if built.is_err() {
+            tracing::error!("building a link index failed; it will be made again");
+            self.failed.store(true, AtomicOrdering::Release);
         }
-        self.ready.store(true, AtomicOrdering::Release);
     }
 
     /// Records a committed write.
@@ -693,6 +741,9 @@ impl LinkIndex {
 
     /// Searches under the read lock, links when the write lock is free (see `pending`).
     fn insert(&self, id: MemoryId, v: &[f32]) {
+        if v.len() != self.dim {
+            return;
+        }
         let ins = self.graph.read().plan(v);
         self.pending.lock().push(Pending::Add(id, ins));
         self.drain();
@@ -714,14 +765,15 @@ impl LinkIndex {
     /// nearest live memories its search found; `None` until the index is ready. The plan is
     /// applied with [`LinkIndex::apply`] once the memory is committed.
     pub fn plan(&self, v: &[f32], k: usize) -> Option<(Insertion, Vec<(MemoryId, f32)>)> {
-        if !self.is_ready() {
+        if !self.is_ready() || v.len() != self.dim {
             return None;
         }
         let g = self.graph.read();
         let ins = g.plan(v);
         let mut nearest = g.nearest(&ins, k);
-        drop(g);
-        // Committed memories still queued are candidates too; queued forgets are not.
+        // Committed memories still queued are candidates too (by their quantised similarity);
+        // queued forgets are not. Read before the graph lock is let go, so a change being
+        // linked meanwhile is seen in one place or the other.
         {
             let pending = self.pending.lock();
             for item in pending.iter() {
@@ -737,6 +789,7 @@ impl LinkIndex {
                 }
             }
         }
+        drop(g);
         if nearest.len() > k {
             nearest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             nearest.truncate(k);
@@ -889,6 +942,19 @@ mod tests {
     }
 
     #[test]
+    fn storing_the_same_vector_again_adds_no_row() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(8);
+        let mut g = QuantGraph::new(16, 4, 16);
+        let v = unit(&mut rng, 16);
+        for _ in 0..50 {
+            g.put(id(1), &v);
+        }
+        assert_eq!((g.rows(), g.len()), (1, 1));
+        g.put(id(1), &unit(&mut rng, 16));
+        assert_eq!((g.rows(), g.len()), (2, 1));
+    }
+
+    #[test]
     fn the_backlog_holds_changes_until_the_build_ends() {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(4);
         let idx = LinkIndex::new(16, 8, 32);
@@ -898,7 +964,7 @@ mod tests {
         idx.remove(&id(0));
         assert!(!idx.is_ready());
         assert!(idx.search(&a, 1, 8).is_empty());
-        idx.build(vec![(id(0), b.clone())]);
+        idx.build(&EmbeddingSnapshot::default());
         assert!(idx.is_ready());
         assert_eq!(idx.len(), 1);
         assert_eq!(idx.search(&a, 1, 8)[0].0, id(1));

@@ -86,6 +86,14 @@ pub(crate) fn set_current_thread_idle_class() -> bool {
     false
 }
 
+/// Lowers the calling thread to background priority: the `SCHED_IDLE` class where there is
+/// one, else nice 19.
+pub fn lower_current_thread_priority() {
+    if !set_current_thread_idle_class() {
+        set_current_thread_nice(19);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,6 +257,28 @@ impl SpaceState {
         Ok(None)
     }
 
+    /// What listing every live memory's embedding needs, taken cheaply under the space's lock
+    /// (the memtables' entries and the segment handles are shared, not copied) and read
+    /// without it: see [`EmbeddingSnapshot::for_each`].
+    pub fn embedding_snapshot(&self) -> EmbeddingSnapshot {
+        let mut tables = Vec::new();
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            for (id, e) in &table.entries {
+                tables.push((
+                    id.clone(),
+                    match e {
+                        Entry::Live(m) => Some(m.clone()),
+                        Entry::Tombstone => None,
+                    },
+                ));
+            }
+        }
+        EmbeddingSnapshot {
+            tables,
+            segments: self.segments.clone(),
+        }
+    }
+
     /// Rows held (memtable entries and segment rows, replaced versions and tombstones
     /// included): an upper bound of the live memories, without reading any id.
     pub fn approx_rows(&self) -> usize {
@@ -661,6 +683,48 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool) -> Result<u64> {
     }
     disk.sync_dir(&space.dir).at(&space.dir)?;
     Ok(written)
+}
+
+/// A space's memories as of one moment, readable without its lock (see
+/// [`SpaceState::embedding_snapshot`]); the default one is empty.
+#[derive(Default)]
+pub struct EmbeddingSnapshot {
+    /// Memtable entries, the active table's first (`None`: a tombstone).
+    tables: Vec<(MemoryId, Option<Arc<Memory>>)>,
+    /// Oldest first.
+    segments: Vec<Arc<Segment>>,
+}
+
+impl EmbeddingSnapshot {
+    /// Rows it holds, replaced versions and tombstones included.
+    pub fn approx_rows(&self) -> usize {
+        self.tables.len() + self.segments.iter().map(|s| s.rows()).sum::<usize>()
+    }
+
+    /// Calls `f` with the id and embedding of the newest version of every live memory, in no
+    /// particular order, reading segments in place (nothing but ids and embeddings).
+    pub fn for_each(&self, mut f: impl FnMut(&MemoryId, &[f32])) -> Result<()> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (id, m) in &self.tables {
+            if seen.insert(id.as_str()) {
+                if let Some(m) = m {
+                    f(id, &m.embedding);
+                }
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            for row in 0..seg.rows() {
+                let raw = seg.id(row)?;
+                if seen.insert(raw) {
+                    f(&crate::op::memory_id(raw)?, seg.embedding(row));
+                }
+            }
+            for t in 0..seg.info().tombstones {
+                seen.insert(seg.tombstone(t)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A search result: a live memory and its similarity to the query.

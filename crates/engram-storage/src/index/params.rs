@@ -24,12 +24,12 @@ impl Default for HnswParams {
 }
 
 impl HnswParams {
-    /// `m`, `m0 = 2 m`, `ef_construction = 200`, seed 0.
+    /// `m`, `m0 = 2 m`, `ef_construction = 100`, seed 0.
     pub fn with_m(m: usize) -> HnswParams {
         HnswParams {
             m,
             m0: 2 * m,
-            ef_construction: 200,
+            ef_construction: 100,
             seed: 0,
         }
     }
