@@ -1016,8 +1016,8 @@ mod measure {
                 v
             })
             .collect();
-        for ef_c in [24, 32, 48, 64] {
-            let mut g = QuantGraph::new(dim, 16, ef_c);
+        for (m, ef_c) in [(16, 32), (16, 48), (16, 64), (12, 48), (8, 48), (12, 64)] {
+            let mut g = QuantGraph::new(dim, m, ef_c);
             let t = thread_cpu_s();
             for (i, v) in data.iter().enumerate() {
                 let ins = g.plan(v);
@@ -1049,7 +1049,7 @@ mod measure {
             }
             let _ = t;
             println!(
-                "ef_construction {ef_c}: {insert_us:.1} µs CPU per insert at {n} rows; recall@3 of the plan's search {:.3}",
+                "m {m}, ef_construction {ef_c}: {insert_us:.1} µs CPU per insert at {n} rows; recall@3 of the plan's search {:.3}",
                 hits as f64 / (3 * q) as f64
             );
         }

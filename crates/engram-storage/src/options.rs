@@ -55,6 +55,12 @@ pub struct StoreOptions {
     pub index_min_rows: usize,
     /// Parameters of the HNSW indexes built.
     pub hnsw: crate::index::HnswParams,
+    /// While the node takes more than this many records a second, the indexer leaves new
+    /// segments alone (0: never): builds would compete with requests for CPU and cache, and
+    /// segments written under such load are soon merged, their index built again.
+    pub index_defer_records_per_s: u64,
+    /// The longest a segment's index is put off that way.
+    pub index_defer_max: Duration,
 }
 
 impl Default for StoreOptions {
@@ -77,6 +83,8 @@ impl Default for StoreOptions {
             indexer_idle_class: true,
             indexer_nice: 19,
             hnsw: crate::index::HnswParams::default(),
+            index_defer_records_per_s: 1000,
+            index_defer_max: Duration::from_secs(30),
         }
     }
 }

@@ -679,7 +679,7 @@ impl Store {
     /// the same a segment at a time). Returns how many were built.
     pub fn build_indexes(&self) -> Result<usize> {
         let mut built = 0;
-        while self.inner.build_one_index()? {
+        while self.inner.build_one_index(false, &mut HashMap::new())? {
             built += 1;
         }
         Ok(built)
@@ -1227,9 +1227,18 @@ impl Inner {
 
     /// The background indexer: builds the index of one segment lacking it per round.
     fn indexer_loop(self: Arc<Self>) {
+        // When each segment lacking an index was first seen, for the deferral under load.
+        let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
+        let mut last = (self.stats.records.load(Ordering::Relaxed), Instant::now());
         while self.wait_tick() {
+            let records = self.stats.records.load(Ordering::Relaxed);
+            let elapsed = last.1.elapsed().as_secs_f64().max(1e-3);
+            let rate = (records - last.0) as f64 / elapsed;
+            last = (records, Instant::now());
+            let busy = self.opts.index_defer_records_per_s > 0
+                && rate > self.opts.index_defer_records_per_s as f64;
             loop {
-                match self.build_one_index() {
+                match self.build_one_index(busy, &mut waiting) {
                     Ok(true) if !*self.shutdown.lock() => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -1243,21 +1252,30 @@ impl Inner {
 
     /// Builds the index of one loaded segment that has none and at least
     /// `index_min_rows` rows (smaller ones are scanned). Returns whether one was built. A
-    /// segment whose build failed is skipped for a minute (other spaces go first).
-    fn build_one_index(&self) -> Result<bool> {
+    /// segment whose build failed is skipped for a minute (other spaces go first). While
+    /// `busy` (see `index_defer_records_per_s`), only segments that have waited
+    /// `index_defer_max` since `waiting` first saw them are built.
+    fn build_one_index(&self, busy: bool, waiting: &mut HashMap<PathBuf, Instant>) -> Result<bool> {
         let now = Instant::now();
         let target = {
             let failed = self.index_failures.lock();
             let mut target = None;
+            let mut seen = Vec::new();
             for space in self.loaded_spaces() {
                 let st = space.state.read();
                 if st.dropped {
                     continue;
                 }
                 let seg = st.segments.iter().find(|s| {
-                    s.rows() >= self.opts.index_min_rows
+                    let candidate = s.rows() >= self.opts.index_min_rows
                         && s.index().is_none()
-                        && failed.get(s.path()).is_none_or(|t| now >= *t)
+                        && failed.get(s.path()).is_none_or(|t| now >= *t);
+                    if !candidate {
+                        return false;
+                    }
+                    seen.push(s.path().to_path_buf());
+                    let since = *waiting.entry(s.path().to_path_buf()).or_insert(now);
+                    !busy || now.duration_since(since) >= self.opts.index_defer_max
                 });
                 if let Some(seg) = seg.cloned() {
                     drop(st);
@@ -1265,11 +1283,16 @@ impl Inner {
                     break;
                 }
             }
+            // Forget segments gone (merged, dropped) or indexed.
+            if target.is_none() {
+                waiting.retain(|p, _| seen.contains(p));
+            }
             target
         };
         let Some((space, seg)) = target else {
             return Ok(false);
         };
+        waiting.remove(seg.path());
         let t = Instant::now();
         match space::build_index(&*self.disk, &space, &seg, self.opts.hnsw) {
             Ok(built) => {

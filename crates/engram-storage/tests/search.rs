@@ -308,3 +308,51 @@ fn a_full_memtable_is_flushed_whatever_the_load() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+#[test]
+fn the_indexer_waits_while_writes_pour_in_and_builds_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("busy");
+    let store = Store::open_dir(
+        dir.path(),
+        StoreOptions {
+            background_compaction: true,
+            compaction_tick: std::time::Duration::from_millis(20),
+            memtable_max_rows: 600,
+            index_min_rows: 500,
+            // Any steady writing counts as busy; nothing is built while it lasts.
+            index_defer_records_per_s: 20,
+            index_defer_max: std::time::Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .unwrap();
+    store.create_space(&s, DIM as u32).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let mut n = 0;
+    while std::time::Instant::now() < until {
+        store.remember(&s, mem(n)).unwrap();
+        n += 1;
+        if n % 50 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    assert!(n > 600, "only {n} writes");
+    // Flushed segments are there, waiting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.pending_index_builds() == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing flushed");
+        store.remember(&s, mem(n)).unwrap();
+        n += 1;
+    }
+    assert_eq!(store.stats().index_builds.load(Ordering::Relaxed), 0);
+    // Quiet: built within a few ticks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.stats().index_builds.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index built once writes stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
