@@ -185,6 +185,8 @@ struct Load {
     latencies_ns: Vec<u64>,
     cpu_us_per_item: f64,
     indexer_cpu_us_per_item: f64,
+    /// This process's (the load generator's) CPU time per item.
+    client_cpu_us_per_item: f64,
 }
 
 impl Load {
@@ -248,11 +250,13 @@ fn load(
     std::thread::sleep(cfg.warmup);
     let d0 = done.load(Ordering::Relaxed);
     let c0 = cpu_seconds(server_pid);
+    let own0 = cpu_seconds(std::process::id());
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(cfg.window);
     let d1 = done.load(Ordering::Relaxed);
     let c1 = cpu_seconds(server_pid);
+    let own1 = cpu_seconds(std::process::id());
     let window = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -267,6 +271,7 @@ fn load(
         latencies_ns: all,
         cpu_us_per_item: (c1.1 - c0.1) * 1e6 / items,
         indexer_cpu_us_per_item: (c1.0 - c0.0) * 1e6 / items,
+        client_cpu_us_per_item: (own1.1 - own0.1) * 1e6 / items,
     })
 }
 
@@ -280,7 +285,13 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 pub fn run(quick: bool) -> Result<()> {
     let cfg = Config::new(quick);
-    let parts = util::selected_parts(&["remember", "batch", "batch-nolink", "recall"])?;
+    let parts = util::selected_parts(&[
+        "remember",
+        "remember-nolink",
+        "batch",
+        "batch-nolink",
+        "recall",
+    ])?;
     let exe = engram_binary()?;
     let root = tempfile::Builder::new()
         .prefix("engram-bench-http-")
@@ -304,37 +315,51 @@ pub fn run(quick: bool) -> Result<()> {
     let mut rng = util::rng(9);
     let clusters = Arc::new(Clusters::new(&mut rng, Shape::realistic(DIM)));
 
-    // Single remembers, 64 clients, 768-d embeddings given, auto-linking on (the default).
-    if parts.iter().any(|p| p == "remember") {
-        let pool = body_pool(&clusters, 11, true);
+    // Single remembers, 64 clients, 768-d embeddings given: auto-linking on (the default),
+    // then off (what the rest of the write path costs).
+    let remember_runs: Vec<bool> = [("remember", true), ("remember-nolink", false)]
+        .into_iter()
+        .filter(|(name, _)| parts.iter().any(|p| p == name))
+        .map(|(_, auto)| auto)
+        .collect();
+    for auto_link in remember_runs {
+        let pool = body_pool(&clusters, 11, auto_link);
+        let space = if auto_link { "single" } else { "single-nolink" };
         let single = load(
             &rt,
             &cfg,
             server.child.id(),
-            format!("{}/api/v1/memories/remember?space=single", server.base),
+            format!("{}/api/v1/memories/remember?space={space}", server.base),
             64,
             1,
             Arc::new(move |n| memory_body(n, &pool[n as usize % pool.len()])),
         )?;
         println!(
-        "# remember: 64 clients, {DIM}-d, auto-link on: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} requests; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer)",
-        single.p_ms(50.0),
-        single.p_ms(99.0),
-        single.p_ms(100.0),
-        single.latencies_ns.len(),
-        single.cpu_us_per_item,
-        single.indexer_cpu_us_per_item
-    );
-        report("http_remember_ops_per_s", single.per_s, "ops/s");
-        report("http_remember_p99_ms", single.p_ms(99.0), "ms");
-        compare(
-            "http_remember_p99_ms",
+            "# remember: 64 clients, {DIM}-d, auto-link {}: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms over {} requests; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer), client {:.0} µs",
+            if auto_link { "on" } else { "off" },
+            single.p_ms(50.0),
             single.p_ms(99.0),
-            "ms",
-            Better::Lower,
-            None,
-            Some(10.0),
+            single.p_ms(100.0),
+            single.latencies_ns.len(),
+            single.cpu_us_per_item,
+            single.indexer_cpu_us_per_item,
+            single.client_cpu_us_per_item
         );
+        if auto_link {
+            report("http_remember_ops_per_s", single.per_s, "ops/s");
+            report("http_remember_p99_ms", single.p_ms(99.0), "ms");
+            compare(
+                "http_remember_p99_ms",
+                single.p_ms(99.0),
+                "ms",
+                Better::Lower,
+                None,
+                Some(10.0),
+            );
+        } else {
+            report("http_remember_ops_per_s_no_autolink", single.per_s, "ops/s");
+            report("http_remember_p99_ms_no_autolink", single.p_ms(99.0), "ms");
+        }
     }
 
     // Batches of 100, 8 clients, auto-linking on (the default), then off.
@@ -364,13 +389,14 @@ pub fn run(quick: bool) -> Result<()> {
             }),
         )?;
         println!(
-            "# batch of 100, 8 clients, auto-link {}: {:.0} memories/s, request p50 {:.1} ms, p99 {:.1} ms; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer)",
+            "# batch of 100, 8 clients, auto-link {}: {:.0} memories/s, request p50 {:.1} ms, p99 {:.1} ms; server CPU {:.0} µs per memory (+ {:.0} µs in the indexer), client {:.0} µs",
             if auto_link { "on" } else { "off" },
             b.per_s,
             b.p_ms(50.0),
             b.p_ms(99.0),
             b.cpu_us_per_item,
-            b.indexer_cpu_us_per_item
+            b.indexer_cpu_us_per_item,
+            b.client_cpu_us_per_item
         );
         if auto_link {
             report("http_batch_memories_per_s", b.per_s, "1/s");
