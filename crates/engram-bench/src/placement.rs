@@ -405,21 +405,32 @@ fn balance(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Time per call of `f` over `items`, repeated for at least `min`.
+/// Time per call of `f` over `items`: the median of [`LOOKUP_SAMPLES`] samples, each of whole
+/// passes over `items` for at least `min / LOOKUP_SAMPLES`. The median, not the mean of the whole
+/// run, so that a burst of other work on the machine (a compile on the other core) during part
+/// of the run does not decide the figure.
 fn ns_per_item<T>(min: Duration, items: &[T], mut f: impl FnMut(&T)) -> f64 {
-    let mut rounds = 0u64;
-    let start = Instant::now();
-    loop {
-        for it in items {
-            f(it);
+    let per_sample = min / LOOKUP_SAMPLES;
+    let mut samples = Vec::with_capacity(LOOKUP_SAMPLES as usize);
+    for _ in 0..LOOKUP_SAMPLES {
+        let mut rounds = 0u64;
+        let start = Instant::now();
+        loop {
+            for it in items {
+                f(it);
+            }
+            rounds += 1;
+            if start.elapsed() >= per_sample {
+                break;
+            }
         }
-        rounds += 1;
-        if start.elapsed() >= min {
-            break;
-        }
+        samples.push(start.elapsed().as_secs_f64() * 1e9 / (rounds as f64 * items.len() as f64));
     }
-    start.elapsed().as_secs_f64() * 1e9 / (rounds as f64 * items.len() as f64)
+    median(&samples)
 }
+
+/// Samples per lookup measurement.
+const LOOKUP_SAMPLES: u32 = 21;
 
 fn lookup(cfg: &Config) -> Result<()> {
     let cl = Cluster::new(0, NODES, SPACES);
@@ -438,7 +449,8 @@ fn lookup(cfg: &Config) -> Result<()> {
     });
     println!(
         "# lookup_ns: space id -> primary on a built table of {} tokens, hot loop over {SPACES} \
-         ids (hashing the id included)",
+         ids (hashing the id included); each lookup figure is the median of {LOOKUP_SAMPLES} \
+         samples",
         table.token_count()
     );
     report("lookup_ns", lookup, "ns");
