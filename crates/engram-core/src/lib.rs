@@ -11,6 +11,7 @@ mod error;
 mod ids;
 pub mod limits;
 mod memory;
+pub mod rng;
 pub mod simd;
 
 pub use confidence::{Confidence, ConfidenceCategory};

@@ -20,6 +20,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
+use engram_core::rng::{splitmix64_mix, VisitedSet, SPLITMIX64_GAMMA};
 use engram_core::{simd, MemoryId};
 use engram_storage::space::EmbeddingSnapshot;
 use parking_lot::{Mutex, RwLock};
@@ -58,8 +59,7 @@ impl Ord for Cand {
 /// and the two heaps of the beam search.
 #[derive(Default)]
 struct Scratch {
-    visited: Vec<u32>,
-    generation: u32,
+    visited: VisitedSet,
     candidates: BinaryHeap<Cand>,
     results: BinaryHeap<Reverse<Cand>>,
     /// The neighbours of the node being expanded that are compared.
@@ -68,14 +68,7 @@ struct Scratch {
 
 impl Scratch {
     fn start(&mut self, rows: usize) {
-        if self.visited.len() < rows {
-            self.visited.resize(rows, 0);
-        }
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.visited.fill(0);
-            self.generation = 1;
-        }
+        self.visited.begin(rows);
         self.candidates.clear();
         self.results.clear();
     }
@@ -83,12 +76,7 @@ impl Scratch {
     /// Marks `row` visited; false if it already was.
     #[inline]
     fn visit(&mut self, row: u32) -> bool {
-        let v = &mut self.visited[row as usize];
-        if *v == self.generation {
-            return false;
-        }
-        *v = self.generation;
-        true
+        self.visited.visit(row)
     }
 }
 
@@ -246,13 +234,11 @@ impl QuantGraph {
 
     fn random_level(&self) -> usize {
         // splitmix64, then floor(-ln(U) / ln(m)).
-        let mut z = self
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, AtomicOrdering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = splitmix64_mix(
+            self.rng
+                .fetch_add(SPLITMIX64_GAMMA, AtomicOrdering::Relaxed)
+                .wrapping_add(SPLITMIX64_GAMMA),
+        );
         let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         ((-u.ln() / (self.m as f64).ln()) as usize).min(MAX_LEVEL)
     }

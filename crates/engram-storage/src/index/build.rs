@@ -14,23 +14,7 @@ use super::search::{greedy, search_layer, similarity, Cand, SearchScratch};
 use super::vectors::Vectors;
 use crate::error::{Result, StorageError};
 
-/// splitmix64 (Steele, Lea & Flood 2014): a tiny generator whose output is fixed by its seed.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+pub(crate) use engram_core::rng::SplitMix64;
 
 /// `floor(-ln(U) / ln(m))` for `U` uniform in `(0, 1]`, capped at [`MAX_LEVEL`], computed in
 /// integers so that it does not depend on the platform's `ln`: with `U = x / 2^53`,

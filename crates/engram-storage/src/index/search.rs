@@ -58,8 +58,7 @@ pub(crate) fn similarity(a: &[f32], b: &[f32]) -> f32 {
 /// has searched and is then reused without allocating.
 #[derive(Debug, Default)]
 pub struct SearchScratch {
-    visited: Vec<u32>,
-    generation: u32,
+    visited: engram_core::rng::VisitedSet,
     /// Rows to expand, best first.
     pub(crate) candidates: BinaryHeap<Cand>,
     /// The best accepted rows found, worst on top.
@@ -75,14 +74,7 @@ impl SearchScratch {
 
     /// Starts a search over `rows` rows: nothing visited, heaps empty.
     pub(crate) fn begin(&mut self, rows: usize) {
-        if self.visited.len() < rows {
-            self.visited.resize(rows, 0);
-        }
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            self.visited.fill(0);
-            self.generation = 1;
-        }
+        self.visited.begin(rows);
         self.candidates.clear();
         self.best.clear();
         self.batch.clear();
@@ -91,18 +83,12 @@ impl SearchScratch {
     /// Marks `row` visited; false if it already was. `row` is below the rows of `begin`.
     #[inline]
     pub(crate) fn visit(&mut self, row: u32) -> bool {
-        let stamp = &mut self.visited[row as usize];
-        if *stamp == self.generation {
-            false
-        } else {
-            *stamp = self.generation;
-            true
-        }
+        self.visited.visit(row)
     }
 
     #[inline]
     fn was_visited(&self, row: u32) -> bool {
-        self.visited[row as usize] == self.generation
+        self.visited.was_visited(row)
     }
 
     #[inline]
@@ -371,19 +357,5 @@ mod tests {
         let v = FlatVectors::new(&same[..], 2).unwrap();
         let r = flat_search(&v, &[1.0, 1.0], 2, |_| true);
         assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
-    }
-
-    #[test]
-    fn scratch_generations_wrap() {
-        let mut s = SearchScratch::new();
-        s.begin(4);
-        assert!(s.visit(1));
-        assert!(!s.visit(1));
-        s.generation = u32::MAX;
-        s.begin(4);
-        assert_eq!(s.generation, 1);
-        assert!(s.visit(1), "a wrap clears old stamps");
-        s.begin(8);
-        assert!(s.visit(7));
     }
 }
