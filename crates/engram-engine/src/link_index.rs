@@ -331,22 +331,30 @@ impl QuantGraph {
         }
     }
 
-    fn set_list(&mut self, row: u32, layer: usize, list: &[Cand]) {
-        let (words, sims, at) = if layer == 0 {
-            let at = row as usize * (self.m0 + 1);
-            (&mut self.layer0[..], &mut self.layer0_sims[..], at)
+    /// The slot of `node` on `layer`: its count word then its neighbours, and beside them
+    /// the links' similarities (index 0 unused).
+    fn slot_mut(&mut self, node: u32, layer: usize) -> (&mut [u32], &mut [f32]) {
+        let (words, sims, at, width) = if layer == 0 {
+            let at = node as usize * (self.m0 + 1);
+            (&mut self.layer0[..], &mut self.layer0_sims[..], at, self.m0)
         } else {
             let at = (layer - 1) * (self.m + 1);
             (
-                &mut self.upper[row as usize][..],
-                &mut self.upper_sims[row as usize][..],
+                &mut self.upper[node as usize][..],
+                &mut self.upper_sims[node as usize][..],
                 at,
+                self.m,
             )
         };
-        words[at] = list.len() as u32;
+        (&mut words[at..=at + width], &mut sims[at..=at + width])
+    }
+
+    fn set_list(&mut self, row: u32, layer: usize, list: &[Cand]) {
+        let (words, sims) = self.slot_mut(row, layer);
+        words[0] = list.len() as u32;
         for (i, c) in list.iter().enumerate() {
-            words[at + 1 + i] = c.row;
-            sims[at + 1 + i] = c.sim;
+            words[1 + i] = c.row;
+            sims[1 + i] = c.sim;
         }
     }
 
@@ -358,35 +366,25 @@ impl QuantGraph {
     /// chosen by the heuristic; recall@3 of the link search measured the same either way by
     /// `link_index::measure`.)
     fn link_back(&mut self, node: u32, new: u32, sim: f32, layer: usize) {
-        let width = if layer == 0 { self.m0 } else { self.m };
-        let (words, sims, at) = if layer == 0 {
-            let at = node as usize * (self.m0 + 1);
-            (&mut self.layer0[..], &mut self.layer0_sims[..], at)
-        } else {
-            let at = (layer - 1) * (self.m + 1);
-            (
-                &mut self.upper[node as usize][..],
-                &mut self.upper_sims[node as usize][..],
-                at,
-            )
-        };
-        let count = words[at] as usize;
+        let (words, sims) = self.slot_mut(node, layer);
+        let width = words.len() - 1;
+        let count = words[0] as usize;
         if count < width {
-            words[at + 1 + count] = new;
-            sims[at + 1 + count] = sim;
-            words[at] += 1;
+            words[1 + count] = new;
+            sims[1 + count] = sim;
+            words[0] += 1;
             return;
         }
         let (mut worst, mut worst_sim) = (0, f32::INFINITY);
         for i in 0..count {
-            if sims[at + 1 + i] < worst_sim {
-                worst_sim = sims[at + 1 + i];
+            if sims[1 + i] < worst_sim {
+                worst_sim = sims[1 + i];
                 worst = i;
             }
         }
         if sim > worst_sim {
-            words[at + 1 + worst] = new;
-            sims[at + 1 + worst] = sim;
+            words[1 + worst] = new;
+            sims[1 + worst] = sim;
         }
     }
 
