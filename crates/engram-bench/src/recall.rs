@@ -128,7 +128,15 @@ fn write_data(cfg: &Config, dir: &Path, clusters: &Clusters) -> Result<Segment> 
     memories.sort_by(|a, b| a.id.cmp(&b.id));
     let refs: Vec<&Memory> = memories.iter().collect();
     let path = dir.join(segment::segment_file_name(1, cfg.memories as u64));
-    segment::write_memories(&RealDisk, &path, DIM, (1, cfg.memories as u64), &refs, &[])?;
+    segment::write_memories(
+        &RealDisk,
+        &path,
+        DIM,
+        (1, cfg.memories as u64),
+        &refs,
+        &[],
+        &segment::WritePace::UNPACED,
+    )?;
     drop(memories);
     Ok(Segment::open(&RealDisk, &path)?)
 }

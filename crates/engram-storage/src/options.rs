@@ -61,6 +61,13 @@ pub struct StoreOptions {
     pub index_defer_records_per_s: u64,
     /// The longest a segment's index is put off that way.
     pub index_defer_max: Duration,
+    /// Background flushes and merges write segments no faster than this on average (bytes
+    /// per second; 0: unpaced), so that their write-back leaves room in the device queue for
+    /// the WAL's fsyncs. Recovery and explicit compactions are not paced. See
+    /// [`crate::segment::WritePace`] for the measurements.
+    pub background_write_bytes_per_s: u64,
+    /// Background flushes and merges sync the segment being written every this many bytes.
+    pub background_sync_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -85,11 +92,21 @@ impl Default for StoreOptions {
             hnsw: crate::index::HnswParams::default(),
             index_defer_records_per_s: 1000,
             index_defer_max: Duration::from_secs(30),
+            background_write_bytes_per_s: 200_000_000,
+            background_sync_bytes: 4 << 20,
         }
     }
 }
 
 impl StoreOptions {
+    /// The pace of background flushes and merges.
+    pub fn background_pace(&self) -> crate::segment::WritePace {
+        crate::segment::WritePace {
+            sync_every: self.background_sync_bytes,
+            bytes_per_s: self.background_write_bytes_per_s,
+        }
+    }
+
     /// Checks the relations between options: a record must fit in a WAL file and in a batch.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_record_bytes as u64 > self.wal_segment_bytes {
@@ -119,6 +136,9 @@ impl StoreOptions {
         self.hnsw
             .validate()
             .map_err(|e| format!("hnsw parameters: {e}"))?;
+        if self.background_sync_bytes == 0 {
+            return Err("background_sync_bytes must be at least 1".into());
+        }
         if self.max_open_spaces == 0 {
             return Err("max_open_spaces must be at least 1".into());
         }

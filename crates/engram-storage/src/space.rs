@@ -18,7 +18,7 @@ use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
 use crate::segment::{
     parse_segment_file_name, segment_file_name, write_memories, write_segment, Lookup, RowData,
-    Segment,
+    Segment, WritePace,
 };
 
 /// A space's mutable state, behind one lock.
@@ -494,8 +494,8 @@ impl SpaceState {
 }
 
 /// Flushes the space's active memtable (or a frozen one left by a failed flush) into a new
-/// segment. Reads and writes go on meanwhile. Returns the bytes written.
-pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
+/// segment, written at `pace`. Reads and writes go on meanwhile. Returns the bytes written.
+pub fn flush(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
     let _files = space.files.lock();
     let (frozen, meta, meta_persisted, has_segments) = {
         let mut st = space.state.write();
@@ -547,6 +547,7 @@ pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
                 (min, frozen.max_seq),
                 &live,
                 &tombs,
+                pace,
             )?;
             new_segment = Some(Arc::new(Segment::open(disk, &path)?));
         }
@@ -564,16 +565,16 @@ pub fn flush(disk: &dyn Disk, space: &Space) -> Result<u64> {
 /// Merges all of a space's segments into one, dropping replaced versions, deleted memories and
 /// their tombstones. Returns the bytes written.
 pub fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
-    merge(disk, space, true)
+    merge(disk, space, true, &WritePace::UNPACED)
 }
 
 /// Merges the space's newest segments, size-tiered: the run of newest segments starting at the
 /// oldest segment no larger than everything newer than it together (at least the two newest).
 /// A large old segment is left alone (with its index) until the newer ones add up to its size,
 /// so each row is rewritten about log2(rows) times over the space's life instead of at every
-/// merge. Returns the bytes written.
-pub fn merge_tiered(disk: &dyn Disk, space: &Space) -> Result<u64> {
-    merge(disk, space, false)
+/// merge. The merged segment is written at `pace`. Returns the bytes written.
+pub fn merge_tiered(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
+    merge(disk, space, false, pace)
 }
 
 /// Where a size-tiered merge starts among `segments` (oldest first, at least two).
@@ -588,7 +589,7 @@ fn tier_start(segments: &[Arc<Segment>]) -> usize {
         .unwrap_or(last)
 }
 
-fn merge(disk: &dyn Disk, space: &Space, all: bool) -> Result<u64> {
+fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<u64> {
     let _files = space.files.lock();
     let (inputs, dimension, keep_tombstones) = {
         let st = space.state.read();
@@ -649,7 +650,7 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool) -> Result<u64> {
     let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
     let path = space.dir.join(segment_file_name(min, max));
-    let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones)?;
+    let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones, pace)?;
     let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
     let merged = match merged {
         Ok(m) => Arc::new(m),

@@ -18,6 +18,7 @@ use crate::numa::{NumaPlacer, NumaTopology};
 use crate::op::Op;
 use crate::options::StoreOptions;
 use crate::quarantine::{Quarantine, QuarantineReport};
+use crate::segment::WritePace;
 use crate::space::{self, space_dir, Hit, Space, SpaceState};
 use crate::wal::WalWriter;
 use crate::wal::{encode_record, RECORD_HEADER_LEN};
@@ -1324,6 +1325,12 @@ impl Inner {
     /// spaces with too many segments, checkpoint the WAL, release idle spaces.
     fn compact_pass(&self, force: bool) -> Result<()> {
         let _pass = self.compaction.lock();
+        // Background work is paced; an explicit compaction (and shutdown) runs flat out.
+        let pace = if force {
+            WritePace::UNPACED
+        } else {
+            self.opts.background_pace()
+        };
         self.remove_dropped()?;
         let loaded = self.loaded_spaces();
         // A space dropped (and perhaps created again) since `remove_dropped` above still has its
@@ -1352,7 +1359,7 @@ impl Inner {
                 || mem_bytes > self.opts.memtable_flush_bytes
                 || idle_us > self.opts.idle_flush_after.as_micros() as u64;
             if due {
-                self.flush_spaces(&dirty)?;
+                self.flush_spaces(&dirty, &pace)?;
             } else if self.opts.memtable_max_rows > 0 {
                 let full: Vec<Arc<Space>> = dirty
                     .iter()
@@ -1360,7 +1367,7 @@ impl Inner {
                     .cloned()
                     .collect();
                 if !full.is_empty() {
-                    self.flush_spaces(&full)?;
+                    self.flush_spaces(&full, &pace)?;
                 }
             }
         }
@@ -1368,7 +1375,7 @@ impl Inner {
         for space in &loaded {
             let many = space.state.read().segments.len() > self.opts.max_segments_per_space;
             if many && !space.merge_blocked.load(Ordering::Relaxed) {
-                match space::merge_tiered(&*self.disk, space) {
+                match space::merge_tiered(&*self.disk, space, &pace) {
                     Ok(n) => {
                         self.stats.merges.fetch_add(1, Ordering::Relaxed);
                         self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
@@ -1390,7 +1397,7 @@ impl Inner {
 
     /// Flushes spaces in parallel (I/O bound: several fsyncs per space), then makes the new
     /// space directories durable.
-    fn flush_spaces(&self, dirty: &[Arc<Space>]) -> Result<()> {
+    fn flush_spaces(&self, dirty: &[Arc<Space>], pace: &WritePace) -> Result<()> {
         let threads = 8.min(dirty.len()).max(1);
         let next = AtomicU64::new(0);
         let errors: Mutex<Vec<StorageError>> = Mutex::new(Vec::new());
@@ -1399,7 +1406,7 @@ impl Inner {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(space) = dirty.get(i) else { break };
-                    match space::flush(&*self.disk, space) {
+                    match space::flush(&*self.disk, space, pace) {
                         Ok(n) => {
                             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                             self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);

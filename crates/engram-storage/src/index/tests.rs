@@ -18,7 +18,7 @@ use super::*;
 use crate::disk::{DiskFile, Mapped};
 use crate::error::StorageError;
 use crate::fault::FaultDisk;
-use crate::segment::{segment_file_name, write_memories, Segment};
+use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use engram_core::{Memory, MemoryId};
 
 // ---------------------------------------------------------------------------------------------
@@ -113,7 +113,16 @@ fn write_seg(disk: &FaultDisk, dir: &Path, data: &[f32], dim: usize, seq: u64) -
         })
         .collect();
     let refs: Vec<&Memory> = mems.iter().collect();
-    write_memories(disk, &path, dim, (seq, seq + 10), &refs, &[]).unwrap();
+    write_memories(
+        disk,
+        &path,
+        dim,
+        (seq, seq + 10),
+        &refs,
+        &[],
+        &WritePace::UNPACED,
+    )
+    .unwrap();
     path
 }
 
@@ -1010,7 +1019,16 @@ fn measure_build_search_recall() {
             })
             .collect();
         let refs: Vec<&Memory> = mems.iter().collect();
-        write_memories(&disk, &seg_path, dim, (1, 2), &refs, &[]).unwrap();
+        write_memories(
+            &disk,
+            &seg_path,
+            dim,
+            (1, 2),
+            &refs,
+            &[],
+            &WritePace::UNPACED,
+        )
+        .unwrap();
     }
     drop(data);
     let seg = Segment::open(&disk, &seg_path).unwrap();

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use engram_core::Memory;
 
@@ -33,6 +34,7 @@ pub fn write_memories(
     (min_seq, max_seq): (u64, u64),
     memories: &[&Memory],
     tombstones: &[&str],
+    pace: &WritePace,
 ) -> Result<u64> {
     let encoded: Vec<(Vec<u8>, Vec<u8>)> = memories
         .iter()
@@ -56,13 +58,55 @@ pub fn write_memories(
             links: Cow::Borrowed(ln),
         })
         .collect();
-    write_segment(disk, path, dimension, min_seq, max_seq, &rows, tombstones)
+    write_segment(
+        disk, path, dimension, min_seq, max_seq, &rows, tombstones, pace,
+    )
+}
+
+/// How a segment's bytes go to the device: synced every `sync_every` bytes, and, when
+/// `bytes_per_s` is not zero, no faster than that on average.
+///
+/// Background flushes and merges are paced: a merge writes hundreds of megabytes, and
+/// written as fast as the page cache takes them, their write-back (and the ext4 journal
+/// commits that must wait for it) floods the device queue the WAL's group-commit fsyncs wait
+/// in. In `engram-bench http` (64 clients, remember without auto-link, interleaved runs),
+/// 4 MiB steps at 200 MB/s gave a P99 of 10.3 / 10.5 / 11.1 ms against 16.3 / 18.3 / 18.6 ms
+/// for 32 MiB steps unpaced; 4 MiB steps without pacing did not help (16.7, 17.1 ms).
+/// Recovery, explicit compactions and merges run unpaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritePace {
+    /// Sync the file after this many bytes (and at the end).
+    pub sync_every: u64,
+    /// Average write rate ceiling in bytes per second; 0 for none.
+    pub bytes_per_s: u64,
+}
+
+impl WritePace {
+    /// As fast as the device takes it, synced every 32 MiB so that a large flush does not
+    /// leave all its write-back to the end. In `engram-bench storage` (full, 64 writers, one
+    /// 1 GiB flush in the window) the slowest acknowledgement was 304 and 531 ms with one sync
+    /// at the end, 175 and 324 ms with 32 MiB steps, P99 unchanged within noise; 4 MiB steps
+    /// (unpaced) spread the stall over many commits and raised the P99 (5.7-6.7 ms against
+    /// 2.4-2.8 ms).
+    pub const UNPACED: WritePace = WritePace {
+        sync_every: 32 << 20,
+        bytes_per_s: 0,
+    };
+}
+
+impl Default for WritePace {
+    fn default() -> Self {
+        Self::UNPACED
+    }
 }
 
 /// Streams bytes to a file through a buffer, tracking the current column's CRC and offset.
 struct Out {
     file: Box<dyn DiskFile>,
-    /// Bytes written to the file since its last sync.
+    pace: WritePace,
+    started: Instant,
+    /// Bytes written to the file, and since its last sync.
+    written: u64,
     unsynced: u64,
     buf: Vec<u8>,
     pos: u64,
@@ -72,14 +116,6 @@ struct Out {
 }
 
 const BUF: usize = 1 << 20;
-
-/// A segment being written is synced every this many bytes, not only at the end: a flush
-/// writes up to a gigabyte, and left to the end its write-back floods the device queue that
-/// the WAL's group-commit fsyncs wait in. In `engram-bench storage` (full, 64 writers, one
-/// 1 GiB flush in the window) the slowest acknowledgement was 304 and 531 ms with one sync at
-/// the end, 175 and 324 ms with 32 MiB steps, P99 unchanged within noise; 4 MiB steps spread
-/// the stall over many commits and raised the P99 (5.7-6.7 ms against 2.4-2.8 ms).
-const SYNC_EVERY: u64 = 32 << 20;
 
 struct DirEntry {
     kind: u32,
@@ -106,9 +142,16 @@ impl Out {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all(bytes)?;
         self.unsynced += bytes.len() as u64;
-        if self.unsynced >= SYNC_EVERY {
+        self.written += bytes.len() as u64;
+        if self.unsynced >= self.pace.sync_every {
             self.file.sync()?;
             self.unsynced = 0;
+        }
+        if self.pace.bytes_per_s > 0 {
+            let due = Duration::from_secs_f64(self.written as f64 / self.pace.bytes_per_s as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
         }
         Ok(())
     }
@@ -176,6 +219,7 @@ pub fn write_segment(
     max_seq: u64,
     rows: &[RowData<'_>],
     tombstones: &[&str],
+    pace: &WritePace,
 ) -> Result<u64> {
     for w in rows.windows(2) {
         assert!(w[0].id < w[1].id, "segment rows must be sorted by id");
@@ -197,6 +241,9 @@ pub fn write_segment(
     let file = disk.create(&tmp).at(&tmp)?;
     let mut out = Out {
         file,
+        pace: *pace,
+        started: Instant::now(),
+        written: 0,
         unsynced: 0,
         buf: Vec::with_capacity(BUF),
         pos: 0,

@@ -396,7 +396,7 @@ impl Segment {
 #[cfg(test)]
 mod tests {
 
-    use super::super::builder::write_memories;
+    use super::super::builder::{write_memories, WritePace};
     use super::*;
     use crate::disk::RealDisk;
     use engram_core::MemoryId;
@@ -408,9 +408,47 @@ mod tests {
         let mut sorted: Vec<&Memory> = mems.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         sorted.dedup_by(|a, b| a.id == b.id);
-        write_memories(&RealDisk, &path, dim, (1, 9), &sorted, tombs).unwrap();
+        write_memories(
+            &RealDisk,
+            &path,
+            dim,
+            (1, 9),
+            &sorted,
+            tombs,
+            &WritePace::UNPACED,
+        )
+        .unwrap();
         let seg = Segment::open(&RealDisk, &path).unwrap();
         (dir, seg)
+    }
+
+    /// A paced write takes at least its bytes over the rate, syncs in steps, and writes the
+    /// same bytes as an unpaced one.
+    #[test]
+    fn paced_write_is_paced_and_identical() {
+        let dim = 256;
+        let mems: Vec<Memory> = (0..400).map(|i| mem(&format!("m{i:04}"), dim)).collect();
+        let refs: Vec<&Memory> = mems.iter().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        write_memories(&RealDisk, &a, dim, (1, 9), &refs, &[], &WritePace::UNPACED).unwrap();
+        let size = std::fs::metadata(&a).unwrap().len();
+        assert!(size > 400 * 1024, "{size} bytes");
+        let pace = WritePace {
+            sync_every: 64 << 10,
+            bytes_per_s: 4 << 20,
+        };
+        let t = std::time::Instant::now();
+        write_memories(&RealDisk, &b, dim, (1, 9), &refs, &[], &pace).unwrap();
+        let floor = size as f64 / pace.bytes_per_s as f64;
+        // The last buffer's wait is cut short only by rounding: 90 % of the floor at least.
+        assert!(
+            t.elapsed().as_secs_f64() >= floor * 0.9,
+            "{:?} for {size} bytes at 4 MiB/s",
+            t.elapsed()
+        );
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        Segment::open(&RealDisk, &b).unwrap().verify().unwrap();
     }
 
     fn mem(id: &str, dim: usize) -> Memory {
