@@ -56,6 +56,14 @@ impl Op {
         }
     }
 
+    /// How many changes the operation carries: the memories of a batch, else one.
+    pub fn changes(&self) -> usize {
+        match self {
+            Op::RememberBatch(ms) => ms.len(),
+            _ => 1,
+        }
+    }
+
     /// Appends the payload encoding to `out`.
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {

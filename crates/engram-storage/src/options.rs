@@ -29,6 +29,15 @@ pub struct StoreOptions {
     pub idle_flush_after: Duration,
     /// Merge a space's segments once it has more than this many.
     pub max_segments_per_space: usize,
+    /// While the node takes more than this many changes a second (memories remembered or
+    /// forgotten, links; over the last second), merges
+    /// wait for a quieter moment (0: never wait): compaction belongs to low load, when its
+    /// CPU and write-back do not compete with requests. A space merges meanwhile only past
+    /// `merge_defer_max_segments`.
+    pub merge_defer_records_per_s: u64,
+    /// Under load (see `merge_defer_records_per_s`), a space merges once it has more than
+    /// this many segments (at least `max_segments_per_space`).
+    pub merge_defer_max_segments: usize,
     /// Open spaces kept loaded; clean ones beyond this are released, least recently used first.
     pub max_open_spaces: usize,
     /// Run the background compactor thread.
@@ -55,7 +64,8 @@ pub struct StoreOptions {
     pub index_min_rows: usize,
     /// Parameters of the HNSW indexes built.
     pub hnsw: crate::index::HnswParams,
-    /// While the node takes more than this many records a second, the indexer leaves new
+    /// While the node takes more than this many changes a second (a batch counts each memory
+    /// it carries), the indexer leaves new
     /// segments alone (0: never): builds would compete with requests for CPU and cache, and
     /// segments written under such load are soon merged, their index built again.
     pub index_defer_records_per_s: u64,
@@ -82,6 +92,8 @@ impl Default for StoreOptions {
             memtable_max_rows: 0,
             idle_flush_after: Duration::from_secs(2),
             max_segments_per_space: 8,
+            merge_defer_records_per_s: 1000,
+            merge_defer_max_segments: 32,
             max_open_spaces: 4096,
             background_compaction: true,
             compaction_tick: Duration::from_millis(100),

@@ -144,6 +144,9 @@ struct CommitState {
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub records: AtomicU64,
+    /// Changes submitted (a batch counts each memory it carries): the load measure behind
+    /// the index and merge deferrals.
+    pub changes: AtomicU64,
     pub group_commits: AtomicU64,
     pub wal_bytes_written: AtomicU64,
     pub fsync_micros_total: AtomicU64,
@@ -741,7 +744,7 @@ impl Store {
     /// Flushes every memtable to segments, merges where due, checkpoints the WAL and releases
     /// idle spaces: what the background compactor does, now.
     pub fn compact(&self) -> Result<()> {
-        self.inner.compact_pass(true)
+        self.inner.compact_pass(true, false)
     }
 
     /// Merges every space with more than one segment into one.
@@ -932,6 +935,9 @@ impl Inner {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
         }
+        self.stats
+            .changes
+            .fetch_add(op.changes() as u64, Ordering::Relaxed);
         let mut payload = Vec::new();
         op.encode_payload(&mut payload);
         let size = RECORD_HEADER_LEN + space.as_str().len() + payload.len();
@@ -1230,9 +1236,9 @@ impl Inner {
     fn indexer_loop(self: Arc<Self>) {
         // When each segment lacking an index was first seen, for the deferral under load.
         let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
-        let mut last = (self.stats.records.load(Ordering::Relaxed), Instant::now());
+        let mut last = (self.stats.changes.load(Ordering::Relaxed), Instant::now());
         while self.wait_tick() {
-            let records = self.stats.records.load(Ordering::Relaxed);
+            let records = self.stats.changes.load(Ordering::Relaxed);
             let elapsed = last.1.elapsed().as_secs_f64().max(1e-3);
             let rate = (records - last.0) as f64 / elapsed;
             last = (records, Instant::now());
@@ -1314,16 +1320,28 @@ impl Inner {
     }
 
     fn compactor_loop(self: Arc<Self>) {
+        // The write rate over the last second or so, for the merge deferral under load.
+        let mut last = (self.stats.changes.load(Ordering::Relaxed), Instant::now());
+        let mut busy = false;
         while self.wait_tick() {
-            if let Err(e) = self.compact_pass(false) {
+            let elapsed = last.1.elapsed();
+            if elapsed >= Duration::from_secs(1) {
+                let records = self.stats.changes.load(Ordering::Relaxed);
+                let rate = (records - last.0) as f64 / elapsed.as_secs_f64();
+                last = (records, Instant::now());
+                busy = self.opts.merge_defer_records_per_s > 0
+                    && rate > self.opts.merge_defer_records_per_s as f64;
+            }
+            if let Err(e) = self.compact_pass(false, busy) {
                 tracing::error!(error = %e, "compaction pass failed; will retry");
             }
         }
     }
 
     /// One compaction pass: remove dropped spaces, flush memtables when due (or `force`), merge
-    /// spaces with too many segments, checkpoint the WAL, release idle spaces.
-    fn compact_pass(&self, force: bool) -> Result<()> {
+    /// spaces with too many segments (a higher bound while `busy`, see
+    /// `merge_defer_records_per_s`), checkpoint the WAL, release idle spaces.
+    fn compact_pass(&self, force: bool, busy: bool) -> Result<()> {
         let _pass = self.compaction.lock();
         // Background work is paced; an explicit compaction (and shutdown) runs flat out.
         let pace = if force {
@@ -1372,8 +1390,15 @@ impl Inner {
             }
         }
         drop(dirty);
+        let most = if busy && !force {
+            self.opts
+                .merge_defer_max_segments
+                .max(self.opts.max_segments_per_space)
+        } else {
+            self.opts.max_segments_per_space
+        };
         for space in &loaded {
-            let many = space.state.read().segments.len() > self.opts.max_segments_per_space;
+            let many = space.state.read().segments.len() > most;
             if many && !space.merge_blocked.load(Ordering::Relaxed) {
                 match space::merge_tiered(&*self.disk, space, &pace) {
                     Ok(n) => {

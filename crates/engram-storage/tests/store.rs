@@ -312,3 +312,55 @@ fn concurrent_creations_create_each_id_once() {
     assert_eq!(created.load(std::sync::atomic::Ordering::Relaxed), 40);
     assert_eq!(store.list_spaces().len(), 40);
 }
+
+/// Under a steady write load, background merges wait (compaction belongs to quiet moments)
+/// until a space has more than `merge_defer_max_segments`; once writes stop, the space is
+/// merged down to `max_segments_per_space`.
+#[test]
+fn merges_wait_for_a_quiet_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("busy");
+    let opts = StoreOptions {
+        background_compaction: true,
+        compaction_tick: std::time::Duration::from_millis(10),
+        memtable_max_rows: 50,
+        max_segments_per_space: 2,
+        merge_defer_records_per_s: 20,
+        merge_defer_max_segments: 10_000,
+        ..test_options()
+    };
+    let store = Store::open_dir(dir.path(), opts).unwrap();
+    store.create_space(&s, 8).unwrap();
+    // Several seconds of writes, well above 20 a second even on a slow machine (each one
+    // waits for its fsync).
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    let mut most = 0;
+    while started.elapsed() < std::time::Duration::from_millis(3000) {
+        store.remember(&s, memory(&format!("m{i}"), 8)).unwrap();
+        i += 1;
+        most = most.max(store.space_status(&s).unwrap().segments);
+    }
+    assert!(i > 200, "only {i} writes");
+    assert!(
+        most > 4,
+        "segments piled up to only {most} under load ({i} writes)"
+    );
+    // Quiet: the compactor sees the rate drop within a second or two and merges.
+    let quiet = std::time::Instant::now();
+    loop {
+        let n = store.space_status(&s).unwrap().segments;
+        if n <= 2 {
+            break;
+        }
+        assert!(
+            quiet.elapsed() < std::time::Duration::from_secs(30),
+            "still {n} segments 30 s after the writes stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(store.space_status(&s).unwrap().memories, i);
+    for k in [0, i / 2, i - 1] {
+        assert_intact(&store.get(&s, &format!("m{k}")).unwrap().unwrap(), 8);
+    }
+}
