@@ -1,5 +1,6 @@
 //! A space's immutable columnar segment files. Byte layout: `docs/format.md`.
 
+mod bloom;
 mod builder;
 mod format;
 mod reader;

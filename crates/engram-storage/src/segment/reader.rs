@@ -62,6 +62,8 @@ pub struct Segment {
     metadata: VarColumn,
     links: VarColumn,
     tombstones: VarColumn,
+    /// Every id of the segment, rows and tombstones: lookups skip segments it rules out.
+    bloom: super::bloom::Bloom,
     /// The segment's ANN index, once opened or built (derived data: a segment without one is
     /// searched by a flat scan).
     index: parking_lot::RwLock<Option<Arc<Hnsw>>>,
@@ -170,7 +172,8 @@ impl Segment {
             }
             Ok(VarColumn { col: c, n })
         };
-        let seg = Segment {
+        let mut seg = Segment {
+            bloom: super::bloom::Bloom::with_capacity(0),
             info: SegmentInfo {
                 dimension,
                 rows,
@@ -195,6 +198,14 @@ impl Segment {
             path,
             index: parking_lot::RwLock::new(None),
         };
+        let mut bloom = super::bloom::Bloom::with_capacity(rows + tombstones);
+        for row in 0..rows {
+            bloom.insert(seg.var_item(seg.ids, row, "id")?);
+        }
+        for t in 0..tombstones {
+            bloom.insert(seg.var_item(seg.tombstones, t, "tombstone")?);
+        }
+        seg.bloom = bloom;
         Ok(seg)
     }
 
@@ -367,6 +378,9 @@ impl Segment {
 
     /// Binary search over the sorted id column, then the tombstone column.
     pub fn find(&self, id: &str) -> Result<Lookup> {
+        if !self.bloom.may_contain(id.as_bytes()) {
+            return Ok(Lookup::Absent);
+        }
         if let Some(row) = self.search(self.ids, self.info.rows, id, "id")? {
             return Ok(Lookup::Row(row));
         }
