@@ -206,37 +206,50 @@ fn load(
     per_request: usize,
     body: BodyFn,
 ) -> Result<Load> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    // One HTTP/1.1 connection per client on hyper directly: the load generator shares the
+    // two cores with the server, and reqwest's layers (pool, redirects, decoding) cost more
+    // CPU a request than the connection itself.
+    let uri: hyper::Uri = url.parse()?;
+    let authority = uri
+        .authority()
+        .context("the url has no host:port")?
+        .to_string();
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..clients)
-        .map(|t| {
-            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        .map(|_| {
+            let (uri, authority, body) = (uri.clone(), authority.clone(), body.clone());
             let (next, done, measuring, stop) =
                 (next.clone(), done.clone(), measuring.clone(), stop.clone());
             rt.spawn(async move {
-                let _ = t;
+                let stream = tokio::net::TcpStream::connect(&authority).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
                 let mut lat = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    let b = body(n);
+                    let req = hyper::Request::post(uri.clone())
+                        .header(hyper::header::HOST, &authority)
+                        .header(hyper::header::CONTENT_TYPE, "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body(n))))?;
                     let measured = measuring.load(Ordering::Relaxed);
                     let t0 = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(b)
-                        .send()
-                        .await?;
+                    sender.ready().await?;
+                    let r = sender.send_request(req).await?;
                     let status = r.status().as_u16();
-                    let text = r.text().await?;
+                    let text = http_body_util::BodyExt::collect(r.into_body())
+                        .await?
+                        .to_bytes();
                     if status != 201 {
-                        anyhow::bail!("{url} answered {status}: {text}");
+                        anyhow::bail!(
+                            "{uri} answered {status}: {}",
+                            String::from_utf8_lossy(&text)
+                        );
                     }
                     done.fetch_add(per_request as u64, Ordering::Relaxed);
                     if measured && !stop.load(Ordering::Relaxed) {
