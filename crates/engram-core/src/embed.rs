@@ -58,12 +58,13 @@ pub trait Embedder: Send + Sync {
     fn name(&self) -> &str;
 
     /// The embedding of `text`: `dimension()` values, L2-normalised (unit length), except that an
-    /// embedder may return the zero vector for the empty string.
-    fn embed(&self, text: &str) -> Vec<f32>;
+    /// embedder may return the zero vector for the empty string. Fails only where the embedder
+    /// runs a model that can fail ([`CoreError::Embedding`]); the hashing embedder never does.
+    fn embed(&self, text: &str) -> Result<Vec<f32>, CoreError>;
 
     /// The embeddings of several texts, in order. The default calls [`Embedder::embed`] on each;
     /// an embedder that gains from batching (a neural model) overrides it.
-    fn embed_batch(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, CoreError> {
         texts.iter().map(|t| self.embed(t)).collect()
     }
 }
@@ -109,7 +110,14 @@ impl Embedder for HashingEmbedder {
         Self::NAME
     }
 
-    fn embed(&self, text: &str) -> Vec<f32> {
+    fn embed(&self, text: &str) -> Result<Vec<f32>, CoreError> {
+        Ok(HashingEmbedder::embed(self, text))
+    }
+}
+
+impl HashingEmbedder {
+    /// [`Embedder::embed`], which cannot fail here.
+    pub fn embed(&self, text: &str) -> Vec<f32> {
         let mut out = vec![0.0f32; self.dimension];
         let Some(first) = self.accumulate(text, &mut out) else {
             return out;
@@ -435,18 +443,18 @@ mod tests {
     #[test]
     fn embed_batch_matches_embed() {
         let e = HashingEmbedder::new(64).unwrap();
-        let batch = e.embed_batch(SAMPLES);
+        let batch = e.embed_batch(SAMPLES).unwrap();
         assert_eq!(batch.len(), SAMPLES.len());
         for (text, v) in SAMPLES.iter().zip(&batch) {
             assert_eq!(&e.embed(text), v);
         }
-        assert!(e.embed_batch(&[]).is_empty());
+        assert!(e.embed_batch(&[]).unwrap().is_empty());
     }
 
     #[test]
     fn works_as_a_trait_object() {
         let e: Box<dyn Embedder> = Box::new(HashingEmbedder::new(8).unwrap());
-        assert_eq!(e.embed("hello").len(), 8);
+        assert_eq!(e.embed("hello").unwrap().len(), 8);
     }
 
     #[test]

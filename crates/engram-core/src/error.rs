@@ -13,4 +13,7 @@ pub enum CoreError {
     InvalidEmbedder(String),
     #[error("invalid recall: {0}")]
     InvalidCue(String),
+    /// A model-backed embedder failed to embed text.
+    #[error("text embedding failed: {0}")]
+    Embedding(String),
 }

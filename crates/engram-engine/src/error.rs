@@ -22,13 +22,19 @@ pub enum EngineError {
     /// Anything else from storage (I/O, corruption): an internal error.
     #[error(transparent)]
     Storage(StorageError),
+    /// The text embedder failed (a model-backed one): an internal error.
+    #[error("text embedding failed: {0}")]
+    Embedding(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl From<CoreError> for EngineError {
     fn from(e: CoreError) -> Self {
-        EngineError::Invalid(e.to_string())
+        match e {
+            CoreError::Embedding(m) => EngineError::Embedding(m),
+            e => EngineError::Invalid(e.to_string()),
+        }
     }
 }
 

@@ -313,7 +313,7 @@ impl Engine {
                     }
                     e
                 }
-                None => self.embedder(dim)?.embed(&n.content),
+                None => self.embedder(dim)?.embed(&n.content)?,
             };
             let confidence = n.confidence.unwrap_or(Confidence::DEFAULT);
             let memory = Memory {

@@ -64,7 +64,7 @@ impl Engine {
         cue.validate()?;
         let dim = self.dimension(space)?;
         let query = match &cue.input {
-            CueInput::Text(t) => self.embedder(dim)?.embed(t),
+            CueInput::Text(t) => self.embedder(dim)?.embed(t)?,
             CueInput::Vector(v) => {
                 if v.len() != dim {
                     return Err(EngineError::Invalid(format!(

@@ -70,7 +70,9 @@ impl From<EngineError> for ApiError {
             e @ EngineError::MemoryNotFound(_) => ApiError::MemoryNotFound(e.to_string()),
             EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::Unavailable(m) => ApiError::Unavailable(m),
-            e @ EngineError::Storage(_) => ApiError::Internal(e.to_string()),
+            e @ (EngineError::Storage(_) | EngineError::Embedding(_)) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
