@@ -55,6 +55,26 @@ pub struct EngineOptions {
     pub link_index_m: usize,
     /// Beam width while inserting into the link index.
     pub link_index_ef_construction: usize,
+    /// A model-backed text embedder (`engram start --embedder-model`). Spaces created with its
+    /// dimension embed their text with it (recorded in the space's metadata); the default
+    /// dimension becomes its dimension. Spaces of other dimensions, and spaces created
+    /// without a model, use the built-in hashing embedder.
+    pub text_model: Option<TextModel>,
+}
+
+/// A model-backed text embedder, for [`EngineOptions::text_model`].
+#[derive(Clone)]
+pub struct TextModel(pub Arc<dyn Embedder>);
+
+impl std::fmt::Debug for TextModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TextModel({}, {} dimensions)",
+            self.0.name(),
+            self.0.dimension()
+        )
+    }
 }
 
 impl Default for EngineOptions {
@@ -73,6 +93,7 @@ impl Default for EngineOptions {
             auto_link_ef: 32,
             link_index_m: 16,
             link_index_ef_construction: 48,
+            text_model: None,
         }
     }
 }
@@ -149,7 +170,10 @@ fn now_us() -> i64 {
 
 impl Engine {
     /// Opens (recovering) the node's data in `dir`, creating the `default` space if missing.
-    pub fn open(dir: &Path, opts: EngineOptions) -> Result<Engine> {
+    pub fn open(dir: &Path, mut opts: EngineOptions) -> Result<Engine> {
+        if let Some(model) = &opts.text_model {
+            opts.default_dimension = model.0.dimension() as u32;
+        }
         let d = opts.default_dimension as usize;
         if d == 0 || d > limits::MAX_DIMENSION {
             return Err(EngineError::Invalid(format!(
@@ -172,10 +196,12 @@ impl Engine {
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
         if !engine.store.space_exists(&default)? {
-            match engine
-                .store
-                .create_space(&default, engine.opts.default_dimension)
-            {
+            let dimension = engine.opts.default_dimension;
+            match engine.store.create_space_with_embedder(
+                &default,
+                dimension,
+                engine.embedder_tag(dimension),
+            ) {
                 Ok(_) | Err(engram_storage::StorageError::SpaceExists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -192,8 +218,8 @@ impl Engine {
         &self.opts
     }
 
-    /// The text embedder of spaces of `dimension`.
-    pub fn embedder(&self, dimension: usize) -> Result<Arc<dyn Embedder>> {
+    /// The built-in hashing embedder of `dimension`.
+    fn hashing(&self, dimension: usize) -> Result<Arc<dyn Embedder>> {
         let mut map = self.embedders.lock();
         if let Some(e) = map.get(&dimension) {
             return Ok(e.clone());
@@ -203,13 +229,40 @@ impl Engine {
         Ok(e)
     }
 
+    /// What a space of `dimension` created now records as its text embedder: the model's name
+    /// if the model has that dimension, else nothing (the hashing embedder).
+    fn embedder_tag(&self, dimension: u32) -> &str {
+        match &self.opts.text_model {
+            Some(m) if m.0.dimension() == dimension as usize => m.0.name(),
+            _ => "",
+        }
+    }
+
+    /// The text embedder of `space`: the one recorded when it was created. `Unavailable` if
+    /// that is a model this engine was not given.
+    pub fn text_embedder(&self, space: &SpaceId) -> Result<Arc<dyn Embedder>> {
+        let meta = self.store.space_meta(space)?;
+        if meta.embedder.is_empty() {
+            return self.hashing(meta.dimension as usize);
+        }
+        match &self.opts.text_model {
+            Some(m) if m.0.name() == meta.embedder => Ok(m.0.clone()),
+            _ => Err(EngineError::Unavailable(format!(
+                "memory space {:?} embeds text with the model {:?}, which this server has not loaded (start it with --embedder-model and that model's directory), so text without an embedding cannot be stored or recalled there; memories and cues with embeddings still work",
+                space.as_str(),
+                meta.embedder
+            ))),
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // Spaces.
 
     /// Creates a space (`dimension` defaults to the engine's). `Conflict` if it exists.
     pub fn create_space(&self, id: &SpaceId, dimension: Option<u32>) -> Result<SpaceInfo> {
         let dimension = dimension.unwrap_or(self.opts.default_dimension);
-        self.store.create_space(id, dimension)?;
+        self.store
+            .create_space_with_embedder(id, dimension, self.embedder_tag(dimension))?;
         self.space_info(id)
     }
 
@@ -313,7 +366,7 @@ impl Engine {
                     }
                     e
                 }
-                None => self.embedder(dim)?.embed(&n.content)?,
+                None => self.text_embedder(space)?.embed(&n.content)?,
             };
             let confidence = n.confidence.unwrap_or(Confidence::DEFAULT);
             let memory = Memory {

@@ -60,11 +60,32 @@ pub struct Recall {
 impl Engine {
     /// Recalls memories for `cue` from `space`.
     pub fn recall(&self, space: &SpaceId, cue: &Cue) -> Result<Recall> {
+        self.recall_embedded(space, cue, None)
+    }
+
+    /// [`Engine::recall`] with the text cue's embedding computed by the caller, with the
+    /// space's [`Engine::text_embedder`] (the server batches such embeddings); `None`
+    /// embeds it here.
+    pub fn recall_embedded(
+        &self,
+        space: &SpaceId,
+        cue: &Cue,
+        text_embedding: Option<Vec<f32>>,
+    ) -> Result<Recall> {
         let started = Instant::now();
         cue.validate()?;
         let dim = self.dimension(space)?;
         let query = match &cue.input {
-            CueInput::Text(t) => self.embedder(dim)?.embed(t)?,
+            CueInput::Text(t) => match text_embedding {
+                Some(v) if v.len() == dim => v,
+                Some(v) => {
+                    return Err(EngineError::Invalid(format!(
+                        "the text's embedding has {} dimensions, the space has {dim}",
+                        v.len()
+                    )))
+                }
+                None => self.text_embedder(space)?.embed(t)?,
+            },
             CueInput::Vector(v) => {
                 if v.len() != dim {
                     return Err(EngineError::Invalid(format!(

@@ -79,7 +79,7 @@ impl From<EngineError> for ApiError {
 
 impl From<engram_core::CoreError> for ApiError {
     fn from(e: engram_core::CoreError) -> Self {
-        ApiError::Invalid(e.to_string())
+        EngineError::from(e).into()
     }
 }
 

@@ -38,6 +38,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub limits: Limits,
     pub auth: Arc<Auth>,
+    /// Batches the text embeddings of the engine's model (`EngineOptions::text_model`) across
+    /// concurrent requests; `None` embeds inline in each request.
+    pub embed_queue: Option<Arc<engram_embed::EmbedQueue>>,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             engine,
             limits: Limits::default(),
             auth: Arc::new(Auth::default()),
+            embed_queue: None,
         }
     }
 }

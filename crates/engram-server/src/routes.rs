@@ -8,7 +8,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use engram_core::{Cue, CueInput, RecallMode, SpaceId};
-use engram_engine::{EngineError, DEFAULT_SPACE};
+use engram_engine::{EngineError, NewMemory, DEFAULT_SPACE};
 use serde_json::{json, Value};
 
 use crate::wire::{self, BatchIn, MemoryIn, RecallIn, SpaceIn};
@@ -75,6 +75,49 @@ fn ensure_space(st: &AppState, space: &SpaceId) -> Result<(), ApiError> {
         Ok(_) | Err(EngineError::Conflict(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Embeds, through the server's batching queue, the content of memories that come without an
+/// embedding, when the space's text embedder is the queue's model (the hashing embedder is
+/// cheap and runs inline in the engine, as does anything when there is no queue). Content the
+/// engine will refuse (empty, too long) is left for it to refuse.
+async fn embed_missing(
+    st: &AppState,
+    space: &SpaceId,
+    memories: &mut [NewMemory],
+) -> Result<(), ApiError> {
+    let Some(queue) = &st.embed_queue else {
+        return Ok(());
+    };
+    let wanted: Vec<usize> = (0..memories.len())
+        .filter(|&i| {
+            let m = &memories[i];
+            m.embedding.is_none()
+                && !m.content.is_empty()
+                && m.content.len() <= engram_core::limits::MAX_CONTENT_LEN
+        })
+        .collect();
+    if wanted.is_empty() || !uses_queue(st, queue, space)? {
+        return Ok(());
+    }
+    let texts = wanted
+        .iter()
+        .map(|&i| memories[i].content.clone())
+        .collect();
+    let vectors = queue.embed(texts).await?;
+    for (i, v) in wanted.into_iter().zip(vectors) {
+        memories[i].embedding = Some(v);
+    }
+    Ok(())
+}
+
+/// Whether `space` embeds text with the queue's model.
+fn uses_queue(
+    st: &AppState,
+    queue: &engram_embed::EmbedQueue,
+    space: &SpaceId,
+) -> Result<bool, ApiError> {
+    Ok(st.engine.text_embedder(space)?.name() == queue.embedder().name())
 }
 
 pub async fn health() -> Json<Value> {
@@ -144,6 +187,9 @@ pub async fn remember(
     grant.check(&space)?;
     let new = req.into_new()?;
     ensure_space(&st, &space)?;
+    let mut one = [new];
+    embed_missing(&st, &space, &mut one).await?;
+    let [new] = one;
     let stored = st.engine.remember_async(&space, new).await?;
     Ok((
         StatusCode::CREATED,
@@ -192,6 +238,7 @@ pub async fn batch(
         })?);
     }
     ensure_space(&st, &space)?;
+    embed_missing(&st, &space, &mut batch).await?;
     let stored = st.engine.remember_batch_async(&space, batch).await?;
     let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
     Ok((StatusCode::CREATED, Json(json!({ "memory_ids": ids }))))
@@ -279,8 +326,14 @@ pub async fn link(
     ))
 }
 
-fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
-    let r = st.engine.recall(space, &cue)?;
+async fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
+    let mut text_embedding = None;
+    if let (CueInput::Text(t), Some(queue)) = (&cue.input, &st.embed_queue) {
+        if uses_queue(st, queue, space)? {
+            text_embedding = queue.embed(vec![t.clone()]).await?.pop();
+        }
+    }
+    let r = st.engine.recall_embedded(space, &cue, text_embedding)?;
     metrics::histogram!("engram_recall_duration_seconds", "mode" => r.mode.as_str())
         .record(r.took_ms / 1e3);
     let vivid: Vec<Value> = r.vivid.iter().map(wire::recall_item_json).collect();
@@ -343,7 +396,7 @@ pub async fn recall_post(
     let req: RecallIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
-    recall_reply(&st, &space, cue_of(req)?)
+    recall_reply(&st, &space, cue_of(req)?).await
 }
 
 pub async fn recall_get(
@@ -387,7 +440,7 @@ pub async fn recall_get(
             return Err(ApiError::Invalid(format!("threshold {t} is not finite")));
         }
     }
-    recall_reply(&st, &space, cue_of(req)?)
+    recall_reply(&st, &space, cue_of(req)?).await
 }
 
 pub async fn no_route(uri: Uri) -> ApiError {

@@ -26,8 +26,14 @@ pub enum Op {
     },
     /// Remove the link `from -> to`.
     Unlink { from: MemoryId, to: MemoryId },
-    /// Create the space.
-    SpaceCreate { dimension: u32, created_at_us: i64 },
+    /// Create the space. `embedder` names the text embedder of the space (empty: the
+    /// built-in hashing embedder); encoded only when set, so that records of spaces without
+    /// one are byte for byte what earlier versions wrote.
+    SpaceCreate {
+        dimension: u32,
+        created_at_us: i64,
+        embedder: String,
+    },
     /// Drop the space and everything in it.
     SpaceDrop,
 }
@@ -87,9 +93,13 @@ impl Op {
             Op::SpaceCreate {
                 dimension,
                 created_at_us,
+                embedder,
             } => {
                 put_u32(out, *dimension);
                 put_i64(out, *created_at_us);
+                if !embedder.is_empty() {
+                    put_str16(out, embedder);
+                }
             }
             Op::SpaceDrop => {}
         }
@@ -124,6 +134,11 @@ impl Op {
             code::SPACE_CREATE => Op::SpaceCreate {
                 dimension: r.u32("dimension")?,
                 created_at_us: r.i64("created_at")?,
+                embedder: if r.remaining() > 0 {
+                    r.str16("embedder")?.to_string()
+                } else {
+                    String::new()
+                },
             },
             code::SPACE_DROP => Op::SpaceDrop,
             other => return corrupted(format!("unknown operation code {other}")),
@@ -285,9 +300,12 @@ mod tests {
                 from: MemoryId::new(a).unwrap(),
                 to: MemoryId::new(b).unwrap()
             }),
-            (1u32..4096, any::<i64>()).prop_map(|(d, t)| Op::SpaceCreate {
-                dimension: d,
-                created_at_us: t
+            (1u32..4096, any::<i64>(), "([a-z0-9:-]{1,40})?").prop_map(|(d, t, e)| {
+                Op::SpaceCreate {
+                    dimension: d,
+                    created_at_us: t,
+                    embedder: e,
+                }
             }),
             Just(Op::SpaceDrop),
         ]

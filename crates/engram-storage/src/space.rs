@@ -512,7 +512,7 @@ pub fn flush(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
         let frozen = st.frozen.clone().expect("frozen memtable set above");
         (
             frozen,
-            space.meta,
+            space.meta.clone(),
             st.meta_persisted,
             !st.segments.is_empty(),
         )

