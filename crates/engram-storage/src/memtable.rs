@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::lexical::DocTerms;
+
 use engram_core::{Memory, MemoryId};
 
 /// The newest state of one id in a memtable.
@@ -21,6 +23,9 @@ pub struct Memtable {
     pub max_seq: u64,
     /// Approximate heap bytes held.
     pub bytes: usize,
+    /// Lexical terms of live entries, computed when first searched ([`Memtable::doc_terms`])
+    /// and dropped when the entry is replaced.
+    lex: parking_lot::Mutex<HashMap<MemoryId, Arc<DocTerms>>>,
 }
 
 impl Memtable {
@@ -36,13 +41,25 @@ impl Memtable {
 
     pub fn put(&mut self, memory: Memory) {
         self.bytes += memory_bytes(&memory);
+        self.lex.get_mut().remove(&memory.id);
         self.entries
             .insert(memory.id.clone(), Entry::Live(Arc::new(memory)));
     }
 
     pub fn tombstone(&mut self, id: MemoryId) {
         self.bytes += 64 + id.as_str().len();
+        self.lex.get_mut().remove(&id);
         self.entries.insert(id, Entry::Tombstone);
+    }
+
+    /// The lexical terms of the live entry `m` (held here under its id), analysed once.
+    pub fn doc_terms(&self, m: &Memory) -> Arc<DocTerms> {
+        if let Some(d) = self.lex.lock().get(&m.id) {
+            return d.clone();
+        }
+        let d = Arc::new(DocTerms::of(&m.content));
+        self.lex.lock().insert(m.id.clone(), d.clone());
+        d
     }
 }
 

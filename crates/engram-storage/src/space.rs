@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::disk::{write_file_atomic, Disk};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{self, index_path, Hnsw, HnswParams, SegmentBinding, INDEX_EXTENSION};
+use crate::lexical::{self, lex_path, DocTerms, SegmentLex, LEX_EXTENSION};
 use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
@@ -99,7 +100,9 @@ impl Space {
                 removed = true;
             } else if let Some(r) = parse_segment_file_name(&name) {
                 ranges.push(r);
-            } else if name.ends_with(&format!(".{INDEX_EXTENSION}")) {
+            } else if name.ends_with(&format!(".{INDEX_EXTENSION}"))
+                || name.ends_with(&format!(".{LEX_EXTENSION}"))
+            {
                 index_files.push(dir.join(&name));
             }
         }
@@ -120,9 +123,10 @@ impl Space {
         // An index whose segment is gone (merged away before the index was removed) is
         // derived data of nothing.
         for p in index_files {
-            let owned = kept
-                .iter()
-                .any(|(min, max)| index_path(&dir.join(segment_file_name(*min, *max))) == p);
+            let owned = kept.iter().any(|(min, max)| {
+                let seg = dir.join(segment_file_name(*min, *max));
+                index_path(&seg) == p || lex_path(&seg) == p
+            });
             if !owned {
                 tracing::info!(path = %p.display(), "removing an index whose segment is gone");
                 disk.remove_file(&p).at(&p)?;
@@ -141,6 +145,7 @@ impl Space {
                 Ok(seg) => {
                     flushed_seq = flushed_seq.max(*max);
                     open_index(disk, &seg)?;
+                    open_lex(disk, &seg)?;
                     segments.push(Arc::new(seg));
                 }
                 Err(e @ StorageError::Corrupted(_)) => {
@@ -427,6 +432,108 @@ impl SpaceState {
         Ok(hits)
     }
 
+    /// The `k` live memories with the highest BM25 score for `terms` (distinct, from
+    /// [`lexical::query_terms`]), best first; only memories holding at least one term. See
+    /// [`crate::lexical`] for the scoring. Replaced versions and deleted memories are never
+    /// returned.
+    pub fn lexical_search(&self, terms: &[u64], k: usize) -> Result<Vec<LexHit>> {
+        if k == 0 || terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut docs: Vec<(&MemoryId, Arc<DocTerms>)> = Vec::new();
+        for (ti, table) in std::iter::once(&self.active)
+            .chain(self.frozen.as_deref())
+            .enumerate()
+        {
+            for (id, e) in &table.entries {
+                let Entry::Live(m) = e else { continue };
+                if ti == 1 && self.active.entries.contains_key(id.as_str()) {
+                    continue;
+                }
+                docs.push((id, table.doc_terms(m)));
+            }
+        }
+        let mut n = docs.len() as u64;
+        let mut total: u64 = docs.iter().map(|(_, d)| d.len as u64).sum();
+        for seg in &self.segments {
+            if let Some(l) = seg.lex() {
+                n += l.rows() as u64;
+                total += l.total_len();
+            }
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let avg = total as f32 / n as f32;
+        let idfs: Vec<f32> = terms
+            .iter()
+            .map(|&t| {
+                let mut df = docs.iter().filter(|(_, d)| d.tf(t) > 0).count() as u64;
+                for seg in &self.segments {
+                    if let Some((d, _)) = seg.lex().and_then(|l| l.postings(t)) {
+                        df += d as u64;
+                    }
+                }
+                lexical::idf(n, df)
+            })
+            .collect();
+        // (score, source): the memtables' entries first, then segments oldest first.
+        let mut cands: Vec<(f32, usize, u32)> = Vec::new();
+        const MEMTABLE: usize = usize::MAX;
+        for (i, (_, d)) in docs.iter().enumerate() {
+            let mut score = 0.0;
+            for (j, &t) in terms.iter().enumerate() {
+                let tf = d.tf(t);
+                if tf > 0 {
+                    score += lexical::term_score(idfs[j], tf, d.len, avg);
+                }
+            }
+            if score > 0.0 {
+                cands.push((score, MEMTABLE, i as u32));
+            }
+        }
+        for (si, seg) in self.segments.iter().enumerate() {
+            let Some(l) = seg.lex() else { continue };
+            let mut acc: HashMap<u32, f32> = HashMap::new();
+            for (j, &t) in terms.iter().enumerate() {
+                if let Some((_, postings)) = l.postings(t) {
+                    for (row, tf) in postings {
+                        *acc.entry(row).or_default() +=
+                            lexical::term_score(idfs[j], tf, l.doc_len(row as usize), avg);
+                    }
+                }
+            }
+            cands.extend(acc.into_iter().map(|(row, score)| (score, si, row)));
+        }
+        cands.sort_unstable_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.cmp(&b.1))
+                .then_with(|| a.2.cmp(&b.2))
+        });
+        let mut out = Vec::with_capacity(k);
+        for (score, source, row) in cands {
+            if source == MEMTABLE {
+                out.push(LexHit {
+                    id: docs[row as usize].0.clone(),
+                    score,
+                });
+            } else {
+                let id = self.segments[source].id(row as usize)?;
+                if self.newest_in_segment(source, id)? {
+                    out.push(LexHit {
+                        id: crate::op::memory_id(id)?,
+                        score,
+                    });
+                }
+            }
+            if out.len() == k {
+                break;
+            }
+        }
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
     /// Number of live memories (exact; walks the ids).
     pub fn count(&self) -> Result<usize> {
         let mut n = 0;
@@ -549,7 +656,13 @@ pub fn flush(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
                 &tombs,
                 pace,
             )?;
-            new_segment = Some(Arc::new(Segment::open(disk, &path)?));
+            let seg = Segment::open(disk, &path)?;
+            let lex = SegmentLex::build(
+                live.iter().map(|m| m.content.as_str()),
+                (min, frozen.max_seq),
+            );
+            attach_lex(disk, &seg, lex);
+            new_segment = Some(Arc::new(seg));
         }
     }
     let mut st = space.state.write();
@@ -653,7 +766,11 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<
     let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones, pace)?;
     let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
     let merged = match merged {
-        Ok(m) => Arc::new(m),
+        Ok(m) => {
+            let lex = SegmentLex::build(rows.iter().map(|r| r.content), (min, max));
+            attach_lex(disk, &m, lex);
+            Arc::new(m)
+        }
         Err(e) => {
             // Never leave an unverified output under a name that supersedes its inputs.
             disk.remove_file(&path).at(&path)?;
@@ -677,9 +794,10 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<
         if seg.path() != path {
             disk.remove_file(seg.path()).at(seg.path())?;
         }
-        let idx = index_path(seg.path());
-        if disk.exists(&idx) {
-            disk.remove_file(&idx).at(&idx)?;
+        for derived in [index_path(seg.path()), lex_path(seg.path())] {
+            if derived != lex_path(&path) && disk.exists(&derived) {
+                disk.remove_file(&derived).at(&derived)?;
+            }
         }
     }
     disk.sync_dir(&space.dir).at(&space.dir)?;
@@ -726,6 +844,13 @@ impl EmbeddingSnapshot {
         }
         Ok(())
     }
+}
+
+/// A lexical search result: a live memory and its BM25 score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LexHit {
+    pub id: MemoryId,
+    pub score: f32,
 }
 
 /// A search result: a live memory and its similarity to the query.
@@ -791,6 +916,45 @@ pub fn build_index(
 }
 
 /// The directory of a space below the node's root.
+/// Writes `lex` beside `seg` (crash-safely) and attaches it. A failed write only costs a
+/// rebuild at the next open: it is logged, and the index stays attached.
+fn attach_lex(disk: &dyn Disk, seg: &Segment, lex: SegmentLex) {
+    let path = lex_path(seg.path());
+    if let Err(e) = write_file_atomic(disk, &path, lex.bytes()) {
+        tracing::warn!(path = %path.display(), error = %e, "could not write a lexical index; it is rebuilt at the next open");
+    }
+    seg.set_lex(Arc::new(lex));
+}
+
+/// Opens the `.lex` file beside `seg` and attaches it; if it is missing or does not match the
+/// segment (a crash between the two, damage, another analyzer), builds it from the segment's
+/// content and writes it.
+pub fn open_lex(disk: &dyn Disk, seg: &Segment) -> Result<()> {
+    let path = lex_path(seg.path());
+    let info = seg.info();
+    let seqs = (info.min_seq, info.max_seq);
+    if disk.exists(&path) {
+        let decoded = disk
+            .read(&path)
+            .at(&path)
+            .and_then(|b| SegmentLex::decode(b, seg.rows(), seqs));
+        match decoded {
+            Ok(lex) => {
+                seg.set_lex(Arc::new(lex));
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "rebuilding a lexical index")
+            }
+        }
+    }
+    let contents = (0..seg.rows())
+        .map(|r| seg.content(r))
+        .collect::<Result<Vec<&str>>>()?;
+    attach_lex(disk, seg, SegmentLex::build(contents.into_iter(), seqs));
+    Ok(())
+}
+
 pub fn space_dir(root: &Path, id: &SpaceId) -> PathBuf {
     root.join("spaces").join(id.as_str())
 }

@@ -656,6 +656,20 @@ impl Store {
     /// Runs `f` on the space's state under its read lock (for the engine: segments, memtables).
     /// The `k` live memories of `space` most similar to `query` (unit length, the space's
     /// dimension), best first. `ef` is the HNSW beam width (at least `k` is used).
+    /// The `k` live memories of `space` with the highest BM25 score for `text` (see
+    /// [`crate::lexical`]), best first.
+    pub fn lexical_search(
+        &self,
+        space: &SpaceId,
+        text: &str,
+        k: usize,
+    ) -> Result<Vec<crate::space::LexHit>> {
+        let s = self.inner.require(space)?;
+        let terms = crate::lexical::query_terms(text);
+        let st = s.state.read();
+        st.lexical_search(&terms, k)
+    }
+
     pub fn search(&self, space: &SpaceId, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
         let s = self.inner.require(space)?;
         let dim = s.meta.dimension as usize;

@@ -67,6 +67,8 @@ pub struct Segment {
     /// The segment's ANN index, once opened or built (derived data: a segment without one is
     /// searched by a flat scan).
     index: parking_lot::RwLock<Option<Arc<Hnsw>>>,
+    /// The segment's lexical index (`crate::lexical`), attached once opened or built.
+    lex: std::sync::OnceLock<Arc<crate::lexical::SegmentLex>>,
 }
 
 impl Segment {
@@ -197,6 +199,7 @@ impl Segment {
             map,
             path,
             index: parking_lot::RwLock::new(None),
+            lex: std::sync::OnceLock::new(),
         };
         let mut bloom = super::bloom::Bloom::with_capacity(rows + tombstones);
         for row in 0..rows {
@@ -212,6 +215,16 @@ impl Segment {
     /// The segment's HNSW index, if one is open.
     pub fn index(&self) -> Option<Arc<Hnsw>> {
         self.index.read().clone()
+    }
+
+    pub fn lex(&self) -> Option<&Arc<crate::lexical::SegmentLex>> {
+        self.lex.get()
+    }
+
+    /// Attaches the lexical index (checked against this segment by the caller); the first
+    /// one attached stays.
+    pub fn set_lex(&self, lex: Arc<crate::lexical::SegmentLex>) {
+        let _ = self.lex.set(lex);
     }
 
     /// Attaches an index opened (and checked against this segment) by the caller.
