@@ -98,6 +98,52 @@ impl FromStr for RecallMode {
     }
 }
 
+/// How a recall finds its direct matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retrieval {
+    /// By embedding similarity (the text embedded by the space's embedder, or the vector).
+    Dense,
+    /// By BM25 over the memories' content (text cues only).
+    Lexical,
+    /// Both, fused by reciprocal rank (text cues only).
+    Hybrid,
+}
+
+impl Retrieval {
+    pub const ALL: [Retrieval; 3] = [Self::Dense, Self::Lexical, Self::Hybrid];
+    pub const ACCEPTED: &'static str = "dense, lexical, hybrid";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Lexical => "lexical",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl fmt::Display for Retrieval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Retrieval {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                CoreError::InvalidCue(format!(
+                    "retrieval {s:?} is not known: expected one of {}",
+                    Self::ACCEPTED
+                ))
+            })
+    }
+}
+
 /// A recall request, independent of where it came from (HTTP, command line, tests).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cue {
@@ -114,6 +160,9 @@ pub struct Cue {
     pub max_hops: u32,
     /// Factor applied to activation at every hop, in `(0, 1]`. Default 0.5.
     pub decay: f32,
+    /// How direct matches are found; `None`: [`Retrieval::Hybrid`] for text,
+    /// [`Retrieval::Dense`] for a vector (which allows nothing else).
+    pub retrieval: Option<Retrieval>,
 }
 
 impl Cue {
@@ -140,6 +189,16 @@ impl Cue {
             mode: RecallMode::default(),
             max_hops: Self::DEFAULT_MAX_HOPS,
             decay: Self::DEFAULT_DECAY,
+            retrieval: None,
+        }
+    }
+
+    /// The retrieval this cue uses (see [`Cue::retrieval`]).
+    pub fn effective_retrieval(&self) -> Retrieval {
+        match (&self.input, self.retrieval) {
+            (_, Some(r)) => r,
+            (CueInput::Text(_), None) => Retrieval::Hybrid,
+            (CueInput::Vector(_), None) => Retrieval::Dense,
         }
     }
 
@@ -203,6 +262,14 @@ impl Cue {
             return bad(format!(
                 "max_hops is {}: expected 0 to {MAX_HOPS}",
                 self.max_hops
+            ));
+        }
+        if matches!(self.input, CueInput::Vector(_))
+            && matches!(self.retrieval, Some(Retrieval::Lexical | Retrieval::Hybrid))
+        {
+            return bad(format!(
+                "retrieval {} needs a text query: a recall by embedding is dense",
+                self.retrieval.map_or("", |r| r.as_str())
             ));
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {

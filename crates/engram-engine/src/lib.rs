@@ -31,7 +31,7 @@ use link_index::LinkIndex;
 use parking_lot::Mutex;
 
 pub use error::{EngineError, Result};
-pub use recall::{Recall, RecallItem, RetrievalPath};
+pub use recall::{FoundBy, Recall, RecallItem, RetrievalPath, RRF_K};
 
 /// The space every node has.
 pub const DEFAULT_SPACE: &str = "default";

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use engram_core::activation;
-use engram_core::{simd, Confidence, Cue, CueInput, MemoryId, RecallMode, SpaceId};
+use engram_core::{simd, Confidence, Cue, CueInput, MemoryId, RecallMode, Retrieval, SpaceId};
 
 use crate::{Engine, EngineError, Result};
 
@@ -26,6 +26,36 @@ impl RetrievalPath {
     }
 }
 
+/// Which paths found a recalled memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FoundBy {
+    /// Among the cue's nearest embeddings.
+    pub dense: bool,
+    /// Among the best BM25 matches of the cue's text.
+    pub lexical: bool,
+    /// Reached along links.
+    pub spreading: bool,
+}
+
+impl FoundBy {
+    /// `"dense"`, `"lexical"`, `"spreading"`, those that apply, in this order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.dense, "dense"),
+            (self.lexical, "lexical"),
+            (self.spreading, "spreading"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n)
+        .collect()
+    }
+}
+
+/// Reciprocal-rank fusion constant (Cormack et al.): a memory at rank `r` (0-based) of a list
+/// adds `1 / (RRF_K + r + 1)`.
+pub const RRF_K: f32 = 60.0;
+
 /// One recalled memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecallItem {
@@ -42,6 +72,8 @@ pub struct RecallItem {
     /// From the seed that reached it (first) to the memory (last).
     pub path: Vec<MemoryId>,
     pub retrieval_path: RetrievalPath,
+    /// The paths that found it.
+    pub found_by: FoundBy,
     /// When the episode happened (microseconds since the Unix epoch).
     pub timestamp_us: i64,
 }
@@ -52,6 +84,8 @@ pub struct Recall {
     pub vivid: Vec<RecallItem>,
     pub associated: Vec<RecallItem>,
     pub mode: RecallMode,
+    /// How the direct matches were found.
+    pub retrieval: Retrieval,
     /// Spreading stopped adding nodes at its work bound.
     pub truncated: bool,
     pub took_ms: f64,
@@ -75,8 +109,10 @@ impl Engine {
         let started = Instant::now();
         cue.validate()?;
         let dim = self.dimension(space)?;
-        let query = match &cue.input {
-            CueInput::Text(t) => match text_embedding {
+        let retrieval = cue.effective_retrieval();
+        let query: Option<Vec<f32>> = match &cue.input {
+            CueInput::Text(_) if retrieval == Retrieval::Lexical => None,
+            CueInput::Text(t) => Some(match text_embedding {
                 Some(v) if v.len() == dim => v,
                 Some(v) => {
                     return Err(EngineError::Invalid(format!(
@@ -85,7 +121,7 @@ impl Engine {
                     )))
                 }
                 None => self.text_embedder(space)?.embed(t)?,
-            },
+            }),
             CueInput::Vector(v) => {
                 if v.len() != dim {
                     return Err(EngineError::Invalid(format!(
@@ -99,11 +135,91 @@ impl Engine {
                         "the cue's embedding has no direction (all zeros)".into(),
                     ));
                 }
-                v
+                Some(v)
             }
         };
-        let ef = self.opts.search_ef.max(cue.max_results);
-        let hits = self.store.search(space, &query, cue.max_results, ef)?;
+        let want = cue.max_results;
+        // Fusion ranks deeper lists than it returns: a memory second in one list and tenth in
+        // the other should beat one that is only first in one.
+        let depth = if retrieval == Retrieval::Hybrid {
+            (want * 3).clamp(30, engram_core::MAX_RESULTS)
+        } else {
+            want
+        };
+        let dense = match &query {
+            Some(q) if retrieval != Retrieval::Lexical => {
+                let ef = self.opts.search_ef.max(depth);
+                self.store
+                    .search(space, q, depth, ef)?
+                    .into_iter()
+                    .filter(|h| h.similarity >= cue.threshold && h.similarity > 0.0)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let lexical = match &cue.input {
+            CueInput::Text(t) if retrieval != Retrieval::Dense => {
+                self.store.lexical_search(space, t, depth)?
+            }
+            _ => Vec::new(),
+        };
+        // Seeds: (id, activation, similarity to the cue when known, paths).
+        let mut found: Vec<(MemoryId, f32, Option<f32>, FoundBy)> = Vec::new();
+        match retrieval {
+            Retrieval::Dense => {
+                for h in dense {
+                    let by = FoundBy {
+                        dense: true,
+                        ..FoundBy::default()
+                    };
+                    found.push((h.id, h.similarity, Some(h.similarity), by));
+                }
+            }
+            Retrieval::Lexical => {
+                // Activation: the BM25 score as a share of the best one.
+                let best = lexical.first().map_or(1.0, |h| h.score);
+                for h in lexical {
+                    let a = h.score / best;
+                    let by = FoundBy {
+                        lexical: true,
+                        ..FoundBy::default()
+                    };
+                    found.push((h.id, a, Some(a), by));
+                }
+            }
+            Retrieval::Hybrid => {
+                let mut fused: std::collections::HashMap<MemoryId, (f32, Option<f32>, FoundBy)> =
+                    Default::default();
+                for (r, h) in dense.into_iter().enumerate() {
+                    let e = fused.entry(h.id).or_default();
+                    e.0 += 1.0 / (RRF_K + r as f32 + 1.0);
+                    e.1 = Some(h.similarity);
+                    e.2.dense = true;
+                }
+                for (r, h) in lexical.into_iter().enumerate() {
+                    let e = fused.entry(h.id).or_default();
+                    e.0 += 1.0 / (RRF_K + r as f32 + 1.0);
+                    e.2.lexical = true;
+                }
+                let mut fused: Vec<_> = fused.into_iter().collect();
+                fused.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+                fused.truncate(want);
+                // Activation: the fused score as a share of the most it can be (first in both
+                // lists), so that agreement of the two paths counts.
+                let top = 2.0 / (RRF_K + 1.0);
+                for (id, (rrf, sim, by)) in fused {
+                    found.push((id, rrf / top, sim, by));
+                }
+            }
+        }
+        // A lexical match's similarity to the cue, where the cue has an embedding.
+        if let Some(q) = &query {
+            for f in found.iter_mut().filter(|f| f.2.is_none()) {
+                f.2 = self
+                    .store
+                    .read_space(space, |st| st.similarity(f.0.as_str(), q))??;
+            }
+        }
         // Interned ids: the activation function works on small copyable nodes.
         let mut ids: Vec<MemoryId> = Vec::new();
         let mut index: std::collections::HashMap<MemoryId, u32> = Default::default();
@@ -113,10 +229,16 @@ impl Engine {
                 (ids.len() - 1) as u32
             })
         };
-        let seeds: Vec<(u32, f32)> = hits
+        let mut seed_info: std::collections::HashMap<u32, (Option<f32>, FoundBy)> =
+            Default::default();
+        let seeds: Vec<(u32, f32)> = found
             .into_iter()
-            .filter(|h| h.similarity >= cue.threshold && h.similarity > 0.0)
-            .map(|h| (intern(h.id, &mut ids), h.similarity))
+            .filter(|f| f.1 > 0.0)
+            .map(|(id, a, sim, by)| {
+                let n = intern(id, &mut ids);
+                seed_info.insert(n, (sim, by));
+                (n, a)
+            })
             .collect();
 
         let params = cue.spread_params();
@@ -175,9 +297,23 @@ impl Engine {
             let Some(m) = self.store.get(space, id.as_str())? else {
                 continue;
             };
-            let similarity = a
-                .seed_activation
-                .unwrap_or_else(|| simd::dot(&query, &m.embedding));
+            let seed = if a.hops == 0 {
+                seed_info.get(&a.node).copied()
+            } else {
+                None
+            };
+            let similarity = match (&seed, &query) {
+                (Some((Some(s), _)), _) => *s,
+                (_, Some(q)) if q.len() == m.embedding.len() => simd::dot(q, &m.embedding),
+                _ => 0.0,
+            };
+            let found_by = match seed {
+                Some((_, by)) => by,
+                None => FoundBy {
+                    spreading: true,
+                    ..FoundBy::default()
+                },
+            };
             items.push(RecallItem {
                 id: m.id,
                 content: m.content,
@@ -192,6 +328,7 @@ impl Engine {
                 } else {
                     RetrievalPath::Spreading
                 },
+                found_by,
                 timestamp_us: m.timestamp_us,
             });
         }
@@ -200,6 +337,7 @@ impl Engine {
             vivid,
             associated,
             mode: cue.mode,
+            retrieval,
             truncated: spread.truncated,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
         })

@@ -551,3 +551,74 @@ fn a_large_space_builds_its_link_index_in_the_background_and_links_meanwhile() {
     let n = engine.store().space_status(&s).unwrap().memories;
     assert_eq!(engine.link_index_memories(&s), Some(n));
 }
+
+#[test]
+fn text_cues_fuse_dense_and_lexical_matches_and_say_which_found_each() {
+    use engram_core::Retrieval;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(64)).unwrap();
+    let s = sid("default");
+    let texts = [
+        ("cat", "the cat chased a mouse around the kitchen"),
+        ("dog", "a dog barked at the mailman"),
+        ("ship", "the cargo ship left the harbour at dawn"),
+        ("cats", "cats sleep most of the day"),
+    ];
+    for (id, t) in texts {
+        let mut m = NewMemory::text(t);
+        m.id = Some(MemoryId::new(id).unwrap());
+        m.auto_link = false;
+        engine.remember(&s, m).unwrap();
+    }
+    let recall = |q: &str, r: Option<Retrieval>| {
+        engine
+            .recall(
+                &s,
+                &Cue {
+                    retrieval: r,
+                    mode: RecallMode::Similarity,
+                    ..Cue::text(q)
+                },
+            )
+            .unwrap()
+    };
+    // Lexical: only memories holding a term (stemmed: "cats" matches "cat" too).
+    let r = recall("cat", Some(Retrieval::Lexical));
+    assert_eq!(r.retrieval, Retrieval::Lexical);
+    let ids: Vec<&str> = r.vivid.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"cat") && ids.contains(&"cats"));
+    assert!(r.vivid.iter().all(|i| i.found_by.names() == ["lexical"]));
+    // Dense: every memory with a positive similarity, found by the embedding.
+    let r = recall("cat", Some(Retrieval::Dense));
+    assert!(r.vivid.iter().all(|i| i.found_by.names() == ["dense"]));
+    // Hybrid, the default for text: the memory first in both lists leads with activation 1
+    // and says both paths found it.
+    let r = recall("the cat chased a mouse", None);
+    assert_eq!(r.retrieval, Retrieval::Hybrid);
+    let top = &r.vivid[0];
+    assert_eq!(top.id.as_str(), "cat");
+    assert_eq!(top.found_by.names(), ["dense", "lexical"]);
+    assert!((top.activation - 1.0).abs() < 1e-6, "{top:?}");
+    assert!(top.similarity > 0.5 && top.similarity <= 1.0 + 1e-6);
+    // A vector cue is dense only.
+    let e = engine.get(&s, "dog").unwrap().unwrap().embedding;
+    let r = engine.recall(&s, &Cue::vector(e.clone())).unwrap();
+    assert_eq!(r.retrieval, Retrieval::Dense);
+    let bad = engine.recall(
+        &s,
+        &Cue {
+            retrieval: Some(Retrieval::Lexical),
+            ..Cue::vector(e)
+        },
+    );
+    assert!(matches!(bad, Err(EngineError::Invalid(m)) if m.contains("text query")));
+    // Forgotten: gone from every path.
+    engine.forget(&s, &MemoryId::new("cat").unwrap()).unwrap();
+    for r in [None, Some(Retrieval::Lexical), Some(Retrieval::Dense)] {
+        assert!(recall("the cat chased a mouse", r)
+            .vivid
+            .iter()
+            .all(|i| i.id.as_str() != "cat"));
+    }
+}

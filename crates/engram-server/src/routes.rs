@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
-use engram_core::{Cue, CueInput, RecallMode, SpaceId};
+use engram_core::{Cue, CueInput, RecallMode, Retrieval, SpaceId};
 use engram_engine::{EngineError, NewMemory, DEFAULT_SPACE};
 use serde_json::{json, Value};
 
@@ -329,7 +329,7 @@ pub async fn link(
 async fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
     let mut text_embedding = None;
     if let (CueInput::Text(t), Some(queue)) = (&cue.input, &st.embed_queue) {
-        if uses_queue(st, queue, space)? {
+        if cue.effective_retrieval() != Retrieval::Lexical && uses_queue(st, queue, space)? {
             text_embedding = queue.embed(vec![t.clone()]).await?.pop();
         }
     }
@@ -344,6 +344,7 @@ async fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
             "memories": { "vivid": vivid, "associated": associated, "reconstructed": [] },
             "space": space.as_str(),
             "mode": r.mode.as_str(),
+            "retrieval": r.retrieval.as_str(),
             "took_ms": r.took_ms,
         })),
     ))
@@ -380,6 +381,9 @@ fn cue_of(r: RecallIn) -> Result<Cue, ApiError> {
     }
     if let Some(h) = r.max_hops {
         cue.max_hops = h;
+    }
+    if let Some(x) = r.retrieval {
+        cue.retrieval = Some(x.parse::<Retrieval>()?);
     }
     cue.validate()?;
     Ok(cue)
@@ -433,6 +437,7 @@ pub async fn recall_get(
         threshold: num(&query, "threshold", "a number")?,
         mode: query.get("mode").cloned(),
         max_hops: num(&query, "max_hops", "a whole number")?,
+        retrieval: query.get("retrieval").cloned(),
         memory_space_id: None,
     };
     if let Some(t) = req.threshold {

@@ -51,6 +51,7 @@ pub struct RecallIn {
     pub threshold: Option<f64>,
     pub mode: Option<String>,
     pub max_hops: Option<u32>,
+    pub retrieval: Option<String>,
     pub memory_space_id: Option<String>,
 }
 
@@ -229,6 +230,7 @@ pub fn recall_item_json(i: &RecallItem) -> Value {
         "hops": i.hops,
         "path": i.path.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         "retrieval_path": i.retrieval_path.as_str(),
+        "found_by": i.found_by.names(),
         "observed_at": format_timestamp(i.timestamp_us),
     })
 }

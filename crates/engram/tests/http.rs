@@ -572,3 +572,62 @@ fn a_bad_configuration_file_is_a_clear_startup_error() {
         "{out:?}"
     );
 }
+
+#[test]
+fn recall_retrieval_parameter_and_found_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let c = client();
+    for t in ["pelicans fish in the bay", "the bay bridge is closed"] {
+        let (st, v) = post(
+            &c,
+            &s,
+            "/api/v1/memories/remember",
+            json!({"content": t, "auto_link": false}),
+        );
+        assert_eq!(st, 201, "{v}");
+    }
+    // Default for text: hybrid; each result names the paths that found it.
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/memories/recall",
+        json!({"query": "pelican", "mode": "similarity"}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["retrieval"], "hybrid");
+    let top = &v["memories"]["vivid"][0];
+    assert_eq!(top["content"], "pelicans fish in the bay");
+    assert_eq!(top["found_by"], json!(["dense", "lexical"]), "{v}");
+    // Lexical only, by GET.
+    let (st, v) = get(
+        &c,
+        &s,
+        "/api/v1/memories/recall?query=bridge&retrieval=lexical&mode=similarity",
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["retrieval"], "lexical");
+    let vivid = v["memories"]["vivid"].as_array().unwrap();
+    assert_eq!(vivid.len(), 1, "{v}");
+    assert_eq!(vivid[0]["found_by"], json!(["lexical"]));
+    // Bad values: 400 with the accepted ones named; lexical by vector refused.
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/memories/recall",
+        json!({"query": "bay", "retrieval": "fuzzy"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("dense, lexical, hybrid"));
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/memories/recall",
+        json!({"embedding": unit(768, 3), "retrieval": "lexical"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(s.stop().code(), Some(0));
+}
