@@ -167,10 +167,14 @@ pub fn recall(
     space: &Option<String>,
     limit: usize,
     mode: &Option<String>,
+    retrieval: &Option<String>,
 ) -> Result<()> {
     let mut body = json!({ "query": text, "max_results": limit });
     if let Some(m) = mode {
         body["mode"] = json!(m);
+    }
+    if let Some(r) = retrieval {
+        body["retrieval"] = json!(r);
     }
     let v = api.post(
         &format!("/api/v1/memories/recall{}", space_query(space)),
@@ -187,27 +191,34 @@ pub fn recall(
             .total_cmp(&a["score"].as_f64().unwrap_or(0.0))
     });
     println!(
-        "{} result(s) from space {} ({} mode) in {:.2} ms",
+        "{} result(s) from space {} ({} mode, {} retrieval) in {:.2} ms",
         rows.len(),
         v["space"].as_str().unwrap_or("?"),
         v["mode"].as_str().unwrap_or("?"),
+        v["retrieval"].as_str().unwrap_or("?"),
         v["took_ms"].as_f64().unwrap_or(0.0)
     );
     if rows.is_empty() {
         return Ok(());
     }
     println!(
-        "{:>3}  {:>6}  {:>6}  {:>4}  {:<10}  {:<24}  content",
+        "{:>3}  {:>6}  {:>6}  {:>4}  {:<15}  {:<24}  content",
         "#", "score", "sim", "hops", "found by", "id"
     );
     for (i, r) in rows.iter().enumerate() {
+        let found: Vec<&str> = r["found_by"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         println!(
-            "{:>3}  {:>6.3}  {:>6.3}  {:>4}  {:<10}  {:<24}  {}",
+            "{:>3}  {:>6.3}  {:>6.3}  {:>4}  {:<15}  {:<24}  {}",
             i + 1,
             r["score"].as_f64().unwrap_or(0.0),
             r["similarity_score"].as_f64().unwrap_or(0.0),
             r["hops"].as_u64().unwrap_or(0),
-            r["retrieval_path"].as_str().unwrap_or(""),
+            found.join("+"),
             cut(r["id"].as_str().unwrap_or(""), 24),
             cut(r["content"].as_str().unwrap_or(""), 60)
         );

@@ -65,6 +65,10 @@ enum Command {
         /// (both; the server's default).
         #[arg(long)]
         mode: Option<String>,
+        /// How direct matches are found: dense (embedding similarity), lexical (BM25 over the
+        /// content), or hybrid (both, fused; the server's default for text).
+        #[arg(long)]
+        retrieval: Option<String>,
         #[command(flatten)]
         conn: client::Conn,
     },
@@ -211,9 +215,10 @@ fn main() -> std::process::ExitCode {
             space,
             limit,
             mode,
+            retrieval,
             conn,
         } => client::Api::new(conn)
-            .and_then(|api| client::recall(&api, &text, &space, limit, &mode))
+            .and_then(|api| client::recall(&api, &text, &space, limit, &mode, &retrieval))
             .map(|()| true),
         Command::Import {
             file,

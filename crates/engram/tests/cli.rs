@@ -51,7 +51,23 @@ fn space_remember_recall_import_status() {
     let out = stdout(&o);
     assert!(out.contains("1 result(s) from space notes"), "{out}");
     assert!(out.contains("the user prefers dark mode"), "{out}");
-    assert!(out.contains("similarity"), "{out}");
+    assert!(out.contains("hybrid retrieval"), "{out}");
+    assert!(out.contains("dense+lexical"), "{out}");
+    let o = engram(
+        &s,
+        &[
+            "recall",
+            "dark",
+            "--space",
+            "notes",
+            "--retrieval",
+            "lexical",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(out.contains("lexical retrieval"), "{out}");
+    assert!(out.contains("the user prefers dark mode"), "{out}");
 
     // Import: 5 good lines, one invalid JSON, one with a wrong embedding, one blank.
     let file = dir.path().join("memories.jsonl");
