@@ -31,7 +31,7 @@ use link_index::LinkIndex;
 use parking_lot::Mutex;
 
 pub use error::{EngineError, Result};
-pub use recall::{FoundBy, Recall, RecallItem, RetrievalPath, RRF_K};
+pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
 
 /// The space every node has.
 pub const DEFAULT_SPACE: &str = "default";
@@ -60,6 +60,11 @@ pub struct EngineOptions {
     /// dimension becomes its dimension. Spaces of other dimensions, and spaces created
     /// without a model, use the built-in hashing embedder.
     pub text_model: Option<TextModel>,
+    /// How hybrid retrieval fuses dense and lexical matches. Default: the convex combination
+    /// with equal weights, which beat reciprocal-rank fusion on `engram-bench text` (4,000
+    /// Debian descriptions, 1,000 synopsis cues, MiniLM: hit@1 0.829 against 0.784, hit@5
+    /// 0.939 against 0.933; flat for lexical weights 0.2 to 0.6: hit@1 0.823-0.835).
+    pub fusion: recall::Fusion,
 }
 
 /// A model-backed text embedder, for [`EngineOptions::text_model`].
@@ -94,6 +99,7 @@ impl Default for EngineOptions {
             link_index_m: 16,
             link_index_ef_construction: 48,
             text_model: None,
+            fusion: recall::Fusion::Convex { lexical: 0.5 },
         }
     }
 }

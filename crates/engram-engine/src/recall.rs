@@ -52,6 +52,16 @@ impl FoundBy {
     }
 }
 
+/// How hybrid retrieval fuses the dense and lexical rankings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// Reciprocal-rank fusion: `sum of 1 / (RRF_K + rank)` over the two lists.
+    ReciprocalRank,
+    /// A convex combination of the scores: `lexical x BM25 / best BM25 + (1 - lexical) x
+    /// cosine` (the cosine of every candidate computed exactly).
+    Convex { lexical: f32 },
+}
+
 /// Reciprocal-rank fusion constant (Cormack et al.): a memory at rank `r` (0-based) of a list
 /// adds `1 / (RRF_K + r + 1)`.
 pub const RRF_K: f32 = 60.0;
@@ -188,28 +198,53 @@ impl Engine {
                 }
             }
             Retrieval::Hybrid => {
-                let mut fused: std::collections::HashMap<MemoryId, (f32, Option<f32>, FoundBy)> =
-                    Default::default();
+                // Per candidate: (rank fusion score, BM25 share of the best, similarity, paths).
+                let mut fused: std::collections::HashMap<
+                    MemoryId,
+                    (f32, f32, Option<f32>, FoundBy),
+                > = Default::default();
                 for (r, h) in dense.into_iter().enumerate() {
                     let e = fused.entry(h.id).or_default();
                     e.0 += 1.0 / (RRF_K + r as f32 + 1.0);
-                    e.1 = Some(h.similarity);
-                    e.2.dense = true;
+                    e.2 = Some(h.similarity);
+                    e.3.dense = true;
                 }
+                let best = lexical.first().map_or(1.0, |h| h.score);
                 for (r, h) in lexical.into_iter().enumerate() {
                     let e = fused.entry(h.id).or_default();
                     e.0 += 1.0 / (RRF_K + r as f32 + 1.0);
-                    e.2.lexical = true;
+                    e.1 = h.score / best;
+                    e.3.lexical = true;
                 }
-                let mut fused: Vec<_> = fused.into_iter().collect();
-                fused.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+                let mut fused: Vec<(MemoryId, f32, Option<f32>, FoundBy)> = match self.opts.fusion {
+                    // Activation: the fused score as a share of the most it can be (first in
+                    // both lists), so that agreement of the two paths counts.
+                    Fusion::ReciprocalRank => {
+                        let top = 2.0 / (RRF_K + 1.0);
+                        fused
+                            .into_iter()
+                            .map(|(id, (rrf, _, sim, by))| (id, rrf / top, sim, by))
+                            .collect()
+                    }
+                    Fusion::Convex { lexical: w } => {
+                        let q = query.as_ref().expect("hybrid retrieval embeds the cue");
+                        let mut out = Vec::with_capacity(fused.len());
+                        for (id, (_, bm, sim, by)) in fused {
+                            let sim = match sim {
+                                Some(s) => Some(s),
+                                None => self
+                                    .store
+                                    .read_space(space, |st| st.similarity(id.as_str(), q))??,
+                            };
+                            let a = w * bm + (1.0 - w) * sim.unwrap_or(0.0).max(0.0);
+                            out.push((id, a, sim, by));
+                        }
+                        out
+                    }
+                };
+                fused.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 fused.truncate(want);
-                // Activation: the fused score as a share of the most it can be (first in both
-                // lists), so that agreement of the two paths counts.
-                let top = 2.0 / (RRF_K + 1.0);
-                for (id, (rrf, sim, by)) in fused {
-                    found.push((id, rrf / top, sim, by));
-                }
+                found.extend(fused);
             }
         }
         // A lexical match's similarity to the cue, where the cue has an embedding.

@@ -592,15 +592,50 @@ fn text_cues_fuse_dense_and_lexical_matches_and_say_which_found_each() {
     // Dense: every memory with a positive similarity, found by the embedding.
     let r = recall("cat", Some(Retrieval::Dense));
     assert!(r.vivid.iter().all(|i| i.found_by.names() == ["dense"]));
-    // Hybrid, the default for text: the memory first in both lists leads with activation 1
-    // and says both paths found it.
+    // Hybrid, the default for text: the best BM25 match, also the nearest embedding, leads
+    // with activation 0.5 x 1 + 0.5 x its similarity (the default convex fusion) and says both
+    // paths found it.
     let r = recall("the cat chased a mouse", None);
     assert_eq!(r.retrieval, Retrieval::Hybrid);
     let top = &r.vivid[0];
     assert_eq!(top.id.as_str(), "cat");
     assert_eq!(top.found_by.names(), ["dense", "lexical"]);
-    assert!((top.activation - 1.0).abs() < 1e-6, "{top:?}");
     assert!(top.similarity > 0.5 && top.similarity <= 1.0 + 1e-6);
+    assert!(
+        (top.activation - (0.5 + 0.5 * top.similarity)).abs() < 1e-5,
+        "{top:?}"
+    );
+    // Reciprocal-rank fusion, the alternative: first in both lists is activation 1.
+    let dir2 = tempfile::tempdir().unwrap();
+    let rrf = Engine::open(
+        dir2.path(),
+        EngineOptions {
+            fusion: engram_engine::Fusion::ReciprocalRank,
+            ..options(64)
+        },
+    )
+    .unwrap();
+    for (id, t) in texts {
+        let mut m = NewMemory::text(t);
+        m.id = Some(MemoryId::new(id).unwrap());
+        m.auto_link = false;
+        rrf.remember(&s, m).unwrap();
+    }
+    let r = rrf
+        .recall(
+            &s,
+            &Cue {
+                mode: RecallMode::Similarity,
+                ..Cue::text("the cat chased a mouse")
+            },
+        )
+        .unwrap();
+    assert_eq!(r.vivid[0].id.as_str(), "cat");
+    assert!(
+        (r.vivid[0].activation - 1.0).abs() < 1e-6,
+        "{:?}",
+        r.vivid[0]
+    );
     // A vector cue is dense only.
     let e = engine.get(&s, "dog").unwrap().unwrap().embedding;
     let r = engine.recall(&s, &Cue::vector(e.clone())).unwrap();
