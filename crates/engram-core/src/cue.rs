@@ -105,7 +105,8 @@ pub enum Retrieval {
     Dense,
     /// By BM25 over the memories' content (text cues only).
     Lexical,
-    /// Both, fused by reciprocal rank (text cues only).
+    /// Both, fused (the engine's fusion: a convex combination of the scores by default, or
+    /// reciprocal rank; text cues only).
     Hybrid,
 }
 
@@ -148,8 +149,8 @@ impl FromStr for Retrieval {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cue {
     pub input: CueInput,
-    /// Least cosine similarity of a direct match, in `[-1, 1]`. Default 0.0. Memories reached
-    /// by spreading are kept whatever their own similarity.
+    /// Least cosine similarity of a dense match, in `[-1, 1]`. Default 0.0. Lexical matches and
+    /// memories reached by spreading are kept whatever their own similarity.
     pub threshold: f32,
     /// Most memories returned, direct and spread together: `1..=`[`MAX_RESULTS`]. Default 10.
     pub max_results: usize,

@@ -243,8 +243,9 @@ impl Embedder for NeuralEmbedder {
         self.dimension
     }
 
-    /// `bert-mean-<dimension>:<crc32c of model.safetensors>`: two different weight files never
-    /// share a name, so vectors from different models are never mixed unknowingly.
+    /// `bert-mean-<dimension>:<crc32c of model.safetensors>`: different weight files get
+    /// different names (but for a 1 in 2^32 CRC collision), so vectors of different models are
+    /// not mixed unknowingly. The tokenizer and the sequence length are not part of it.
     fn name(&self) -> &str {
         &self.name
     }

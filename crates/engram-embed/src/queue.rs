@@ -123,7 +123,27 @@ fn work(shared: &Shared, embedder: &dyn Embedder, max_batch: usize) {
             continue;
         }
         let texts: Vec<&str> = live.iter().map(|j| j.text.as_str()).collect();
-        match embedder.embed_batch(&texts) {
+        // A panic in the model (candle, tokenizers) fails this batch, not the worker: later
+        // requests must still be answered.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            embedder.embed_batch(&texts)
+        }))
+        .unwrap_or_else(|_| {
+            Err(CoreError::Embedding(
+                "the embedder panicked on this batch".into(),
+            ))
+        });
+        match result {
+            Ok(vectors) if vectors.len() != live.len() => {
+                let e = CoreError::Embedding(format!(
+                    "the embedder returned {} vectors for {} texts",
+                    vectors.len(),
+                    live.len()
+                ));
+                for job in live {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
             Ok(vectors) => {
                 for (job, v) in live.into_iter().zip(vectors) {
                     let _ = job.reply.send(Ok(v));
@@ -215,6 +235,33 @@ mod tests {
             e.calls.load(Ordering::SeqCst) < 32,
             "32 single-text requests from 8 threads took {} calls",
             e.calls.load(Ordering::SeqCst)
+        );
+    }
+
+    /// Panics on a text containing "boom".
+    struct Fragile;
+
+    impl Embedder for Fragile {
+        fn dimension(&self) -> usize {
+            4
+        }
+        fn name(&self) -> &str {
+            "fragile"
+        }
+        fn embed(&self, text: &str) -> Result<Vec<f32>, CoreError> {
+            assert!(!text.contains("boom"), "boom");
+            Ok(vec![0.5; 4])
+        }
+    }
+
+    #[test]
+    fn a_panicking_embedder_fails_its_batch_and_the_queue_goes_on() {
+        let q = EmbedQueue::start(Arc::new(Fragile), 4).unwrap();
+        let e = q.embed_blocking(vec!["boom".into()]).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert_eq!(
+            q.embed_blocking(vec!["fine".into()]).unwrap(),
+            vec![vec![0.5; 4]]
         );
     }
 

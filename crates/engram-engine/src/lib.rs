@@ -254,7 +254,7 @@ impl Engine {
         match &self.opts.text_model {
             Some(m) if m.0.name() == meta.embedder => Ok(m.0.clone()),
             _ => Err(EngineError::Unavailable(format!(
-                "memory space {:?} embeds text with the model {:?}, which this server has not loaded (start it with --embedder-model and that model's directory), so text without an embedding cannot be stored or recalled there; memories and cues with embeddings still work",
+                "memory space {:?} embeds text with the model {:?}, which this server has not loaded (start it with --embedder-model and that model's directory), so text without an embedding cannot be stored or recalled by similarity there; memories and cues with embeddings, and recalls with retrieval lexical, still work",
                 space.as_str(),
                 meta.embedder
             ))),
@@ -371,6 +371,14 @@ impl Engine {
                         )));
                     }
                     e
+                }
+                // Content the memory's validation refuses is not embedded first.
+                None if n.content.len() > limits::MAX_CONTENT_LEN => {
+                    return Err(EngineError::Invalid(at(format!(
+                        "content is {} bytes, the limit is {}",
+                        n.content.len(),
+                        limits::MAX_CONTENT_LEN
+                    ))))
                 }
                 None => self.text_embedder(space)?.embed(&n.content)?,
             };

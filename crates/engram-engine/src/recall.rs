@@ -72,7 +72,8 @@ pub struct RecallItem {
     pub id: MemoryId,
     pub content: String,
     pub confidence: Confidence,
-    /// Cosine similarity of the memory to the cue.
+    /// Cosine similarity of the memory to the cue; with lexical retrieval (no embedding of
+    /// the cue), a direct match's BM25 score as a share of the best one.
     pub similarity: f32,
     /// Its activation (a direct match's starts at its similarity).
     pub activation: f32,

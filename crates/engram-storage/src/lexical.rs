@@ -90,11 +90,20 @@ pub fn analyze(text: &str) -> Vec<u64> {
     out
 }
 
-/// The distinct terms of a cue, sorted.
+/// Distinct terms of a cue that count, at most: a search costs about (terms x memtable
+/// entries + their postings), and a cue may be as long as a memory.
+pub const MAX_QUERY_TERMS: usize = 256;
+
+/// The distinct terms of a cue, sorted: the first [`MAX_QUERY_TERMS`] distinct ones in the
+/// text's order.
 pub fn query_terms(text: &str) -> Vec<u64> {
-    let mut t = analyze(text);
+    let mut seen = std::collections::HashSet::new();
+    let mut t: Vec<u64> = analyze(text)
+        .into_iter()
+        .filter(|h| seen.insert(*h))
+        .take(MAX_QUERY_TERMS)
+        .collect();
     t.sort_unstable();
-    t.dedup();
     t
 }
 

@@ -135,7 +135,11 @@ impl Op {
                 dimension: r.u32("dimension")?,
                 created_at_us: r.i64("created_at")?,
                 embedder: if r.remaining() > 0 {
-                    r.str16("embedder")?.to_string()
+                    let name = r.str16("embedder")?;
+                    if name.is_empty() || name.len() > crate::meta::MAX_EMBEDDER_NAME {
+                        return corrupted(format!("an embedder name of {} bytes", name.len()));
+                    }
+                    name.to_string()
                 } else {
                     String::new()
                 },

@@ -145,7 +145,7 @@ impl Space {
                 Ok(seg) => {
                     flushed_seq = flushed_seq.max(*max);
                     open_index(disk, &seg)?;
-                    open_lex(disk, &seg)?;
+                    open_lex(disk, &seg);
                     segments.push(Arc::new(seg));
                 }
                 Err(e @ StorageError::Corrupted(_)) => {
@@ -915,7 +915,6 @@ pub fn build_index(
     Ok(true)
 }
 
-/// The directory of a space below the node's root.
 /// Writes `lex` beside `seg` (crash-safely) and attaches it. A failed write only costs a
 /// rebuild at the next open: it is logged, and the index stays attached.
 fn attach_lex(disk: &dyn Disk, seg: &Segment, lex: SegmentLex) {
@@ -928,8 +927,16 @@ fn attach_lex(disk: &dyn Disk, seg: &Segment, lex: SegmentLex) {
 
 /// Opens the `.lex` file beside `seg` and attaches it; if it is missing or does not match the
 /// segment (a crash between the two, damage, another analyzer), builds it from the segment's
-/// content and writes it.
-pub fn open_lex(disk: &dyn Disk, seg: &Segment) -> Result<()> {
+/// content and writes it. Never fails the space's load: a segment whose content cannot be
+/// read is left without a lexical index (logged; lexical search skips it, everything else
+/// works as before).
+pub fn open_lex(disk: &dyn Disk, seg: &Segment) {
+    if let Err(e) = try_open_lex(disk, seg) {
+        tracing::error!(path = %seg.path().display(), error = %e, "no lexical index for this segment: its content cannot be read");
+    }
+}
+
+fn try_open_lex(disk: &dyn Disk, seg: &Segment) -> Result<()> {
     let path = lex_path(seg.path());
     let info = seg.info();
     let seqs = (info.min_seq, info.max_seq);
@@ -955,6 +962,7 @@ pub fn open_lex(disk: &dyn Disk, seg: &Segment) -> Result<()> {
     Ok(())
 }
 
+/// The directory of a space below the node's root.
 pub fn space_dir(root: &Path, id: &SpaceId) -> PathBuf {
     root.join("spaces").join(id.as_str())
 }

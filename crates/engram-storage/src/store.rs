@@ -653,11 +653,9 @@ impl Store {
         self.inner.require(space)?.state.read().for_each(f)
     }
 
-    /// Runs `f` on the space's state under its read lock (for the engine: segments, memtables).
-    /// The `k` live memories of `space` most similar to `query` (unit length, the space's
-    /// dimension), best first. `ef` is the HNSW beam width (at least `k` is used).
     /// The `k` live memories of `space` with the highest BM25 score for `text` (see
-    /// [`crate::lexical`]), best first.
+    /// [`crate::lexical`]; at most [`crate::lexical::MAX_QUERY_TERMS`] of its distinct terms
+    /// count), best first.
     pub fn lexical_search(
         &self,
         space: &SpaceId,
@@ -670,6 +668,8 @@ impl Store {
         st.lexical_search(&terms, k)
     }
 
+    /// The `k` live memories of `space` most similar to `query` (unit length, the space's
+    /// dimension), best first. `ef` is the HNSW beam width (at least `k` is used).
     pub fn search(&self, space: &SpaceId, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
         let s = self.inner.require(space)?;
         let dim = s.meta.dimension as usize;
@@ -722,6 +722,7 @@ impl Store {
         Ok(built)
     }
 
+    /// Runs `f` on the space's state under its read lock (for the engine: segments, memtables).
     pub fn read_space<R>(&self, space: &SpaceId, f: impl FnOnce(&SpaceState) -> R) -> Result<R> {
         Ok(f(&self.inner.require(space)?.state.read()))
     }
