@@ -73,20 +73,51 @@ fn term_hash(bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
+/// Words whose term each thread remembers (stemming is most of the analysis, and words
+/// repeat); the memo is cleared when it reaches this size.
+const MEMO_WORDS: usize = 1 << 16;
+
+thread_local! {
+    /// Lowercased word -> its term (`None`: a stop word or a dropped term).
+    static MEMO: std::cell::RefCell<std::collections::HashMap<String, Option<u64>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn term_of(word: &str) -> Option<u64> {
+    if STOP_WORDS.contains(&word) {
+        return None;
+    }
+    let stem = stemmer().stem(word);
+    if stem.is_empty() || stem.len() > MAX_TERM_BYTES {
+        return None;
+    }
+    Some(term_hash(stem.as_bytes()))
+}
+
 /// The terms of `text`, in order (see the module documentation).
 pub fn analyze(text: &str) -> Vec<u64> {
     let lower = text.to_lowercase();
     let mut out = Vec::new();
-    for word in lower.split(|c: char| !c.is_alphanumeric()) {
-        if word.is_empty() || STOP_WORDS.contains(&word) {
-            continue;
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        for word in lower.split(|c: char| !c.is_alphanumeric()) {
+            if word.is_empty() {
+                continue;
+            }
+            let term = match memo.get(word) {
+                Some(t) => *t,
+                None => {
+                    let t = term_of(word);
+                    if memo.len() >= MEMO_WORDS {
+                        memo.clear();
+                    }
+                    memo.insert(word.to_string(), t);
+                    t
+                }
+            };
+            out.extend(term);
         }
-        let stem = stemmer().stem(word);
-        if stem.is_empty() || stem.len() > MAX_TERM_BYTES {
-            continue;
-        }
-        out.push(term_hash(stem.as_bytes()));
-    }
+    });
     out
 }
 
@@ -183,13 +214,48 @@ impl SegmentLex {
         Self::from_docs(&docs, seqs)
     }
 
-    pub fn from_docs(docs: &[DocTerms], (min_seq, max_seq): (u64, u64)) -> Self {
-        let mut pairs: Vec<(u64, u32, u32)> = Vec::new();
-        let mut total_len = 0u64;
+    pub fn from_docs(docs: &[DocTerms], seqs: (u64, u64)) -> Self {
+        let mut triples: Vec<(u64, u32, u32)> = Vec::new();
         for (row, d) in docs.iter().enumerate() {
-            total_len += d.len as u64;
-            pairs.extend(d.terms.iter().map(|&(t, tf)| (t, row as u32, tf)));
+            triples.extend(d.terms.iter().map(|&(t, tf)| (t, row as u32, tf)));
         }
+        let lens: Vec<u32> = docs.iter().map(|d| d.len).collect();
+        Self::from_triples(triples, &lens, seqs)
+    }
+
+    /// The index of a merge's output without analysing any text again: output row `i` is
+    /// row `rows[i].1` of input `rows[i].0`, whose terms and length are taken from that
+    /// input's index.
+    pub fn merge(inputs: &[&SegmentLex], rows: &[(usize, u32)], seqs: (u64, u64)) -> Self {
+        let mut map: Vec<Vec<u32>> = inputs.iter().map(|l| vec![u32::MAX; l.rows]).collect();
+        let mut lens = Vec::with_capacity(rows.len());
+        for (out, &(i, r)) in rows.iter().enumerate() {
+            map[i][r as usize] = out as u32;
+            lens.push(inputs[i].doc_len(r as usize));
+        }
+        let mut triples: Vec<(u64, u32, u32)> = Vec::new();
+        for (i, lex) in inputs.iter().enumerate() {
+            for e in 0..lex.terms {
+                let (term, df, first) = lex.entry(e);
+                for p in first as usize..first as usize + df as usize {
+                    let (row, tf) = lex.posting(p);
+                    let out = map[i][row as usize];
+                    if out != u32::MAX {
+                        triples.push((term, out, tf));
+                    }
+                }
+            }
+        }
+        Self::from_triples(triples, &lens, seqs)
+    }
+
+    /// From (term, row, tf) triples (any order) and the rows' lengths.
+    fn from_triples(
+        mut pairs: Vec<(u64, u32, u32)>,
+        lens: &[u32],
+        (min_seq, max_seq): (u64, u64),
+    ) -> Self {
+        let total_len: u64 = lens.iter().map(|&l| l as u64).sum();
         pairs.sort_unstable();
         let mut dict: Vec<(u64, u32, u64)> = Vec::new();
         for (i, &(t, _, _)) in pairs.iter().enumerate() {
@@ -199,13 +265,13 @@ impl SegmentLex {
             }
         }
         let mut b = Vec::with_capacity(
-            HEADER + docs.len() * 4 + dict.len() * DICT_ENTRY + pairs.len() * POSTING + 4,
+            HEADER + lens.len() * 4 + dict.len() * DICT_ENTRY + pairs.len() * POSTING + 4,
         );
         b.extend_from_slice(&MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
         b.extend_from_slice(&ANALYZER.to_le_bytes());
         for v in [
-            docs.len() as u64,
+            lens.len() as u64,
             min_seq,
             max_seq,
             dict.len() as u64,
@@ -214,8 +280,8 @@ impl SegmentLex {
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        for d in docs {
-            b.extend_from_slice(&d.len.to_le_bytes());
+        for l in lens {
+            b.extend_from_slice(&l.to_le_bytes());
         }
         for &(t, df, first) in &dict {
             b.extend_from_slice(&t.to_le_bytes());
@@ -231,7 +297,7 @@ impl SegmentLex {
         b.extend_from_slice(&crc.to_le_bytes());
         Self {
             bytes: b,
-            rows: docs.len(),
+            rows: lens.len(),
             terms: dict.len(),
             total_len,
         }
@@ -393,6 +459,20 @@ mod tests {
             );
         }
         assert!(SegmentLex::decode(lex.bytes()[..40].to_vec(), 4, (3, 9)).is_err());
+    }
+
+    #[test]
+    fn a_merged_index_equals_one_built_from_the_text() {
+        let a = ["red apple", "green apple apple", "old text", "blue sky"];
+        let b = ["apple pie recipe", "sky and sea"];
+        let la = SegmentLex::build(a.iter().copied(), (1, 4));
+        let lb = SegmentLex::build(b.iter().copied(), (5, 6));
+        // Output: b0, a1, a3, b1 (a0 and a2 replaced or deleted).
+        let rows = [(1, 0), (0, 1), (0, 3), (1, 1)];
+        let merged = SegmentLex::merge(&[&la, &lb], &rows, (1, 6));
+        let text = [b[0], a[1], a[3], b[1]];
+        let built = SegmentLex::build(text.iter().copied(), (1, 6));
+        assert_eq!(merged.bytes(), built.bytes());
     }
 
     #[test]

@@ -767,7 +767,17 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<
     let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
     let merged = match merged {
         Ok(m) => {
-            let lex = SegmentLex::build(rows.iter().map(|r| r.content), (min, max));
+            // From the inputs' indexes when they all have one (no text analysed again).
+            let lexes: Option<Vec<&SegmentLex>> =
+                inputs.iter().map(|s| s.lex().map(|l| &**l)).collect();
+            let lex = match lexes {
+                Some(lexes) => {
+                    let from: Vec<(usize, u32)> =
+                        live.iter().map(|&(_, si, row)| (si, row as u32)).collect();
+                    SegmentLex::merge(&lexes, &from, (min, max))
+                }
+                None => SegmentLex::build(rows.iter().map(|r| r.content), (min, max)),
+            };
             attach_lex(disk, &m, lex);
             Arc::new(m)
         }
