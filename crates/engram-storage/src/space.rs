@@ -350,6 +350,23 @@ impl SpaceState {
         Ok(true)
     }
 
+    /// The memtables' live memories, each id once (the frozen table's version is replaced by
+    /// any entry of the active one), with the table holding it.
+    fn memtable_live(&self) -> impl Iterator<Item = (&Memtable, &MemoryId, &Arc<Memory>)> {
+        let active = &self.active;
+        std::iter::once(active)
+            .chain(self.frozen.as_deref())
+            .enumerate()
+            .flat_map(move |(ti, table)| {
+                table.entries.iter().filter_map(move |(id, e)| match e {
+                    Entry::Live(m) if ti == 0 || !active.entries.contains_key(id.as_str()) => {
+                        Some((table, id, m))
+                    }
+                    _ => None,
+                })
+            })
+    }
+
     /// The `k` live memories most similar to `query` (unit length, the space's dimension),
     /// best first: each segment through its HNSW index (`ef` is the beam width) or, without
     /// one, an exact scan; the memtables exactly. Replaced versions and deleted memories are
@@ -361,19 +378,9 @@ impl SpaceState {
         }
         // The memtables: every entry scored, only the best k kept (ids cloned for those).
         let mut scored: Vec<(f32, &MemoryId)> = Vec::new();
-        for (ti, table) in std::iter::once(&self.active)
-            .chain(self.frozen.as_deref())
-            .enumerate()
-        {
-            for (id, e) in &table.entries {
-                let Entry::Live(m) = e else { continue };
-                // The frozen table's version is replaced by any entry in the active one.
-                if ti == 1 && self.active.entries.contains_key(id.as_str()) {
-                    continue;
-                }
-                if m.embedding.len() == query.len() {
-                    scored.push((engram_core::simd::dot(query, &m.embedding), id));
-                }
+        for (_, id, m) in self.memtable_live() {
+            if m.embedding.len() == query.len() {
+                scored.push((engram_core::simd::dot(query, &m.embedding), id));
             }
         }
         let best_first = |a: &(f32, &MemoryId), b: &(f32, &MemoryId)| {
@@ -440,19 +447,10 @@ impl SpaceState {
         if k == 0 || terms.is_empty() {
             return Ok(Vec::new());
         }
-        let mut docs: Vec<(&MemoryId, Arc<DocTerms>)> = Vec::new();
-        for (ti, table) in std::iter::once(&self.active)
-            .chain(self.frozen.as_deref())
-            .enumerate()
-        {
-            for (id, e) in &table.entries {
-                let Entry::Live(m) = e else { continue };
-                if ti == 1 && self.active.entries.contains_key(id.as_str()) {
-                    continue;
-                }
-                docs.push((id, table.doc_terms(m)));
-            }
-        }
+        let docs: Vec<(&MemoryId, Arc<DocTerms>)> = self
+            .memtable_live()
+            .map(|(table, id, m)| (id, table.doc_terms(m)))
+            .collect();
         let mut n = docs.len() as u64;
         let mut total: u64 = docs.iter().map(|(_, d)| d.len as u64).sum();
         for seg in &self.segments {
