@@ -140,6 +140,34 @@ struct CommitState {
     failed: Option<String>,
 }
 
+/// The node's rate of changes over about the last second, sampled once a tick: the load
+/// measure of the merge and index deferrals. The window is a second, not a tick, so that one
+/// slow fsync (no change for a few ticks) does not read as an idle node.
+#[derive(Default)]
+struct LoadMeter {
+    samples: std::collections::VecDeque<(u64, Instant)>,
+}
+
+impl LoadMeter {
+    /// Records the change counter now; returns changes per second since the oldest sample of
+    /// the window (0 at the first call).
+    fn rate(&mut self, changes: u64) -> f64 {
+        let now = Instant::now();
+        self.samples.push_back((changes, now));
+        while self.samples.len() > 2
+            && now.duration_since(self.samples[1].1) >= Duration::from_secs(1)
+        {
+            self.samples.pop_front();
+        }
+        let (c0, t0) = self.samples[0];
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt <= 0.0 {
+            return 0.0;
+        }
+        changes.saturating_sub(c0) as f64 / dt
+    }
+}
+
 /// Counters, readable without locks.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -1272,12 +1300,9 @@ impl Inner {
     fn indexer_loop(self: Arc<Self>) {
         // When each segment lacking an index was first seen, for the deferral under load.
         let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
-        let mut last = (self.stats.changes.load(Ordering::Relaxed), Instant::now());
+        let mut load = LoadMeter::default();
         while self.wait_tick() {
-            let records = self.stats.changes.load(Ordering::Relaxed);
-            let elapsed = last.1.elapsed().as_secs_f64().max(1e-3);
-            let rate = (records - last.0) as f64 / elapsed;
-            last = (records, Instant::now());
+            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
             let busy = self.opts.index_defer_records_per_s > 0
                 && rate > self.opts.index_defer_records_per_s as f64;
             loop {
@@ -1357,17 +1382,11 @@ impl Inner {
 
     fn compactor_loop(self: Arc<Self>) {
         // The write rate over the last second or so, for the merge deferral under load.
-        let mut last = (self.stats.changes.load(Ordering::Relaxed), Instant::now());
-        let mut busy = false;
+        let mut load = LoadMeter::default();
         while self.wait_tick() {
-            let elapsed = last.1.elapsed();
-            if elapsed >= Duration::from_secs(1) {
-                let records = self.stats.changes.load(Ordering::Relaxed);
-                let rate = (records - last.0) as f64 / elapsed.as_secs_f64();
-                last = (records, Instant::now());
-                busy = self.opts.merge_defer_records_per_s > 0
-                    && rate > self.opts.merge_defer_records_per_s as f64;
-            }
+            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let busy = self.opts.merge_defer_records_per_s > 0
+                && rate > self.opts.merge_defer_records_per_s as f64;
             if let Err(e) = self.compact_pass(false, busy) {
                 tracing::error!(error = %e, "compaction pass failed; will retry");
             }
@@ -1615,4 +1634,22 @@ fn max_persisted_seq(disk: &dyn Disk, spaces_dir: &Path) -> Result<u64> {
         }
     }
     Ok(max)
+}
+
+#[cfg(test)]
+mod load_meter_tests {
+    use super::LoadMeter;
+    use std::time::Duration;
+
+    #[test]
+    fn a_quiet_tick_does_not_read_as_idle() {
+        let mut m = LoadMeter::default();
+        assert_eq!(m.rate(0), 0.0);
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(m.rate(100) > 1000.0);
+        // No change for a while: still ~100 changes over the window, not 0.
+        std::thread::sleep(Duration::from_millis(30));
+        let r = m.rate(100);
+        assert!(r > 100.0 && r < 10_000.0, "{r}");
+    }
 }
