@@ -41,15 +41,24 @@ impl Memtable {
 
     pub fn put(&mut self, memory: Memory) {
         self.bytes += memory_bytes(&memory);
-        self.lex.get_mut().remove(&memory.id);
+        self.forget_terms(&memory.id);
         self.entries
             .insert(memory.id.clone(), Entry::Live(Arc::new(memory)));
     }
 
     pub fn tombstone(&mut self, id: MemoryId) {
         self.bytes += 64 + id.as_str().len();
-        self.lex.get_mut().remove(&id);
+        self.forget_terms(&id);
         self.entries.insert(id, Entry::Tombstone);
+    }
+
+    /// Drops the cached terms of `id` (replaced or deleted). Free when nothing was searched:
+    /// the write path does not pay for the lexical index.
+    fn forget_terms(&mut self, id: &MemoryId) {
+        let lex = self.lex.get_mut();
+        if !lex.is_empty() {
+            lex.remove(id);
+        }
     }
 
     /// The lexical terms of the live entry `m` (held here under its id), analysed once.
