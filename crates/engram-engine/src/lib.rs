@@ -320,9 +320,104 @@ impl Engine {
     /// Turns a caller's memory into the one stored: id, embedding (given and normalised, or
     /// from the embedder), defaults, validation, explicit links checked, automatic links.
     pub fn prepare(&self, space: &SpaceId, m: NewMemory) -> Result<Memory> {
-        let dim = self.dimension(space)?;
-        let (mut prepared, _) = self.prepare_batch(space, dim, vec![m])?;
+        let target = self.existing(space)?;
+        let (mut prepared, _) = self.prepare_batch(space, &target, vec![m])?;
         Ok(prepared.remove(0))
+    }
+
+    /// The target of a write to a space that exists.
+    fn existing(&self, space: &SpaceId) -> Result<Target> {
+        Ok(Target::Existing {
+            dim: self.dimension(space)?,
+        })
+    }
+
+    /// The dimension of a space created by `batch`, its first write: the length of the first
+    /// embedding it carries, else the text embedder's (the engine's default dimension).
+    fn first_write_dimension(&self, batch: &[NewMemory]) -> Result<usize> {
+        let Some(dim) = batch
+            .iter()
+            .find_map(|m| m.embedding.as_ref().map(|e| e.len()))
+        else {
+            return Ok(self.opts.default_dimension as usize);
+        };
+        if dim == 0 || dim > limits::MAX_DIMENSION {
+            return Err(EngineError::Invalid(format!(
+                "embedding has {dim} dimensions, expected 1 to {}",
+                limits::MAX_DIMENSION
+            )));
+        }
+        Ok(dim)
+    }
+
+    /// The text embedder a space of `dimension` created now gets: the model when it has that
+    /// dimension, else the hashing embedder.
+    fn embedder_for(&self, dimension: usize) -> Result<Arc<dyn Embedder>> {
+        match &self.opts.text_model {
+            Some(m) if m.0.dimension() == dimension => Ok(m.0.clone()),
+            _ => self.hashing(dimension),
+        }
+    }
+
+    /// Whether the space exists.
+    pub fn space_exists(&self, space: &SpaceId) -> Result<bool> {
+        Ok(self.store.space_exists(space)?)
+    }
+
+    /// The text embedder that embeds `batch`'s memories without an embedding if it is written
+    /// to `space` now: the space's, or for a space this write creates, the one it will get.
+    pub fn write_embedder(
+        &self,
+        space: &SpaceId,
+        batch: &[NewMemory],
+    ) -> Result<Arc<dyn Embedder>> {
+        if self.store.space_exists(space)? {
+            self.text_embedder(space)
+        } else {
+            self.embedder_for(self.first_write_dimension(batch)?)
+        }
+    }
+
+    /// A write to a space that does not exist creates it with the write, all or nothing
+    /// ([`Store::create_space_with_batch`]): its dimension from the write
+    /// ([`Engine::first_write_dimension`]), the write checked against an empty space (explicit
+    /// links only to earlier members, automatic links among its own members). A refused
+    /// write creates nothing. When another write created the space meanwhile, the batch
+    /// comes back for the ordinary path.
+    fn write_creating(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<FirstWrite> {
+        let dim = self.first_write_dimension(&batch)?;
+        let target = Target::New {
+            dim,
+            embedder: self.embedder_for(dim)?,
+        };
+        let retry = batch.clone();
+        let (memories, _) = self.prepare_batch(space, &target, batch)?;
+        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        match self.store.create_space_with_batch(
+            space,
+            dim as u32,
+            self.embedder_tag(dim as u32),
+            memories,
+        ) {
+            Ok(_) => Ok(FirstWrite::Created(out)),
+            Err(engram_storage::StorageError::SpaceExists(_)) => Ok(FirstWrite::Exists(retry)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates `space` with `batch` if it does not exist: `Ok(Err(batch))` when it exists.
+    fn create_if_missing(
+        &self,
+        space: &SpaceId,
+        batch: Vec<NewMemory>,
+    ) -> Result<std::result::Result<Vec<Stored>, Vec<NewMemory>>> {
+        if self.store.space_exists(space)? {
+            return Ok(Err(batch));
+        }
+        Ok(match self.write_creating(space, batch)? {
+            FirstWrite::Created(stored) => Ok(stored),
+            FirstWrite::Exists(batch) => Err(batch),
+        })
     }
 
     /// The memories to store, and per memory the link index insertion planned while
@@ -330,9 +425,17 @@ impl Engine {
     fn prepare_batch(
         &self,
         space: &SpaceId,
-        dim: usize,
+        target: &Target,
         batch: Vec<NewMemory>,
     ) -> Result<(Vec<Memory>, Vec<Option<Planned>>)> {
+        let (dim, new_space) = match target {
+            Target::Existing { dim } => (*dim, false),
+            Target::New { dim, .. } => (*dim, true),
+        };
+        let mut embedder = match target {
+            Target::Existing { .. } => None,
+            Target::New { embedder, .. } => Some(embedder.clone()),
+        };
         let now = now_us();
         let mut out = Vec::with_capacity(batch.len());
         let mut auto = Vec::with_capacity(batch.len());
@@ -380,7 +483,12 @@ impl Engine {
                         limits::MAX_CONTENT_LEN
                     ))))
                 }
-                None => self.text_embedder(space)?.embed(&n.content)?,
+                None => {
+                    if embedder.is_none() {
+                        embedder = Some(self.text_embedder(space)?);
+                    }
+                    embedder.as_ref().expect("set above").embed(&n.content)?
+                }
             };
             let confidence = n.confidence.unwrap_or(Confidence::DEFAULT);
             let memory = Memory {
@@ -403,9 +511,10 @@ impl Engine {
                     ))));
                 }
                 let known = out.iter().any(|m: &Memory| m.id == l.to)
-                    || self
-                        .store
-                        .read_space(space, |st| st.contains(l.to.as_str()))??;
+                    || (!new_space
+                        && self
+                            .store
+                            .read_space(space, |st| st.contains(l.to.as_str()))??);
                 if !known {
                     return Err(EngineError::Invalid(at(format!(
                         "link target {:?} does not exist in this space",
@@ -423,7 +532,7 @@ impl Engine {
             let mut plan = None;
             if auto && self.opts.auto_link_max > 0 {
                 let (earlier, rest) = out.split_at_mut(i);
-                plan = self.auto_link(space, &mut rest[0], earlier)?;
+                plan = self.auto_link(space, new_space, &mut rest[0], earlier)?;
             }
             plans.push(plan);
         }
@@ -436,13 +545,19 @@ impl Engine {
     fn auto_link(
         &self,
         space: &SpaceId,
+        new_space: bool,
         m: &mut Memory,
         earlier: &[Memory],
     ) -> Result<Option<Planned>> {
         let want = self.opts.auto_link_max;
-        let index = self.link_index(space)?;
         let mut planned = None;
-        let mut hits = if let Some((ins, candidates)) = index.plan(&m.embedding, want + 3) {
+        let mut hits = if new_space {
+            // Nothing is stored yet: only the batch's earlier members.
+            Vec::new()
+        } else if let Some((index, (ins, candidates))) = {
+            let index = self.link_index(space)?;
+            index.plan(&m.embedding, want + 3).map(|p| (index, p))
+        } {
             planned = Some(Planned {
                 index: index.clone(),
                 insertion: ins,
@@ -501,9 +616,15 @@ impl Engine {
     }
 
     /// Stores one memory; returns once it is durable (fsync'd).
+    /// Stores one memory; returns once it is durable (fsync'd). A space that does not exist
+    /// is created with it (see [`Engine::remember_batch`]).
     pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        let dim = self.dimension(space)?;
-        let (mut memories, plans) = self.prepare_batch(space, dim, vec![m])?;
+        let m = match self.create_if_missing(space, vec![m])? {
+            Ok(mut stored) => return Ok(stored.remove(0)),
+            Err(mut batch) => batch.remove(0),
+        };
+        let target = self.existing(space)?;
+        let (mut memories, plans) = self.prepare_batch(space, &target, vec![m])?;
         let memory = memories.remove(0);
         let stored = stored(&memory);
         let vector = memory.embedding.clone();
@@ -514,8 +635,13 @@ impl Engine {
 
     /// [`Engine::remember`] for async callers: no thread blocks while the group commit runs.
     pub async fn remember_async(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        let dim = self.dimension(space)?;
-        let (mut memories, plans) = self.prepare_batch(space, dim, vec![m])?;
+        // A first write (rare) creates its space synchronously, as `create_space` does.
+        let m = match self.create_if_missing(space, vec![m])? {
+            Ok(mut stored) => return Ok(stored.remove(0)),
+            Err(mut batch) => batch.remove(0),
+        };
+        let target = self.existing(space)?;
+        let (mut memories, plans) = self.prepare_batch(space, &target, vec![m])?;
         let memory = memories.remove(0);
         let stored = stored(&memory);
         let vector = memory.embedding.clone();
@@ -530,7 +656,16 @@ impl Engine {
 
     /// Stores memories all or nothing: every one is checked before any is written, and they
     /// share one WAL record.
+    ///
+    /// A space that does not exist is created by its first write, in the same group commit:
+    /// its dimension is the length of the first embedding in the write, else the text
+    /// embedder's. A refused write creates nothing: no space, no memory, no WAL record.
     pub fn remember_batch(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Stored>> {
+        check_batch(&batch)?;
+        let batch = match self.create_if_missing(space, batch)? {
+            Ok(stored) => return Ok(stored),
+            Err(batch) => batch,
+        };
         let (memories, plans) = self.prepare_many(space, batch)?;
         let out: Vec<Stored> = memories.iter().map(stored).collect();
         let vectors = id_vectors(&memories);
@@ -545,6 +680,11 @@ impl Engine {
         space: &SpaceId,
         batch: Vec<NewMemory>,
     ) -> Result<Vec<Stored>> {
+        check_batch(&batch)?;
+        let batch = match self.create_if_missing(space, batch)? {
+            Ok(stored) => return Ok(stored),
+            Err(batch) => batch,
+        };
         let (memories, plans) = self.prepare_many(space, batch)?;
         let out: Vec<Stored> = memories.iter().map(stored).collect();
         let vectors = id_vectors(&memories);
@@ -560,31 +700,8 @@ impl Engine {
         space: &SpaceId,
         batch: Vec<NewMemory>,
     ) -> Result<(Vec<Memory>, Vec<Option<Planned>>)> {
-        if batch.is_empty() {
-            return Err(EngineError::Invalid(
-                "a batch needs at least one memory".into(),
-            ));
-        }
-        if batch.len() > limits::MAX_BATCH {
-            return Err(EngineError::Invalid(format!(
-                "a batch of {} memories exceeds the limit of {}",
-                batch.len(),
-                limits::MAX_BATCH
-            )));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, m) in batch.iter().enumerate() {
-            if let Some(id) = &m.id {
-                if !seen.insert(id.clone()) {
-                    return Err(EngineError::Invalid(format!(
-                        "memory {i}: id {:?} appears twice in the batch",
-                        id.as_str()
-                    )));
-                }
-            }
-        }
-        let dim = self.dimension(space)?;
-        self.prepare_batch(space, dim, batch)
+        let target = self.existing(space)?;
+        self.prepare_batch(space, &target, batch)
     }
 
     /// The newest version of a memory. Links to memories deleted since are left out: a link
@@ -755,6 +872,53 @@ impl Engine {
         self.store.link(space, from, to, weight)?;
         Ok(())
     }
+}
+
+/// The space a write goes to.
+enum Target {
+    /// One that exists, of `dim` dimensions.
+    Existing { dim: usize },
+    /// One the write creates: nothing stored yet; text embedded by `embedder`.
+    New {
+        dim: usize,
+        embedder: Arc<dyn Embedder>,
+    },
+}
+
+/// What a write to a missing space did.
+enum FirstWrite {
+    /// Created the space with the write.
+    Created(Vec<Stored>),
+    /// Another write created the space meanwhile: the batch, untouched, for the ordinary path.
+    Exists(Vec<NewMemory>),
+}
+
+/// A batch's size within 1..=[`limits::MAX_BATCH`], and no id twice.
+fn check_batch(batch: &[NewMemory]) -> Result<()> {
+    if batch.is_empty() {
+        return Err(EngineError::Invalid(
+            "a batch needs at least one memory".into(),
+        ));
+    }
+    if batch.len() > limits::MAX_BATCH {
+        return Err(EngineError::Invalid(format!(
+            "a batch of {} memories exceeds the limit of {}",
+            batch.len(),
+            limits::MAX_BATCH
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, m) in batch.iter().enumerate() {
+        if let Some(id) = &m.id {
+            if !seen.insert(id) {
+                return Err(EngineError::Invalid(format!(
+                    "memory {i}: id {:?} appears twice in the batch",
+                    id.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A link index insertion planned for a memory about to be committed, with the index it was

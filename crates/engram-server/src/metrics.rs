@@ -64,7 +64,10 @@ pub async fn track(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`.
-pub async fn render(State(st): State<AppState>) -> Response {
+pub async fn render(State(st): State<AppState>, q: crate::routes::Params) -> Response {
+    if let Err(e) = crate::routes::params(q, &[]) {
+        return e.into_response();
+    }
     let store = st.engine.store();
     let stats = store.stats();
     let counters = [

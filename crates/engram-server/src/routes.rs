@@ -8,14 +8,14 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::Json;
 use engram_core::{Cue, CueInput, RecallMode, Retrieval, SpaceId};
-use engram_engine::{EngineError, NewMemory, DEFAULT_SPACE};
+use engram_engine::{NewMemory, DEFAULT_SPACE};
 use serde_json::{json, Value};
 
 use crate::wire::{self, BatchIn, MemoryIn, RecallIn, SpaceIn};
 use crate::{ApiError, AppState, Grant};
 
 type Reply = Result<(StatusCode, Json<Value>), ApiError>;
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
@@ -30,10 +30,30 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::Invalid(format!("bad query string: {}", e.body_text())))
+/// The query parameters, each one of `accepted` (else a 400 naming it).
+pub(crate) fn params(q: Params, accepted: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let q = q
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::Invalid(format!("bad query string: {}", e.body_text())))?;
+    wire::check_query(q.keys(), accepted)?;
+    Ok(q)
 }
+
+/// Query parameters of the memory routes that take nothing but the space.
+const SPACE_ONLY: &[&str] = &["space"];
+/// Query parameters of `GET /api/v1/memories/{id}`.
+const GET_MEMORY: &[&str] = &["space", "include_embedding"];
+/// Query parameters of `GET /api/v1/memories/recall` (`POST` takes only `space`).
+const RECALL_GET: &[&str] = &[
+    "space",
+    "query",
+    "embedding",
+    "max_results",
+    "threshold",
+    "mode",
+    "max_hops",
+    "retrieval",
+];
 
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|Path(id)| id)
@@ -61,22 +81,6 @@ fn space_of(
     Ok(SpaceId::new(id)?)
 }
 
-/// Creates the space on first write, with the default dimension.
-fn ensure_space(st: &AppState, space: &SpaceId) -> Result<(), ApiError> {
-    if st
-        .engine
-        .store()
-        .space_exists(space)
-        .map_err(EngineError::from)?
-    {
-        return Ok(());
-    }
-    match st.engine.create_space(space, None) {
-        Ok(_) | Err(EngineError::Conflict(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Embeds, through the server's batching queue, the content of memories that come without an
 /// embedding, when the space's text embedder is the queue's model (the hashing embedder is
 /// cheap and runs inline in the engine, as does anything when there is no queue). Content the
@@ -97,7 +101,7 @@ async fn embed_missing(
                 && m.content.len() <= engram_core::limits::MAX_CONTENT_LEN
         })
         .collect();
-    if wanted.is_empty() || !uses_queue(st, queue, space)? {
+    if wanted.is_empty() || !uses_queue(st, queue, space, memories)? {
         return Ok(());
     }
     let texts = wanted
@@ -111,8 +115,19 @@ async fn embed_missing(
     Ok(())
 }
 
-/// Whether `space` embeds text with the queue's model.
+/// Whether `memories` written to `space` now (which creates it if missing) have their text
+/// embedded with the queue's model.
 fn uses_queue(
+    st: &AppState,
+    queue: &engram_embed::EmbedQueue,
+    space: &SpaceId,
+    memories: &[NewMemory],
+) -> Result<bool, ApiError> {
+    Ok(st.engine.write_embedder(space, memories)?.name() == queue.embedder().name())
+}
+
+/// Whether a recall in `space` embeds its text cue with the queue's model.
+fn recall_uses_queue(
     st: &AppState,
     queue: &engram_embed::EmbedQueue,
     space: &SpaceId,
@@ -120,8 +135,12 @@ fn uses_queue(
     Ok(st.engine.text_embedder(space)?.name() == queue.embedder().name())
 }
 
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") }))
+pub async fn health(q: Params) -> Reply {
+    params(q, &[])?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "status": "healthy", "version": env!("CARGO_PKG_VERSION") })),
+    ))
 }
 
 fn memory_not_found(id: &engram_core::MemoryId, space: &SpaceId) -> ApiError {
@@ -141,7 +160,12 @@ fn space_json(i: &engram_engine::SpaceInfo) -> Value {
     })
 }
 
-pub async fn list_spaces(State(st): State<AppState>, Extension(grant): Extension<Grant>) -> Reply {
+pub async fn list_spaces(
+    State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    q: Params,
+) -> Reply {
+    params(q, &[])?;
     let spaces = st.engine.list_spaces()?;
     let list: Vec<Value> = spaces
         .iter()
@@ -154,8 +178,10 @@ pub async fn list_spaces(State(st): State<AppState>, Extension(grant): Extension
 pub async fn create_space(
     State(st): State<AppState>,
     Extension(grant): Extension<Grant>,
+    q: Params,
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
+    params(q, &[])?;
     let req: SpaceIn = wire::parse(&body(b)?)?;
     let id = SpaceId::new(req.id)?;
     grant.check(&id)?;
@@ -166,8 +192,10 @@ pub async fn create_space(
 pub async fn drop_space(
     State(st): State<AppState>,
     Extension(grant): Extension<Grant>,
+    q: Params,
     p: Result<Path<String>, PathRejection>,
 ) -> Reply {
+    params(q, &[])?;
     let id = SpaceId::new(path_id(p)?)?;
     grant.check(&id)?;
     st.engine.drop_space(&id)?;
@@ -181,12 +209,11 @@ pub async fn remember(
     q: Params,
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, SPACE_ONLY)?;
     let req: MemoryIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
     let new = req.into_new()?;
-    ensure_space(&st, &space)?;
     let mut one = [new];
     embed_missing(&st, &space, &mut one).await?;
     let [new] = one;
@@ -210,7 +237,7 @@ pub async fn batch(
     q: Params,
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, SPACE_ONLY)?;
     let req: BatchIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
@@ -237,7 +264,6 @@ pub async fn batch(
             e => e,
         })?);
     }
-    ensure_space(&st, &space)?;
     embed_missing(&st, &space, &mut batch).await?;
     let stored = st.engine.remember_batch_async(&space, batch).await?;
     let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
@@ -251,7 +277,7 @@ pub async fn get_memory(
     q: Params,
     p: Result<Path<String>, PathRejection>,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, GET_MEMORY)?;
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
     grant.check(&space)?;
@@ -277,7 +303,7 @@ pub async fn forget(
     q: Params,
     p: Result<Path<String>, PathRejection>,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, SPACE_ONLY)?;
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
     grant.check(&space)?;
@@ -297,12 +323,13 @@ pub async fn link(
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct LinkReq {
         to: String,
         weight: f64,
         memory_space_id: Option<String>,
     }
-    let query = params(q)?;
+    let query = params(q, SPACE_ONLY)?;
     let from = wire::memory_id(path_id(p)?)?;
     let req: LinkReq = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
@@ -329,7 +356,7 @@ pub async fn link(
 async fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
     let mut text_embedding = None;
     if let (CueInput::Text(t), Some(queue)) = (&cue.input, &st.embed_queue) {
-        if cue.effective_retrieval() != Retrieval::Lexical && uses_queue(st, queue, space)? {
+        if cue.effective_retrieval() != Retrieval::Lexical && recall_uses_queue(st, queue, space)? {
             text_embedding = queue.embed(vec![t.clone()]).await?.pop();
         }
     }
@@ -396,7 +423,7 @@ pub async fn recall_post(
     q: Params,
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, SPACE_ONLY)?;
     let req: RecallIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
@@ -409,7 +436,7 @@ pub async fn recall_get(
     headers: HeaderMap,
     q: Params,
 ) -> Reply {
-    let query = params(q)?;
+    let query = params(q, RECALL_GET)?;
     let space = space_of(&headers, &query, None)?;
     grant.check(&space)?;
     fn num<T: std::str::FromStr>(
@@ -425,9 +452,15 @@ pub async fn recall_get(
             .transpose()
     }
     let embedding = match query.get("embedding") {
-        Some(e) => Some(serde_json::from_str::<Vec<f64>>(e).map_err(|err| {
-            ApiError::Invalid(format!("embedding must be a JSON array of numbers: {err}"))
-        })?),
+        Some(e) => Some(
+            {
+                wire::check_depth(e.as_bytes())?;
+                serde_json::from_str::<Vec<f64>>(e)
+            }
+            .map_err(|err| {
+                ApiError::Invalid(format!("embedding must be a JSON array of numbers: {err}"))
+            })?,
+        ),
         None => None,
     };
     let req = RecallIn {

@@ -502,31 +502,42 @@ impl Store {
         dimension: u32,
         embedder: &str,
     ) -> Result<u64> {
-        if embedder.len() > crate::meta::MAX_EMBEDDER_NAME {
-            return Err(StorageError::Invalid(format!(
-                "an embedder name of {} bytes (at most {})",
-                embedder.len(),
-                crate::meta::MAX_EMBEDDER_NAME
-            )));
-        }
-        if dimension == 0 || dimension as usize > engram_core::limits::MAX_DIMENSION {
-            return Err(StorageError::Invalid(format!(
-                "dimension {dimension} is outside 1..={}",
-                engram_core::limits::MAX_DIMENSION
-            )));
-        }
+        let create = space_create(dimension, embedder)?;
         let _busy = self.inner.claim_id(id);
         if self.inner.space(id)?.is_some() {
             return Err(StorageError::SpaceExists(id.to_string()));
         }
-        self.inner.submit(
-            id,
-            Op::SpaceCreate {
-                dimension,
-                created_at_us: now_us(),
-                embedder: embedder.to_string(),
-            },
-        )
+        self.inner.submit(id, create)
+    }
+
+    /// Creates a space together with its first write, in one group commit: the space and
+    /// its memories are durable together when this returns. Everything is checked before
+    /// anything is written, so a refused write leaves no space, no memory and no WAL record.
+    /// `SpaceExists` if the space exists (nothing written). One memory is written as a
+    /// `Remember` record, several as one `RememberBatch`.
+    pub fn create_space_with_batch(
+        &self,
+        id: &SpaceId,
+        dimension: u32,
+        embedder: &str,
+        mut memories: Vec<Memory>,
+    ) -> Result<u64> {
+        let create = space_create(dimension, embedder)?;
+        check_memories(dimension as usize, &memories)?;
+        let write = match memories.len() {
+            0 => {
+                return Err(StorageError::Invalid(
+                    "a first write needs at least one memory".into(),
+                ))
+            }
+            1 => Op::Remember(memories.pop().expect("one memory")),
+            _ => Op::RememberBatch(memories),
+        };
+        let _busy = self.inner.claim_id(id);
+        if self.inner.space(id)?.is_some() {
+            return Err(StorageError::SpaceExists(id.to_string()));
+        }
+        self.inner.submit_all(id, vec![create, write])
     }
 
     /// Drops a space and all its memories. Durable when this returns; its files are removed by
@@ -596,19 +607,8 @@ impl Store {
     }
 
     fn check_batch(&self, space: &SpaceId, memories: &[Memory]) -> Result<()> {
-        if memories.len() > engram_core::limits::MAX_BATCH {
-            return Err(StorageError::Invalid(format!(
-                "batch of {} memories exceeds the limit of {}",
-                memories.len(),
-                engram_core::limits::MAX_BATCH
-            )));
-        }
         let dim = self.inner.require(space)?.meta.dimension as usize;
-        for (i, m) in memories.iter().enumerate() {
-            m.validate(dim)
-                .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;
-        }
-        Ok(())
+        check_memories(dim, memories)
     }
 
     /// Stores several memories, all or nothing (one WAL record).
@@ -974,11 +974,16 @@ impl Inner {
     /// Appends one record and waits until it is durable and applied (group commit: the
     /// committer writes everything queued, fsyncs once, applies, then wakes each writer).
     fn submit(&self, space: &SpaceId, op: Op) -> Result<u64> {
+        self.submit_all(space, vec![op])
+    }
+
+    /// [`Inner::submit`] of records that share one group commit ([`Inner::enqueue_all`]).
+    fn submit_all(&self, space: &SpaceId, ops: Vec<Op>) -> Result<u64> {
         let waiter = Arc::new(Waiter {
             wake: Wake::Thread(std::thread::current()),
             state: std::sync::atomic::AtomicU8::new(WAITING),
         });
-        let seq = self.enqueue(space, op, &waiter)?;
+        let seq = self.enqueue_all(space, ops, &waiter)?;
         loop {
             match waiter.state.load(Ordering::Acquire) {
                 WAITING => std::thread::park(),
@@ -994,20 +999,36 @@ impl Inner {
     /// Queues a record for the next group commit; `waiter` is told when it is durable and
     /// applied. Blocks only while the next batch is full (back-pressure).
     fn enqueue(&self, space: &SpaceId, op: Op, waiter: &Arc<Waiter>) -> Result<u64> {
+        self.enqueue_all(space, vec![op], waiter)
+    }
+
+    /// Queues records of one space that go into the same group commit (consecutive
+    /// sequences, one batch): all are durable together or none is acknowledged. Every record
+    /// is checked against the size limit before any is queued. Returns the last sequence.
+    fn enqueue_all(&self, space: &SpaceId, ops: Vec<Op>, waiter: &Arc<Waiter>) -> Result<u64> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
         }
-        self.stats
-            .changes
-            .fetch_add(op.changes() as u64, Ordering::Relaxed);
-        let mut payload = Vec::new();
-        op.encode_payload(&mut payload);
-        let size = RECORD_HEADER_LEN + space.as_str().len() + payload.len();
-        if size > self.opts.max_record_bytes {
-            return Err(StorageError::RecordTooLarge {
-                size,
-                limit: self.opts.max_record_bytes,
-            });
+        assert!(!ops.is_empty(), "enqueue_all needs at least one record");
+        let mut encoded = Vec::with_capacity(ops.len());
+        let mut size = 0;
+        for op in ops {
+            let mut payload = Vec::new();
+            op.encode_payload(&mut payload);
+            let record = RECORD_HEADER_LEN + space.as_str().len() + payload.len();
+            if record > self.opts.max_record_bytes {
+                return Err(StorageError::RecordTooLarge {
+                    size: record,
+                    limit: self.opts.max_record_bytes,
+                });
+            }
+            size += record;
+            encoded.push((op, payload));
+        }
+        for (op, _) in &encoded {
+            self.stats
+                .changes
+                .fetch_add(op.changes() as u64, Ordering::Relaxed);
         }
         let mut c = self.commit.lock();
         // Back-pressure: wait while the next batch is full.
@@ -1024,14 +1045,18 @@ impl Inner {
         if c.stopping {
             return Err(StorageError::Closed);
         }
-        let seq = c.next_seq;
-        c.next_seq += 1;
-        encode_record(&mut c.buf, seq, now_us(), space, op.code(), &payload);
-        c.pending.push(Pending {
-            seq,
-            space: space.clone(),
-            op,
-        });
+        let mut seq = 0;
+        let at = now_us();
+        for (op, payload) in encoded {
+            seq = c.next_seq;
+            c.next_seq += 1;
+            encode_record(&mut c.buf, seq, at, space, op.code(), &payload);
+            c.pending.push(Pending {
+                seq,
+                space: space.clone(),
+                op,
+            });
+        }
         c.waiters.push(waiter.clone());
         let wake = std::mem::take(&mut c.committer_idle);
         drop(c);
@@ -1595,6 +1620,44 @@ impl Inner {
 /// Removes a space's directory so that a crash at any point leaves either a loadable space
 /// (`space.meta` present: the drop record, still in the WAL, is replayed and removes it again)
 /// or a directory without `space.meta`, which holds no segment and is cleared on sight.
+/// The record that creates a space, its arguments checked.
+fn space_create(dimension: u32, embedder: &str) -> Result<Op> {
+    if embedder.len() > crate::meta::MAX_EMBEDDER_NAME {
+        return Err(StorageError::Invalid(format!(
+            "an embedder name of {} bytes (at most {})",
+            embedder.len(),
+            crate::meta::MAX_EMBEDDER_NAME
+        )));
+    }
+    if dimension == 0 || dimension as usize > engram_core::limits::MAX_DIMENSION {
+        return Err(StorageError::Invalid(format!(
+            "dimension {dimension} is outside 1..={}",
+            engram_core::limits::MAX_DIMENSION
+        )));
+    }
+    Ok(Op::SpaceCreate {
+        dimension,
+        created_at_us: now_us(),
+        embedder: embedder.to_string(),
+    })
+}
+
+/// A batch's size and each memory checked against a space of `dim` dimensions.
+fn check_memories(dim: usize, memories: &[Memory]) -> Result<()> {
+    if memories.len() > engram_core::limits::MAX_BATCH {
+        return Err(StorageError::Invalid(format!(
+            "batch of {} memories exceeds the limit of {}",
+            memories.len(),
+            engram_core::limits::MAX_BATCH
+        )));
+    }
+    for (i, m) in memories.iter().enumerate() {
+        m.validate(dim)
+            .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;
+    }
+    Ok(())
+}
+
 fn remove_space_dir(disk: &dyn Disk, dir: &Path) -> Result<()> {
     if !disk.exists(dir) {
         return Ok(());

@@ -24,6 +24,29 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: `text` (coloured only on a terminal) or `json`
+    /// (one JSON object per line, for log shippers). The level comes from `RUST_LOG`
+    /// (default `info`).
+    #[arg(long, global = true, value_enum, env = "ENGRAM_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which text embedder new spaces get.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum EmbedderKind {
+    /// The neural model when its weights are found (`--embedder-model`, else
+    /// `$ENGRAM_MODEL_DIR`, else where `scripts/fetch-model` puts them), else hashing.
+    Auto,
+    /// The neural model; an error if its weights are not found.
+    Model,
+    /// The built-in hashing embedder (lexical features only, no model).
+    Hashing,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +157,62 @@ struct StartArgs {
     /// Nothing is downloaded. Also `embedder_model = "DIR"` in the configuration file.
     #[arg(long, env = "ENGRAM_EMBEDDER_MODEL")]
     embedder_model: Option<PathBuf>,
+    /// The text embedder of spaces created from now on: `auto` uses the neural model when its
+    /// weights are found (`--embedder-model`, `$ENGRAM_MODEL_DIR`, or where
+    /// `scripts/fetch-model` puts them: `~/.cache/engram/models/all-MiniLM-L6-v2`), else the
+    /// hashing embedder; `model` requires the weights; `hashing` never loads a model.
+    /// Existing spaces keep the embedder they were created with.
+    #[arg(long, value_enum, env = "ENGRAM_EMBEDDER", default_value_t = EmbedderKind::Auto)]
+    embedder: EmbedderKind,
+}
+
+/// The directory `scripts/fetch-model` fills by default: `$ENGRAM_MODEL_DIR`, else
+/// `$XDG_CACHE_HOME/engram/models/all-MiniLM-L6-v2`, else `~/.cache/engram/models/...`.
+fn default_model_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ENGRAM_MODEL_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(cache.join("engram/models/all-MiniLM-L6-v2"))
+}
+
+/// Whether `dir` holds a model's files, as `scripts/fetch-model` leaves them.
+fn has_model(dir: &std::path::Path) -> bool {
+    ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+}
+
+/// The model directory to load, if any, for `kind` and an explicit directory.
+fn model_dir_for(kind: EmbedderKind, explicit: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    match (kind, explicit) {
+        (EmbedderKind::Hashing, Some(dir)) => bail!(
+            "--embedder hashing and a model directory ({}) contradict each other: drop one",
+            dir.display()
+        ),
+        (EmbedderKind::Hashing, None) => Ok(None),
+        (_, Some(dir)) => Ok(Some(dir)),
+        (kind, None) => match default_model_dir() {
+            Some(dir) if has_model(&dir) => Ok(Some(dir)),
+            found => {
+                if kind == EmbedderKind::Model {
+                    bail!(
+                        "--embedder model: no model weights in {} (run scripts/fetch-model, or \
+                         pass --embedder-model DIR)",
+                        found.map_or("$ENGRAM_MODEL_DIR".into(), |d| d.display().to_string())
+                    );
+                }
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// The configuration file.
@@ -185,15 +264,24 @@ fn load_auth(cfg: ConfigFile) -> Result<engram_server::Auth> {
     Ok(engram_server::Auth { keys })
 }
 
+/// Logs to stderr: colour only on a terminal (a file or a pipe gets plain text), or one JSON
+/// object per line.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Start(args) => start(args).map(|()| true),
         Command::Space { action, conn } => client::Api::new(conn).and_then(|api| match action {
@@ -251,7 +339,10 @@ fn start(args: StartArgs) -> Result<()> {
         Some(p) => load_config(p)?,
         None => ConfigFile::default(),
     };
-    let model_dir = args.embedder_model.clone().or(cfg.embedder_model.take());
+    let model_dir = model_dir_for(
+        args.embedder,
+        args.embedder_model.clone().or(cfg.embedder_model.take()),
+    )?;
     let auth = load_auth(cfg)?;
     if !args.bind.is_loopback() && !args.insecure && auth.keys.is_empty() {
         bail!(
@@ -282,6 +373,28 @@ fn start(args: StartArgs) -> Result<()> {
                 .context("starting the embedder thread")?,
         ));
         opts.text_model = Some(engram_engine::TextModel(model));
+    }
+    match &opts.text_model {
+        Some(m) => tracing::info!(
+            "new spaces embed text with {} ({} dimensions){}",
+            m.0.name(),
+            m.0.dimension(),
+            model_dir
+                .as_ref()
+                .map(|d| format!(" from {}", d.display()))
+                .unwrap_or_default()
+        ),
+        None if args.embedder == EmbedderKind::Hashing => tracing::info!(
+            "new spaces embed text with the built-in hashing embedder ({} dimensions; \
+             --embedder hashing)",
+            opts.default_dimension
+        ),
+        None => tracing::info!(
+            "new spaces embed text with the built-in hashing embedder ({} dimensions: word \
+             features, no meaning); for semantic recall fetch all-MiniLM-L6-v2 once with \
+             `scripts/fetch-model` and restart",
+            opts.default_dimension
+        ),
     }
     let engine = Engine::open(&args.data_dir, opts)
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;

@@ -631,3 +631,49 @@ fn recall_retrieval_parameter_and_found_by() {
     assert_eq!(st, 400, "{v}");
     assert_eq!(s.stop().code(), Some(0));
 }
+
+#[test]
+fn a_nesting_bomb_is_a_400_and_a_refused_first_write_creates_no_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let c = client();
+    // 100,000 `[`: once a stack overflow that aborted the process.
+    let r = c
+        .post(s.url("/api/v1/memories/remember"))
+        .body(vec![b'['; 100_000])
+        .send()
+        .unwrap();
+    let (st, v) = json_of(r);
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nested"));
+    // A write refused for a new space leaves no space behind: the caller can then create
+    // it with the dimension they meant.
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/memories/remember?space=fresh",
+        json!({"content": "x", "embedding": [0.0, 0.0]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (_, v) = get(&c, &s, "/api/v1/spaces");
+    assert_eq!(v["spaces"].as_array().unwrap().len(), 1, "{v}");
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/spaces",
+        json!({"id": "fresh", "dimension": 2}),
+    );
+    assert_eq!(st, 201, "{v}");
+    // The first write to a new space gives it its dimension.
+    let (st, v) = post(
+        &c,
+        &s,
+        "/api/v1/memories/remember?space=small",
+        json!({"content": "x", "embedding": [0.6, 0.8]}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (_, v) = get(&c, &s, "/api/v1/spaces");
+    assert_eq!(v["spaces"][2]["id"], "small");
+    assert_eq!(v["spaces"][2]["dimension"], 2);
+    assert_eq!(s.stop().code(), Some(0));
+}

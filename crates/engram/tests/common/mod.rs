@@ -17,15 +17,38 @@ impl Server {
         Self::try_start(dir, &[]).expect("server started")
     }
 
+    /// Starts the server with `extra` arguments. Unless they choose an embedder, the
+    /// hashing one: a model the machine happens to have cached would change the default
+    /// dimension the tests expect.
     pub fn try_start(dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_with(dir, extra, &[], Stdio::inherit())
+    }
+
+    /// [`Server::try_start`] with more environment variables, and stderr (the logs) sent to
+    /// `stderr`.
+    pub fn try_start_with(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Result<Server, String> {
+        let chooses = extra.iter().any(|a| a.starts_with("--embedder"));
+        let default: &[&str] = if chooses {
+            &[]
+        } else {
+            &["--embedder", "hashing"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
             .args(["start", "--port", "0", "--data-dir"])
             .arg(dir)
+            .args(default)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            // Logs go to the test's output (a pipe nobody drains could fill and block it).
-            .stderr(Stdio::inherit())
+            // Logs go to the test's output by default (a pipe nobody drains could fill and
+            // block it).
+            .stderr(stderr)
             .spawn()
             .expect("spawn engram");
         let stdout = child.stdout.take().unwrap();
