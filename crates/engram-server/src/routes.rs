@@ -63,12 +63,7 @@ fn space_of(
 
 /// Creates the space on first write, with the default dimension.
 fn ensure_space(st: &AppState, space: &SpaceId) -> Result<(), ApiError> {
-    if st
-        .engine
-        .store()
-        .space_exists(space)
-        .map_err(EngineError::from)?
-    {
+    if st.engine.space_exists(space)? {
         return Ok(());
     }
     match st.engine.create_space(space, None) {

@@ -297,10 +297,10 @@ fn start(args: StartArgs) -> Result<()> {
     };
     let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port)));
     // Requests are done: make the memtables segments so the next start replays little.
-    if let Err(e) = engine.store().compact() {
+    if let Err(e) = engine.compact() {
         tracing::error!(error = %e, "flush at shutdown failed (the WAL still holds everything)");
     }
-    engine.store().close();
+    engine.close();
     served
 }
 
