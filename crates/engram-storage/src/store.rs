@@ -348,8 +348,8 @@ impl Store {
         self.inner.catalog.require(space)?.state.read().for_each(f)
     }
 
-    /// The `k` live memories of `space` with the highest BM25 score for `text` (see
-    /// [`crate::lexical`]; at most [`crate::lexical::MAX_QUERY_TERMS`] of its distinct terms
+    /// The `k` live memories of `space` with the highest BM25 score for `text` (scoring in
+    /// `lexical.rs`; at most [`MAX_QUERY_TERMS`](crate::MAX_QUERY_TERMS) of its distinct terms
     /// count), best first.
     pub fn lexical_search(&self, space: &SpaceId, text: &str, k: usize) -> Result<Vec<LexHit>> {
         let s = self.inner.catalog.require(space)?;
