@@ -14,7 +14,6 @@
 //! Each inode holds its live bytes and its bytes as of its last sync. An inode whose name was
 //! removed stays writable through handles still open on it, like an unlinked file on Unix.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +22,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::disk::{Disk, DiskFile, Mapped};
+
+mod state;
+
+use state::{injected, is_implicit_dir, not_found, Ino, State};
 
 /// An in-memory [`Disk`] that can inject faults. Cheap to clone: clones share the same tree and
 /// fault settings, so a test can keep a handle while the engine owns another.
@@ -34,133 +37,6 @@ use crate::disk::{Disk, DiskFile, Mapped};
 #[derive(Clone, Default)]
 pub struct FaultDisk {
     shared: Arc<Mutex<State>>,
-}
-
-type Ino = u64;
-
-#[derive(Default)]
-struct Inode {
-    /// Live content.
-    data: Vec<u8>,
-    /// Content as of the last sync: what a power cut leaves.
-    synced: Vec<u8>,
-}
-
-#[derive(Default)]
-struct State {
-    /// Names the running program sees.
-    live: BTreeMap<PathBuf, Ino>,
-    /// Names a power cut would leave.
-    durable: BTreeMap<PathBuf, Ino>,
-    inodes: HashMap<Ino, Inode>,
-    /// Directories (always durable).
-    dirs: BTreeSet<PathBuf>,
-    next_ino: Ino,
-    /// Bumped by every power cut; handles from an older generation fail.
-    generation: u64,
-    /// Open handles per inode, in the current generation.
-    open_handles: HashMap<Ino, usize>,
-    torn_tail: Option<usize>,
-    failing_syncs: usize,
-    write_budget: Option<u64>,
-    syncs: u64,
-    dir_syncs: u64,
-    power_cuts: u64,
-}
-
-fn not_found(what: &str, path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{what} not found: {}", path.display()),
-    )
-}
-
-fn injected(what: &str) -> io::Error {
-    io::Error::other(format!("injected fault: {what}"))
-}
-
-/// Whether `path` names a directory that always exists: the empty path (the current directory)
-/// or a root.
-fn is_implicit_dir(path: &Path) -> bool {
-    path.as_os_str().is_empty() || path.parent().is_none()
-}
-
-impl State {
-    fn dir_exists(&self, path: &Path) -> bool {
-        is_implicit_dir(path) || self.dirs.contains(path)
-    }
-
-    fn parent_exists(&self, path: &Path) -> bool {
-        match path.parent() {
-            Some(parent) => self.dir_exists(parent),
-            None => true,
-        }
-    }
-
-    fn check_parent(&self, path: &Path) -> io::Result<()> {
-        if self.parent_exists(path) {
-            Ok(())
-        } else {
-            Err(not_found("parent directory", path))
-        }
-    }
-
-    fn check_not_dir(&self, path: &Path) -> io::Result<()> {
-        if self.dir_exists(path) {
-            Err(io::Error::other(format!(
-                "is a directory: {}",
-                path.display()
-            )))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn live_ino(&self, path: &Path) -> io::Result<Ino> {
-        self.live
-            .get(path)
-            .copied()
-            .ok_or_else(|| not_found("file", path))
-    }
-
-    fn live_inode(&self, path: &Path) -> io::Result<&Inode> {
-        let ino = self.live_ino(path)?;
-        self.inodes
-            .get(&ino)
-            .ok_or_else(|| not_found("inode", path))
-    }
-
-    fn new_inode(&mut self) -> Ino {
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        self.inodes.insert(ino, Inode::default());
-        ino
-    }
-
-    fn open_handle(&mut self, ino: Ino) {
-        *self.open_handles.entry(ino).or_insert(0) += 1;
-    }
-
-    /// Drops inodes no name (live or durable) and no open handle refers to.
-    fn collect_garbage(&mut self) {
-        let referenced: HashSet<Ino> = self
-            .live
-            .values()
-            .chain(self.durable.values())
-            .chain(self.open_handles.keys())
-            .copied()
-            .collect();
-        self.inodes.retain(|ino, _| referenced.contains(ino));
-    }
-
-    fn take_sync_fault(&mut self) -> bool {
-        if self.failing_syncs > 0 {
-            self.failing_syncs -= 1;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl FaultDisk {
