@@ -692,7 +692,7 @@ fn gets_and_memory(cfg: &Config, root: &Path) -> Result<()> {
         store.read_space(&space, |st| {
             let mut sum = 0f64;
             let mut rows = 0usize;
-            for seg in &st.segments {
+            for seg in st.segments() {
                 for row in 0..seg.rows() {
                     sum += f64::from(seg.embedding(row)[0]);
                 }

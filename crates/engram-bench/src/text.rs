@@ -290,8 +290,8 @@ pub fn run(quick: bool) -> Result<()> {
     }
     // Flushed and indexed, as a store that has been running would be.
     for e in [&neural, &neural_rrf, &hashing] {
-        e.store().compact()?;
-        e.store().build_indexes()?;
+        e.compact()?;
+        e.build_indexes()?;
     }
 
     // Every cue through every method; the cue's MiniLM embedding computed once.

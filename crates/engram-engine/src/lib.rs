@@ -26,10 +26,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use engram_core::embed::{Embedder, HashingEmbedder};
 use engram_core::{limits, simd, Confidence, Link, Memory, MemoryId, SpaceId};
-use engram_storage::{Hit, Store, StoreOptions};
+use engram_storage::{Hit, Store};
 use link_index::LinkIndex;
 use parking_lot::Mutex;
 
+pub use engram_storage::{SpaceStatus, StoreOptions, StoreStats, StoreStatus};
 pub use error::{EngineError, Result};
 pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
 
@@ -215,9 +216,49 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The storage engine underneath (status, compaction, statistics).
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The storage engine's counters (lock-free).
+    pub fn stats(&self) -> &StoreStats {
+        self.store.stats()
+    }
+
+    /// The node's storage figures: WAL, spaces, recovery, quarantine, latch.
+    pub fn status(&self) -> StoreStatus {
+        self.store.status()
+    }
+
+    /// A space's storage figures.
+    pub fn space_status(&self, id: &SpaceId) -> Result<SpaceStatus> {
+        Ok(self.store.space_status(id)?)
+    }
+
+    pub fn space_exists(&self, id: &SpaceId) -> Result<bool> {
+        Ok(self.store.space_exists(id)?)
+    }
+
+    /// The ids of the spaces open now (opening none).
+    pub fn loaded_space_ids(&self) -> Vec<SpaceId> {
+        self.store.loaded_space_ids()
+    }
+
+    /// Segments of the open spaces that are due an index and have none yet.
+    pub fn pending_index_builds(&self) -> usize {
+        self.store.pending_index_builds()
+    }
+
+    /// Flushes every memtable to segments, merges where due, checkpoints the WAL and releases
+    /// idle spaces: what the background compactor does, now.
+    pub fn compact(&self) -> Result<()> {
+        Ok(self.store.compact()?)
+    }
+
+    /// Builds every missing HNSW index of the open spaces now; returns how many were built.
+    pub fn build_indexes(&self) -> Result<usize> {
+        Ok(self.store.build_indexes()?)
+    }
+
+    /// Stops the background work. Every acknowledged write is already durable.
+    pub fn close(&self) {
+        self.store.close()
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -357,11 +398,6 @@ impl Engine {
             Some(m) if m.0.dimension() == dimension => Ok(m.0.clone()),
             _ => self.hashing(dimension),
         }
-    }
-
-    /// Whether the space exists.
-    pub fn space_exists(&self, space: &SpaceId) -> Result<bool> {
-        Ok(self.store.space_exists(space)?)
     }
 
     /// The text embedder that embeds `batch`'s memories without an embedding if it is written

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use engram_core::rng::{splitmix64_mix, VisitedSet, SPLITMIX64_GAMMA};
 use engram_core::{simd, MemoryId};
-use engram_storage::space::EmbeddingSnapshot;
+use engram_storage::EmbeddingSnapshot;
 use parking_lot::{Mutex, RwLock};
 
 const NO_ENTRY: u32 = u32::MAX;

@@ -101,7 +101,7 @@ fn writes_recalls_and_compaction_run_together() {
         assert!(recalls > 0);
     });
     assert!(started.elapsed() < Duration::from_secs(120));
-    let st = engine.store().stats();
+    let st = engine.stats();
     assert!(
         st.flushes.load(Ordering::Relaxed) > 0,
         "flushes ran during the test"

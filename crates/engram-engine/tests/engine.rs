@@ -302,8 +302,8 @@ fn restart_keeps_links_and_reopens_indexes_without_rebuilding() {
             .collect();
         engine.remember_batch(&s, batch).unwrap();
         engine.link(&s, &mid("m001"), &mid("m002"), 0.9).unwrap();
-        engine.store().compact().unwrap();
-        assert_eq!(engine.store().build_indexes().unwrap(), 1);
+        engine.compact().unwrap();
+        assert_eq!(engine.build_indexes().unwrap(), 1);
     }
     let engine = Engine::open(dir.path(), options(dim as u32)).unwrap();
     let r = engine
@@ -324,9 +324,9 @@ fn restart_keeps_links_and_reopens_indexes_without_rebuilding() {
         .expect("m002 reached");
     // Reached from m001 (similarity 1) along the 0.9 link, decay 0.5 (and maybe matched too).
     assert!(m002.activation >= 0.45 - 1e-5, "{m002:?}");
-    let stats = engine.store().stats();
+    let stats = engine.stats();
     assert_eq!(stats.index_loads.load(Ordering::Relaxed), 1);
-    assert_eq!(engine.store().build_indexes().unwrap(), 0);
+    assert_eq!(engine.build_indexes().unwrap(), 0);
     assert_eq!(
         stats.index_builds.load(Ordering::Relaxed),
         0,
@@ -548,7 +548,7 @@ fn a_large_space_builds_its_link_index_in_the_background_and_links_meanwhile() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // Everything written before and during the build is in it.
-    let n = engine.store().space_status(&s).unwrap().memories;
+    let n = engine.space_status(&s).unwrap().memories;
     assert_eq!(engine.link_index_memories(&s), Some(n));
 }
 

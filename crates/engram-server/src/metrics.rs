@@ -68,8 +68,8 @@ pub async fn render(State(st): State<AppState>, q: crate::routes::Params) -> Res
     if let Err(e) = crate::routes::params(q, &[]) {
         return e.into_response();
     }
-    let store = st.engine.store();
-    let stats = store.stats();
+    let engine = &st.engine;
+    let stats = engine.stats();
     let counters = [
         ("engram_compaction_flushes_total", &stats.flushes),
         ("engram_compaction_merges_total", &stats.merges),
@@ -83,10 +83,10 @@ pub async fn render(State(st): State<AppState>, q: crate::routes::Params) -> Res
     for (name, v) in counters {
         metrics::counter!(name).absolute(v.load(Ordering::Relaxed));
     }
-    metrics::gauge!("engram_index_pending_segments").set(store.pending_index_builds() as f64);
+    metrics::gauge!("engram_index_pending_segments").set(engine.pending_index_builds() as f64);
     // Per space, for the spaces open now (counting loads nothing).
-    for id in store.loaded_space_ids() {
-        if let Ok(s) = store.space_status(&id) {
+    for id in engine.loaded_space_ids() {
+        if let Ok(s) = engine.space_status(&id) {
             let labels = [("space", id.to_string())];
             metrics::gauge!("engram_space_memories", &labels).set(s.memories as f64);
             metrics::gauge!("engram_space_segment_bytes", &labels).set(s.segment_bytes as f64);

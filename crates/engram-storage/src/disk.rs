@@ -1,5 +1,5 @@
 //! The disk behind the storage engine. [`RealDisk`] is the file system; tests use
-//! [`crate::fault::FaultDisk`], which tears writes, drops unsynced data, flips bits and fails
+//! [`crate::FaultDisk`], which tears writes, drops unsynced data, flips bits and fails
 //! fsyncs.
 //!
 //! Durability model (what both implementations promise and what the engine relies on):

@@ -1,29 +1,64 @@
 //! Engram's storage engine: one write-ahead log per node with group commit, columnar
 //! memory-mapped segments per space, crash-proof recovery. Byte layouts: `docs/format.md`.
+//!
+//! What the crate offers is re-exported here: the [`Store`] (its public API), what it takes
+//! and reports, and the [`Disk`] it runs on (real, or [`FaultDisk`] for fault injection).
+//! Four modules are public as sub-namespaces: [`wal`], [`segment`] and [`index`] (the on-disk
+//! structures' encoders, decoders and readers, for the format fixtures, the fuzz targets and
+//! `engram-bench`'s kernel figures) and [`process`] (thread and process tuning a host binary
+//! calls). Everything else is the crate's own.
+//!
+//! Where things live:
+//! - [`Store`] (`store.rs`): the public API, thin; it opens the node and delegates.
+//! - `node.rs`: the state the API, the commit pipeline and the workers share, and the apply
+//!   step (a durable record becomes space state, the same at commit and at replay).
+//! - `wal/`: the write-ahead log: records, files, scanning, the writer, and group commit
+//!   (`wal/commit.rs`: written vs durable, waking writers, the latch).
+//! - `recovery.rs`: reading the WAL back at startup and replaying it ([`RecoveryReport`]).
+//! - `catalog.rs`: the spaces known to the node, lazy opening, the LRU of open spaces.
+//! - `space/`: one space's state and reads, its searches, the engine's [`SpaceView`], the
+//!   files derived from a segment (`.hnsw`, `.lex`).
+//! - `compaction/`: the shared background workers (compactor, indexer, load measure) and
+//!   what a flush and a merge do to a space.
+//! - `segment/`, `index/`, `lexical.rs`, `memtable.rs`, `meta.rs`, `op.rs`: the data
+//!   structures: sealed segments, HNSW graphs, BM25 postings, memtables, a space's metadata,
+//!   the WAL's operations.
+//! - `disk.rs`, `fault.rs`, `quarantine.rs`, `numa.rs`, `process.rs`, `options.rs`,
+//!   `stats.rs`, `error.rs`, `codec.rs`: the machinery around them.
 
+mod catalog;
 mod codec;
-pub mod disk;
-pub mod error;
-pub mod fault;
+mod compaction;
+mod disk;
+mod error;
+mod fault;
 pub mod index;
-pub mod lexical;
-pub mod memtable;
-pub mod meta;
-pub mod numa;
-pub mod op;
+mod lexical;
+mod memtable;
+mod meta;
+mod node;
+mod numa;
+mod op;
 mod options;
 pub mod process;
-pub mod quarantine;
+mod quarantine;
 mod recovery;
 pub mod segment;
-pub mod space;
+mod space;
+mod stats;
 mod store;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile, Mapped, RealDisk};
 pub use error::{Result, StorageError};
+pub use fault::FaultDisk;
+pub use lexical::{lex_path, MAX_QUERY_TERMS};
+pub use meta::{SpaceMeta, SPACE_META_FILE};
 pub use op::Op;
 pub use options::StoreOptions;
 pub use quarantine::QuarantineReport;
-pub use space::{Hit, LexHit};
-pub use store::{Commit, RecoveryReport, SpaceStatus, Store, StoreStats, StoreStatus};
+pub use recovery::RecoveryReport;
+pub use space::{EmbeddingSnapshot, Hit, LexHit, SpaceView};
+pub use stats::{SpaceStatus, StoreStats, StoreStatus};
+pub use store::Store;
+pub use wal::commit::Commit;

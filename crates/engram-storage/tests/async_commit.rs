@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use common::*;
-use engram_storage::fault::FaultDisk;
+use engram_storage::FaultDisk;
 use engram_storage::{StorageError, Store};
 
 struct ThreadWaker(std::thread::Thread);

@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use engram_core::{Link, Memory, MemoryId, SpaceId};
-use engram_storage::meta::{SpaceMeta, SPACE_META_FILE};
 use engram_storage::segment::{parse_segment_file_name, Lookup, Segment, SEGMENT_FORMAT_VERSION};
 use engram_storage::wal::{
     decode_record, encode_record, parse_wal_file_name, scan_wal_file, WalFileHeader,
     RECORD_HEADER_LEN, WAL_FILE_HEADER_LEN, WAL_FORMAT_VERSION,
 };
 use engram_storage::{Op, RealDisk, Store, StoreOptions};
+use engram_storage::{SpaceMeta, SPACE_META_FILE};
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")

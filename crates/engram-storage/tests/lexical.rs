@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use engram_core::Memory;
-use engram_storage::lexical::lex_path;
+use engram_storage::lex_path;
 use engram_storage::{LexHit, Store};
 
 const DIM: usize = 4;

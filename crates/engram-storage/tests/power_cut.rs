@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use engram_storage::fault::FaultDisk;
 use engram_storage::wal::scan_wal_file;
+use engram_storage::FaultDisk;
 use engram_storage::{Disk, StorageError, Store, StoreOptions};
 use rand::{Rng, SeedableRng};
 

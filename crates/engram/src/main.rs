@@ -410,10 +410,10 @@ fn start(args: StartArgs) -> Result<()> {
     };
     let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port)));
     // Requests are done: make the memtables segments so the next start replays little.
-    if let Err(e) = engine.store().compact() {
+    if let Err(e) = engine.compact() {
         tracing::error!(error = %e, "flush at shutdown failed (the WAL still holds everything)");
     }
-    engine.store().close();
+    engine.close();
     served
 }
 
@@ -422,28 +422,28 @@ async fn serve(state: AppState, addr: SocketAddr) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    // The handlers are installed before the listening line: a SIGTERM right after it must
+    // stop the server cleanly, not kill it with the default disposition.
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     println!("engram listening on http://{local}");
     let router = app(state);
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal(term, int))
         .await
         .context("serving")?;
     tracing::info!("stopped accepting requests; flushing");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
 }

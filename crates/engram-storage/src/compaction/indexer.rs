@@ -1,0 +1,149 @@
+//! The indexer: a background thread that builds the HNSW index of each loaded segment that
+//! has none and is large enough (smaller ones are scanned), one segment per round, deferred
+//! while the node is busy (`index_defer_records_per_s`, up to `index_defer_max`). It runs at
+//! idle priority: requests go first.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::compaction::load::LoadMeter;
+use crate::disk::Disk;
+use crate::error::Result;
+use crate::index::{self, index_path, Hnsw, HnswParams, SegmentBinding};
+use crate::node::Node;
+use crate::segment::Segment;
+use crate::space::Space;
+
+/// Starts the indexer thread; it stops at shutdown.
+pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("engram-indexer".into())
+        .spawn(move || {
+            // Index builds are background work: requests go first.
+            if !(node.opts.indexer_idle_class && crate::process::set_current_thread_idle_class()) {
+                crate::process::set_current_thread_nice(node.opts.indexer_nice);
+            }
+            node.indexer_loop()
+        })
+}
+
+impl Node {
+    /// The background indexer: builds the index of one segment lacking it per round.
+    fn indexer_loop(self: Arc<Self>) {
+        // When each segment lacking an index was first seen, for the deferral under load.
+        let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
+        let mut load = LoadMeter::default();
+        while self.wait_tick() {
+            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let busy = self.opts.index_defer_records_per_s > 0
+                && rate > self.opts.index_defer_records_per_s as f64;
+            loop {
+                match self.build_one_index(busy, &mut waiting) {
+                    Ok(true) if !*self.shutdown.lock() => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "building an index failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the index of one loaded segment that has none and at least
+    /// `index_min_rows` rows (smaller ones are scanned). Returns whether one was built. A
+    /// segment whose build failed is skipped for a minute (other spaces go first). While
+    /// `busy` (see `index_defer_records_per_s`), only segments that have waited
+    /// `index_defer_max` since `waiting` first saw them are built.
+    pub(crate) fn build_one_index(
+        &self,
+        busy: bool,
+        waiting: &mut HashMap<PathBuf, Instant>,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let target = {
+            let failed = self.index_failures.lock();
+            let mut target = None;
+            let mut seen = Vec::new();
+            for space in self.catalog.loaded_spaces() {
+                let st = space.state.read();
+                if st.dropped {
+                    continue;
+                }
+                let seg = st.segments.iter().find(|s| {
+                    let candidate = s.rows() >= self.opts.index_min_rows
+                        && s.index().is_none()
+                        && failed.get(s.path()).is_none_or(|t| now >= *t);
+                    if !candidate {
+                        return false;
+                    }
+                    seen.push(s.path().to_path_buf());
+                    let since = *waiting.entry(s.path().to_path_buf()).or_insert(now);
+                    !busy || now.duration_since(since) >= self.opts.index_defer_max
+                });
+                if let Some(seg) = seg.cloned() {
+                    drop(st);
+                    target = Some((space, seg));
+                    break;
+                }
+            }
+            // Forget segments gone (merged, dropped) or indexed.
+            if target.is_none() {
+                waiting.retain(|p, _| seen.contains(p));
+            }
+            target
+        };
+        let Some((space, seg)) = target else {
+            return Ok(false);
+        };
+        waiting.remove(seg.path());
+        let t = Instant::now();
+        match build_index(&*self.disk, &space, &seg, self.opts.hnsw) {
+            Ok(built) => {
+                if built {
+                    self.stats.index_builds.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(space = %space.id, rows = seg.rows(), elapsed_ms = t.elapsed().as_millis() as u64, "index built");
+                }
+                self.index_failures.lock().remove(seg.path());
+                Ok(built)
+            }
+            Err(e) => {
+                self.index_failures
+                    .lock()
+                    .insert(seg.path().to_path_buf(), now + Duration::from_secs(60));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Builds the HNSW index of `seg` (one of `space`'s segments) and attaches it. The graph is
+/// built without any lock; writing the file and attaching it happen under the space's file
+/// lock, and only if the segment is still the space's (a merge may have replaced it).
+/// Returns whether an index was built.
+fn build_index(
+    disk: &dyn Disk,
+    space: &Space,
+    seg: &Arc<Segment>,
+    params: HnswParams,
+) -> Result<bool> {
+    if seg.index().is_some() {
+        return Ok(false);
+    }
+    let graph = index::build(&**seg, params)?;
+    let _files = space.files.lock();
+    {
+        let st = space.state.read();
+        if st.dropped || !st.segments.iter().any(|s| Arc::ptr_eq(s, seg)) {
+            return Ok(false);
+        }
+    }
+    let path = index_path(seg.path());
+    index::write_index(disk, &path, &graph, &SegmentBinding::of(seg))?;
+    seg.set_index(Arc::new(Hnsw::open(disk, &path, seg)?));
+    Ok(true)
+}

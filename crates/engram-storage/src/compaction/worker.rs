@@ -1,0 +1,232 @@
+//! The compactor: one background thread for every space of the node. Each tick it removes
+//! dropped spaces' files, flushes memtables when due (WAL or memtable size, idleness, a full
+//! memtable), merges spaces with too many segments (a higher bound while the node is busy,
+//! `merge_defer_records_per_s`), deletes WAL files whose every record is in a segment (the
+//! checkpoint) and releases idle spaces. [`crate::Store::compact`] runs the same pass now.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use engram_core::SpaceId;
+use parking_lot::Mutex;
+
+use crate::compaction::load::LoadMeter;
+use crate::compaction::{flush, merge};
+use crate::disk::Disk;
+use crate::error::{IoContext, Result, StorageError};
+use crate::node::Node;
+use crate::segment::WritePace;
+use crate::space::Space;
+
+/// Starts the compactor thread; it stops at shutdown.
+pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("engram-compactor".into())
+        .spawn(move || node.compactor_loop())
+}
+
+impl Node {
+    fn compactor_loop(self: Arc<Self>) {
+        // The write rate over the last second or so, for the merge deferral under load.
+        let mut load = LoadMeter::default();
+        while self.wait_tick() {
+            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let busy = self.opts.merge_defer_records_per_s > 0
+                && rate > self.opts.merge_defer_records_per_s as f64;
+            if let Err(e) = self.compact_pass(false, busy) {
+                tracing::error!(error = %e, "compaction pass failed; will retry");
+            }
+        }
+    }
+
+    /// One compaction pass: remove dropped spaces, flush memtables when due (or `force`), merge
+    /// spaces with too many segments (a higher bound while `busy`, see
+    /// `merge_defer_records_per_s`), checkpoint the WAL, release idle spaces.
+    pub(crate) fn compact_pass(&self, force: bool, busy: bool) -> Result<()> {
+        let _pass = self.compaction.lock();
+        // Background work is paced; an explicit compaction (and shutdown) runs flat out.
+        let pace = if force {
+            WritePace::UNPACED
+        } else {
+            self.opts.background_pace()
+        };
+        self.remove_dropped()?;
+        let loaded = self.catalog.loaded_spaces();
+        // A space dropped (and perhaps created again) since `remove_dropped` above still has its
+        // old directory: its new incarnation waits for the next pass, after the removal.
+        let dropping: Vec<SpaceId> = self
+            .pending_drops
+            .lock()
+            .iter()
+            .map(|(_, s)| s.id.clone())
+            .collect();
+        let dirty: Vec<Arc<Space>> = loaded
+            .iter()
+            .filter(|s| {
+                let st = s.state.read();
+                (!st.active.is_clean() || st.frozen.is_some()) && !dropping.contains(&s.id)
+            })
+            .cloned()
+            .collect();
+        if !dirty.is_empty() {
+            let mem_bytes: usize = dirty.iter().map(|s| s.state.read().active.bytes).sum();
+            let wal_bytes = self.wal.writer().as_ref().map_or(0, |w| w.total_bytes());
+            let idle_us = self.wal.idle_us();
+            let due = force
+                || wal_bytes > self.opts.wal_flush_bytes
+                || mem_bytes > self.opts.memtable_flush_bytes
+                || idle_us > self.opts.idle_flush_after.as_micros() as u64;
+            if due {
+                self.flush_spaces(&dirty, &pace)?;
+            } else if self.opts.memtable_max_rows > 0 {
+                let full: Vec<Arc<Space>> = dirty
+                    .iter()
+                    .filter(|s| s.state.read().active.entries.len() >= self.opts.memtable_max_rows)
+                    .cloned()
+                    .collect();
+                if !full.is_empty() {
+                    self.flush_spaces(&full, &pace)?;
+                }
+            }
+        }
+        drop(dirty);
+        let most = if busy && !force {
+            self.opts
+                .merge_defer_max_segments
+                .max(self.opts.max_segments_per_space)
+        } else {
+            self.opts.max_segments_per_space
+        };
+        for space in &loaded {
+            let many = space.state.read().segments.len() > most;
+            if many && !space.merge_blocked.load(Ordering::Relaxed) {
+                match merge::merge_tiered(&*self.disk, space, &pace) {
+                    Ok(n) => {
+                        self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                        self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    // A segment that fails its checksums stays readable where it is; merging
+                    // this space stops (until restart) so flushes and checkpoints go on.
+                    Err(e) => {
+                        tracing::error!(space = %space.id, error = %e, "merge failed; merges of this space are suspended until restart");
+                        space.merge_blocked.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        drop(loaded);
+        self.checkpoint()?;
+        self.catalog.release_idle(self.opts.max_open_spaces);
+        Ok(())
+    }
+
+    /// Flushes spaces in parallel (I/O bound: several fsyncs per space), then makes the new
+    /// space directories durable.
+    fn flush_spaces(&self, dirty: &[Arc<Space>], pace: &WritePace) -> Result<()> {
+        let threads = 8.min(dirty.len()).max(1);
+        let next = AtomicU64::new(0);
+        let errors: Mutex<Vec<StorageError>> = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(space) = dirty.get(i) else { break };
+                    match flush::flush(&*self.disk, space, pace) {
+                        Ok(n) => {
+                            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                            self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.lock().push(e),
+                    }
+                });
+            }
+        });
+        self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
+        match errors.into_inner().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn remove_dropped(&self) -> Result<()> {
+        let drops: Vec<(u64, Arc<Space>)> = self.pending_drops.lock().clone();
+        if drops.is_empty() {
+            return Ok(());
+        }
+        for (_, space) in &drops {
+            let _files = space.files.lock();
+            remove_space_dir(&*self.disk, &space.dir)?;
+        }
+        self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
+        self.pending_drops
+            .lock()
+            .retain(|(seq, _)| !drops.iter().any(|(s, _)| s == seq));
+        Ok(())
+    }
+
+    /// Deletes WAL files whose every record is in a segment.
+    fn checkpoint(&self) -> Result<()> {
+        let mut cp = self.wal.applied_seq() + 1;
+        for space in self.catalog.loaded_spaces() {
+            let st = space.state.read();
+            for m in [
+                st.active.min_seq,
+                st.frozen.as_ref().and_then(|f| f.min_seq),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                cp = cp.min(m);
+            }
+        }
+        for (seq, _) in self.pending_drops.lock().iter() {
+            cp = cp.min(*seq);
+        }
+        let mut guard = self.wal.writer();
+        let n = match guard.as_mut() {
+            Some(w) => {
+                // Every record written so far is in a segment: start a fresh file so that the
+                // current one can go too, and a restart replays nothing.
+                let written = self.wal.written_seq();
+                if cp > written && w.current_has_records() {
+                    w.roll(written + 1)?;
+                }
+                w.delete_before(cp)?
+            }
+            None => 0,
+        };
+        drop(guard);
+        if n > 0 {
+            tracing::debug!(
+                deleted = n,
+                checkpoint = cp,
+                "WAL files removed after checkpoint"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Removes a space's directory so that a crash at any point leaves either a loadable space
+/// (`space.meta` present: the drop record, still in the WAL, is replayed and removes it again)
+/// or a directory without `space.meta`, which holds no segment and is cleared on sight.
+fn remove_space_dir(disk: &dyn Disk, dir: &Path) -> Result<()> {
+    if !disk.exists(dir) {
+        return Ok(());
+    }
+    let meta = dir.join(crate::meta::SPACE_META_FILE);
+    for name in disk.list_dir(dir).at(dir)? {
+        let p = dir.join(&name);
+        if p != meta {
+            disk.remove_file(&p).at(&p)?;
+        }
+    }
+    disk.sync_dir(dir).at(dir)?;
+    if disk.exists(&meta) {
+        disk.remove_file(&meta).at(&meta)?;
+        disk.sync_dir(dir).at(dir)?;
+    }
+    disk.remove_dir_all(dir).at(dir)
+}

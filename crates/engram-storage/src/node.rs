@@ -1,0 +1,142 @@
+//! The node's shared state: what the store's public API, the commit pipeline and the
+//! background workers all hold. It owns the group commit ([`crate::wal::commit`]), the
+//! catalog of spaces ([`crate::catalog`]) and the apply step that turns a durable record into
+//! space state: deterministic, in sequence order, the same at commit and at replay.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use engram_core::SpaceId;
+use parking_lot::{Condvar, Mutex};
+
+use crate::catalog::Catalog;
+use crate::disk::Disk;
+use crate::error::Result;
+use crate::meta::SpaceMeta;
+use crate::op::Op;
+use crate::options::StoreOptions;
+use crate::quarantine::Quarantine;
+use crate::recovery::RecoveryReport;
+use crate::space::{space_dir, Space};
+use crate::stats::StoreStats;
+use crate::wal::commit::{GroupCommit, Pending};
+
+pub(crate) struct Node {
+    pub(crate) disk: Arc<dyn Disk>,
+    pub(crate) root: PathBuf,
+    pub(crate) spaces_dir: PathBuf,
+    pub(crate) opts: StoreOptions,
+    /// The WAL's writer side: queue, committer, watermarks, latch.
+    pub(crate) wal: Arc<GroupCommit>,
+    pub(crate) catalog: Catalog,
+    /// Dropped spaces whose directories are still to be removed, with the drop's sequence.
+    pub(crate) pending_drops: Mutex<Vec<(u64, Arc<Space>)>>,
+    /// One compaction pass at a time.
+    pub(crate) compaction: Mutex<()>,
+    /// Segments whose index build failed, and when to try again.
+    pub(crate) index_failures: Mutex<HashMap<PathBuf, Instant>>,
+    pub(crate) quarantine: Arc<Quarantine>,
+    pub(crate) stats: Arc<StoreStats>,
+    /// Set by `close`: the background workers stop.
+    pub(crate) shutdown: Mutex<bool>,
+    pub(crate) shutdown_cv: Condvar,
+    pub(crate) recovery: Mutex<RecoveryReport>,
+}
+
+impl Node {
+    /// Applies a durable batch in sequence order. A run of records for the same space is
+    /// applied under one write lock, so readers and writers of that space are held up once per
+    /// batch rather than once per record.
+    pub(crate) fn apply_batch(&self, batch: Vec<Pending>) -> Result<()> {
+        let mut iter = batch.into_iter().peekable();
+        while let Some(p) = iter.next() {
+            let plain = !matches!(p.op, Op::SpaceCreate { .. } | Op::SpaceDrop);
+            let space = if plain {
+                self.catalog.space(&p.space)?
+            } else {
+                None
+            };
+            let Some(space) = space else {
+                self.apply(p.seq, p.space, p.op, false)?;
+                continue;
+            };
+            let mut st = space.state.write();
+            let mut next = Some(p);
+            while let Some(p) = next.take() {
+                if !st.dropped && p.seq > st.flushed_seq {
+                    st.apply(p.seq, p.op)?;
+                }
+                let same = iter.peek().is_some_and(|q| {
+                    q.space == space.id && !matches!(q.op, Op::SpaceCreate { .. } | Op::SpaceDrop)
+                });
+                if same {
+                    next = iter.next();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one durable record to its space. Deterministic, in sequence order, the same at
+    /// commit and at replay. Returns whether it changed anything.
+    pub(crate) fn apply(
+        &self,
+        seq: u64,
+        space_id: SpaceId,
+        op: Op,
+        replaying: bool,
+    ) -> Result<bool> {
+        if let Op::SpaceCreate {
+            dimension,
+            created_at_us,
+            embedder,
+        } = op
+        {
+            if self.catalog.space(&space_id)?.is_some() {
+                return Ok(false);
+            }
+            let meta = SpaceMeta {
+                dimension,
+                created_at_us,
+                created_seq: seq,
+                embedder,
+            };
+            let space =
+                Space::new_in_memory(space_id.clone(), space_dir(&self.root, &space_id), meta);
+            space.state.write().active.note(seq);
+            self.catalog.insert_new(space);
+            return Ok(true);
+        }
+        let Some(space) = self.catalog.space(&space_id)? else {
+            if !replaying {
+                tracing::warn!(space = %space_id, seq, "record for a space that no longer exists");
+            }
+            return Ok(false);
+        };
+        let mut st = space.state.write();
+        if st.dropped || seq <= st.flushed_seq {
+            return Ok(false);
+        }
+        if let Op::SpaceDrop = op {
+            st.dropped = true;
+            drop(st);
+            self.catalog.remove(&space_id);
+            self.pending_drops.lock().push((seq, space));
+            return Ok(true);
+        }
+        st.apply(seq, op)?;
+        Ok(true)
+    }
+
+    /// Waits one `compaction_tick` (or until shutdown); false once the store is shutting down.
+    pub(crate) fn wait_tick(&self) -> bool {
+        let mut stop = self.shutdown.lock();
+        if !*stop {
+            self.shutdown_cv
+                .wait_for(&mut stop, self.opts.compaction_tick);
+        }
+        !*stop
+    }
+}

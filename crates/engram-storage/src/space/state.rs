@@ -1,0 +1,419 @@
+//! One memory space on this node: its metadata, memtables and sealed segments behind one
+//! lock ([`SpaceState`]), how it is opened from its directory, and the reads and the apply
+//! step on that state. Reads see the active memtable, then the frozen one (being flushed),
+//! then segments newest first. Searches are in `search.rs`, what the engine may read in
+//! `view.rs`; flushing and merging in [`crate::compaction`].
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use engram_core::{Link, Memory, MemoryId, SpaceId};
+use parking_lot::{Mutex, RwLock};
+
+use crate::disk::Disk;
+use crate::error::{IoContext, Result, StorageError};
+use crate::index::{index_path, INDEX_EXTENSION};
+use crate::lexical::{lex_path, LEX_EXTENSION};
+use crate::memtable::{Entry, Memtable};
+use crate::meta::{SpaceMeta, SPACE_META_FILE};
+use crate::op::Op;
+use crate::segment::{parse_segment_file_name, segment_file_name, Lookup, Segment};
+use crate::space::derived::{open_index, open_lex};
+
+/// A space's mutable state, behind one lock.
+#[derive(Debug)]
+pub(crate) struct SpaceState {
+    /// Whether `space.meta` is on disk.
+    pub(crate) meta_persisted: bool,
+    pub(crate) dropped: bool,
+    pub(crate) active: Memtable,
+    pub(crate) frozen: Option<Arc<Memtable>>,
+    /// Sealed segments, oldest first (ascending max sequence).
+    pub(crate) segments: Vec<Arc<Segment>>,
+    /// Every record of this space up to this sequence is in `segments` (or `space.meta`).
+    pub(crate) flushed_seq: u64,
+}
+
+/// One memory space.
+#[derive(Debug)]
+pub(crate) struct Space {
+    pub(crate) id: SpaceId,
+    /// Fixed at creation: read without the state lock.
+    pub(crate) meta: SpaceMeta,
+    pub(crate) dir: PathBuf,
+    pub(crate) state: RwLock<SpaceState>,
+    /// Logical time of last use, for the LRU of open spaces.
+    pub(crate) last_used: AtomicU64,
+    /// Held while this space's files are being changed (flush, merge, drop).
+    pub(crate) files: Mutex<()>,
+    /// Set when a merge failed (a segment failing its checksums): background merges of this
+    /// space stop until it is loaded again (a restart, or a release and reload when idle).
+    pub(crate) merge_blocked: AtomicBool,
+}
+
+impl Space {
+    /// A space created by a WAL record, with nothing on disk yet.
+    pub(crate) fn new_in_memory(id: SpaceId, dir: PathBuf, meta: SpaceMeta) -> Self {
+        Self {
+            id,
+            meta,
+            dir,
+            state: RwLock::new(SpaceState {
+                meta_persisted: false,
+                dropped: false,
+                active: Memtable::default(),
+                frozen: None,
+                segments: Vec::new(),
+                flushed_seq: 0,
+            }),
+            last_used: AtomicU64::new(0),
+            files: Mutex::new(()),
+            merge_blocked: AtomicBool::new(false),
+        }
+    }
+
+    /// Opens a space from its directory: reads `space.meta`, opens every segment (mapping it),
+    /// removes temporary files and segments a merge has superseded. `Ok(None)` when the
+    /// directory has no `space.meta` (a space whose creation never reached a flush).
+    /// A segment that does not open (corrupt footer or directory) is handed to `on_corrupt`
+    /// (which moves it aside) and skipped.
+    pub(crate) fn load(
+        disk: &dyn Disk,
+        id: SpaceId,
+        dir: PathBuf,
+        on_corrupt: &mut dyn FnMut(&Path, &StorageError),
+    ) -> Result<Option<Self>> {
+        let meta_path = dir.join(SPACE_META_FILE);
+        if !disk.exists(&meta_path) {
+            return Ok(None);
+        }
+        let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
+        let mut ranges = Vec::new();
+        let mut removed = false;
+        let mut index_files = Vec::new();
+        for name in disk.list_dir(&dir).at(&dir)? {
+            if name.ends_with(".tmp") {
+                let p = dir.join(&name);
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            } else if let Some(r) = parse_segment_file_name(&name) {
+                ranges.push(r);
+            } else if name.ends_with(&format!(".{INDEX_EXTENSION}"))
+                || name.ends_with(&format!(".{LEX_EXTENSION}"))
+            {
+                index_files.push(dir.join(&name));
+            }
+        }
+        // A merge's output covers the ranges of its inputs; inputs left by a crash between the
+        // rename of the output and their removal are superseded.
+        ranges.sort_by_key(|&(min, max)| (min, std::cmp::Reverse(max)));
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        for r in ranges {
+            if kept.iter().any(|k| k.0 <= r.0 && r.1 <= k.1) {
+                let p = dir.join(segment_file_name(r.0, r.1));
+                tracing::info!(path = %p.display(), "removing a segment superseded by a merge");
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            } else {
+                kept.push(r);
+            }
+        }
+        // An index whose segment is gone (merged away before the index was removed) is
+        // derived data of nothing.
+        for p in index_files {
+            let owned = kept.iter().any(|(min, max)| {
+                let seg = dir.join(segment_file_name(*min, *max));
+                index_path(&seg) == p || lex_path(&seg) == p
+            });
+            if !owned {
+                tracing::info!(path = %p.display(), "removing an index whose segment is gone");
+                disk.remove_file(&p).at(&p)?;
+                removed = true;
+            }
+        }
+        if removed {
+            disk.sync_dir(&dir).at(&dir)?;
+        }
+        kept.sort_by_key(|r| r.1);
+        let mut segments = Vec::with_capacity(kept.len());
+        let mut flushed_seq = meta.created_seq;
+        for (min, max) in &kept {
+            let path = dir.join(segment_file_name(*min, *max));
+            match Segment::open(disk, &path) {
+                Ok(seg) => {
+                    flushed_seq = flushed_seq.max(*max);
+                    open_index(disk, &seg)?;
+                    open_lex(disk, &seg);
+                    segments.push(Arc::new(seg));
+                }
+                Err(e @ StorageError::Corrupted(_)) => {
+                    tracing::error!(path = %path.display(), error = %e, "corrupt segment moved to quarantine");
+                    on_corrupt(&path, &e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(Self {
+            id,
+            meta,
+            dir,
+            state: RwLock::new(SpaceState {
+                meta_persisted: true,
+                dropped: false,
+                active: Memtable::default(),
+                frozen: None,
+                segments,
+                flushed_seq,
+            }),
+            last_used: AtomicU64::new(0),
+            files: Mutex::new(()),
+            merge_blocked: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn touch(&self, clock: u64) {
+        self.last_used.store(clock, Ordering::Relaxed);
+    }
+}
+
+impl SpaceState {
+    /// The newest version of a memory, or `None` if absent or deleted.
+    pub(crate) fn get(&self, id: &str) -> Result<Option<Memory>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some((**m).clone()),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.memory(row)?)),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The links out of the newest version of a memory (`None` if absent or deleted), without
+    /// copying the rest of it.
+    pub(crate) fn links(&self, id: &str) -> Result<Option<Vec<Link>>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some(m.links.clone()),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.links(row)?)),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The confidence of the newest version of a memory (`None` if absent or deleted).
+    pub(crate) fn confidence(&self, id: &str) -> Result<Option<f32>> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => Some(m.confidence),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(Some(seg.confidence(row))),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The similarity (dot product) of `query` to the newest version of a memory's embedding
+    /// (`None` if absent, deleted, or of another dimension), without copying the memory.
+    pub(crate) fn similarity(&self, id: &str, query: &[f32]) -> Result<Option<f32>> {
+        let sim = |e: &[f32]| (e.len() == query.len()).then(|| engram_core::simd::dot(query, e));
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(match e {
+                    Entry::Live(m) => sim(&m.embedding),
+                    Entry::Tombstone => None,
+                });
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(row) => return Ok(sim(seg.embedding(row))),
+                Lookup::Tombstone => return Ok(None),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rows held (memtable entries and segment rows, replaced versions and tombstones
+    /// included): an upper bound of the live memories, without reading any id.
+    pub(crate) fn approx_rows(&self) -> usize {
+        self.active.entries.len()
+            + self.frozen.as_ref().map_or(0, |f| f.entries.len())
+            + self.segments.iter().map(|s| s.rows()).sum::<usize>()
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> Result<bool> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if let Some(e) = table.entries.get(id) {
+                return Ok(matches!(e, Entry::Live(_)));
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            match seg.find(id)? {
+                Lookup::Row(_) => return Ok(true),
+                Lookup::Tombstone => return Ok(false),
+                Lookup::Absent => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Calls `f` with the newest version of every live memory, in no particular order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(Memory)) -> Result<()> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            for (id, e) in &table.entries {
+                if seen.insert(id.as_str()) {
+                    if let Entry::Live(m) = e {
+                        f((**m).clone());
+                    }
+                }
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            for row in 0..seg.rows() {
+                let id = seg.id(row)?;
+                if seen.insert(id) {
+                    f(seg.memory(row)?);
+                }
+            }
+            for t in 0..seg.info().tombstones {
+                seen.insert(seg.tombstone(t)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `id`, found in segment `si`, is that memory's newest version: no memtable and
+    /// no newer segment holds it (as a memory or a tombstone).
+    pub(super) fn newest_in_segment(&self, si: usize, id: &str) -> Result<bool> {
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            if table.entries.contains_key(id) {
+                return Ok(false);
+            }
+        }
+        for seg in &self.segments[si + 1..] {
+            if !matches!(seg.find(id)?, Lookup::Absent) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The memtables' live memories, each id once (the frozen table's version is replaced by
+    /// any entry of the active one), with the table holding it.
+    pub(super) fn memtable_live(
+        &self,
+    ) -> impl Iterator<Item = (&Memtable, &MemoryId, &Arc<Memory>)> {
+        let active = &self.active;
+        std::iter::once(active)
+            .chain(self.frozen.as_deref())
+            .enumerate()
+            .flat_map(move |(ti, table)| {
+                table.entries.iter().filter_map(move |(id, e)| match e {
+                    Entry::Live(m) if ti == 0 || !active.entries.contains_key(id.as_str()) => {
+                        Some((table, id, m))
+                    }
+                    _ => None,
+                })
+            })
+    }
+
+    /// Number of live memories (exact; walks the ids).
+    pub(crate) fn count(&self) -> Result<usize> {
+        let mut n = 0;
+        let mut seen: HashSet<&str> = HashSet::new();
+        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
+            for (id, e) in &table.entries {
+                if seen.insert(id.as_str()) && matches!(e, Entry::Live(_)) {
+                    n += 1;
+                }
+            }
+        }
+        for seg in self.segments.iter().rev() {
+            for row in 0..seg.rows() {
+                if seen.insert(seg.id(row)?) {
+                    n += 1;
+                }
+            }
+            for t in 0..seg.info().tombstones {
+                seen.insert(seg.tombstone(t)?);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies one operation (already durable in the WAL at `seq`). Deterministic, so replay
+    /// gives the same state; operations on absent memories change nothing.
+    pub(crate) fn apply(&mut self, seq: u64, op: Op) -> Result<()> {
+        self.active.note(seq);
+        match op {
+            Op::Remember(m) => self.active.put(m),
+            Op::RememberBatch(ms) => {
+                for m in ms {
+                    self.active.put(m);
+                }
+            }
+            Op::Forget(id) => self.active.tombstone(id),
+            Op::Link { from, to, weight } => {
+                if let Some(mut m) = self.get(from.as_str())? {
+                    if let Some(l) = m.links.iter_mut().find(|l| l.to == to) {
+                        l.weight = weight;
+                    } else if m.links.len() < engram_core::limits::MAX_LINKS {
+                        m.links.push(Link { to, weight });
+                    }
+                    self.active.put(m);
+                }
+            }
+            Op::Unlink { from, to } => {
+                if let Some(mut m) = self.get(from.as_str())? {
+                    let before = m.links.len();
+                    m.links.retain(|l| l.to != to);
+                    if m.links.len() != before {
+                        self.active.put(m);
+                    }
+                }
+            }
+            Op::SpaceCreate { .. } | Op::SpaceDrop => {}
+        }
+        Ok(())
+    }
+
+    /// Bytes in sealed segments.
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.file_len() as u64).sum()
+    }
+}
+
+/// The directory of a space below the node's root.
+pub(crate) fn space_dir(root: &Path, id: &SpaceId) -> PathBuf {
+    root.join("spaces").join(id.as_str())
+}
