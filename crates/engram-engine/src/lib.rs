@@ -493,7 +493,7 @@ impl Engine {
             }
             m.links.push(Link {
                 to: h.id,
-                weight: h.similarity.clamp(f32::MIN_POSITIVE, 1.0),
+                weight: Link::weight_from_similarity(h.similarity),
             });
             added += 1;
         }
@@ -741,7 +741,7 @@ impl Engine {
                 from.as_str()
             )));
         }
-        if !(weight > 0.0 && weight <= 1.0) {
+        if !Link::is_valid_weight(f64::from(weight)) {
             return Err(EngineError::Invalid(format!(
                 "link weight {weight} is outside (0, 1]"
             )));

@@ -308,7 +308,7 @@ pub async fn link(
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
     let to = wire::memory_id(req.to)?;
-    if !(req.weight > 0.0 && req.weight <= 1.0) {
+    if !engram_core::Link::is_valid_weight(req.weight) {
         return Err(ApiError::Invalid(format!(
             "weight {} is outside (0, 1]",
             req.weight

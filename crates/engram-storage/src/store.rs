@@ -635,7 +635,7 @@ impl Store {
         to: &MemoryId,
         weight: f32,
     ) -> Result<u64> {
-        if !(weight > 0.0 && weight <= 1.0) {
+        if !engram_core::Link::is_valid_weight(f64::from(weight)) {
             return Err(StorageError::Invalid(format!(
                 "link weight {weight} is outside (0, 1]"
             )));
