@@ -565,13 +565,7 @@ impl Engine {
                 "a batch needs at least one memory".into(),
             ));
         }
-        if batch.len() > limits::MAX_BATCH {
-            return Err(EngineError::Invalid(format!(
-                "a batch of {} memories exceeds the limit of {}",
-                batch.len(),
-                limits::MAX_BATCH
-            )));
-        }
+        limits::check_batch_len(batch.len()).map_err(EngineError::Invalid)?;
         let mut seen = std::collections::HashSet::new();
         for (i, m) in batch.iter().enumerate() {
             if let Some(id) = &m.id {

@@ -214,13 +214,7 @@ pub async fn batch(
     let req: BatchIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
-    if req.memories.len() > engram_core::limits::MAX_BATCH {
-        return Err(ApiError::TooLarge(format!(
-            "a batch of {} memories exceeds the limit of {}",
-            req.memories.len(),
-            engram_core::limits::MAX_BATCH
-        )));
-    }
+    engram_core::limits::check_batch_len(req.memories.len()).map_err(ApiError::TooLarge)?;
     let mut batch = Vec::with_capacity(req.memories.len());
     for (i, m) in req.memories.into_iter().enumerate() {
         if let Some(s) = &m.memory_space_id {

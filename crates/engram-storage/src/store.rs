@@ -596,13 +596,15 @@ impl Store {
     }
 
     fn check_batch(&self, space: &SpaceId, memories: &[Memory]) -> Result<()> {
-        if memories.len() > engram_core::limits::MAX_BATCH {
-            return Err(StorageError::Invalid(format!(
-                "batch of {} memories exceeds the limit of {}",
-                memories.len(),
-                engram_core::limits::MAX_BATCH
-            )));
-        }
+        // The batch limit is checked where a request enters (the engine's batch API, the HTTP
+        // route). Asserted here, in release builds too: a larger batch would be a WAL record
+        // that replay refuses as corrupted.
+        assert!(
+            memories.len() <= engram_core::limits::MAX_BATCH,
+            "batch of {} memories exceeds the limit of {}",
+            memories.len(),
+            engram_core::limits::MAX_BATCH
+        );
         let dim = self.inner.require(space)?.meta.dimension as usize;
         for (i, m) in memories.iter().enumerate() {
             m.validate(dim)
@@ -611,7 +613,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores several memories, all or nothing (one WAL record).
+    /// Stores several memories, all or nothing (one WAL record). At most
+    /// [`MAX_BATCH`](engram_core::limits::MAX_BATCH) of them: the caller checks that (a larger
+    /// batch panics).
     pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
         self.check_batch(space, &memories)?;
         self.inner.submit(space, Op::RememberBatch(memories))
