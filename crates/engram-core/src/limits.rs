@@ -20,7 +20,34 @@ pub const MAX_LINKS: usize = 1024;
 /// Most memories in one batch.
 pub const MAX_BATCH: usize = 1000;
 
+/// The batch limit, checked once where a request enters: the HTTP route and the engine's
+/// public batch API. `Err` says why a batch of `len` memories is refused; the inner layers
+/// only assert it (the WAL decoder refuses a larger batch as corruption).
+pub fn check_batch_len(len: usize) -> Result<(), String> {
+    if len > MAX_BATCH {
+        return Err(format!(
+            "a batch of {len} memories exceeds the limit of {MAX_BATCH}"
+        ));
+    }
+    Ok(())
+}
+
 const _: () = assert!(DEFAULT_DIMENSION <= MAX_DIMENSION);
 const _: () = assert!(MAX_SPACE_ID_LEN <= u8::MAX as usize);
 const _: () = assert!(MAX_MEMORY_ID_LEN <= u16::MAX as usize);
 const _: () = assert!(MAX_METADATA_FIELD_LEN <= u16::MAX as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_limit() {
+        assert_eq!(check_batch_len(0), Ok(()));
+        assert_eq!(check_batch_len(MAX_BATCH), Ok(()));
+        assert_eq!(
+            check_batch_len(MAX_BATCH + 1),
+            Err("a batch of 1001 memories exceeds the limit of 1000".into())
+        );
+    }
+}

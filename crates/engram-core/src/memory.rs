@@ -10,6 +10,22 @@ pub struct Link {
     pub weight: f32,
 }
 
+impl Link {
+    /// The link-weight rule: a weight is a number in `(0, 1]` (NaN is not). Every place that
+    /// accepts a weight (a stored memory, the engine's and the store's `link`, the HTTP wire
+    /// types) asks this; `f64` so that a weight read from JSON is judged before it is narrowed
+    /// (an `f32` converts to `f64` exactly).
+    pub fn is_valid_weight(weight: f64) -> bool {
+        weight > 0.0 && weight <= 1.0
+    }
+
+    /// The weight of a link derived from the similarity of two memories (auto-linking): the
+    /// similarity itself, brought into `(0, 1]` ([`Link::is_valid_weight`]).
+    pub fn weight_from_similarity(similarity: f32) -> f32 {
+        similarity.clamp(f32::MIN_POSITIVE, 1.0)
+    }
+}
+
 /// One episode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Memory {
@@ -69,7 +85,7 @@ impl Memory {
             ));
         }
         for l in &self.links {
-            if !(l.weight > 0.0 && l.weight <= 1.0) {
+            if !Link::is_valid_weight(f64::from(l.weight)) {
                 return bad(format!(
                     "link to {} has weight {}, expected (0, 1]",
                     l.to, l.weight
@@ -77,5 +93,28 @@ impl Memory {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_link_weight_rule() {
+        for w in [f64::MIN_POSITIVE, 1e-50, 0.5, 1.0] {
+            assert!(Link::is_valid_weight(w), "{w}");
+        }
+        for w in [0.0, -0.0, -0.5, 1.000_000_1, f64::NAN, f64::INFINITY] {
+            assert!(!Link::is_valid_weight(w), "{w}");
+        }
+        // A derived weight always passes the rule, whatever the similarity.
+        for s in [-1.0, -0.0, 0.0, 1e-40, 0.3, 1.0, 1.5] {
+            let w = Link::weight_from_similarity(s);
+            assert!(Link::is_valid_weight(f64::from(w)), "{s} -> {w}");
+        }
+        assert_eq!(Link::weight_from_similarity(0.3), 0.3);
+        assert_eq!(Link::weight_from_similarity(-1.0), f32::MIN_POSITIVE);
+        assert_eq!(Link::weight_from_similarity(1.5), 1.0);
     }
 }

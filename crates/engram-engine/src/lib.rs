@@ -644,7 +644,7 @@ impl Engine {
             }
             m.links.push(Link {
                 to: h.id,
-                weight: h.similarity.clamp(f32::MIN_POSITIVE, 1.0),
+                weight: Link::weight_from_similarity(h.similarity),
             });
             added += 1;
         }
@@ -894,7 +894,7 @@ impl Engine {
                 from.as_str()
             )));
         }
-        if !(weight > 0.0 && weight <= 1.0) {
+        if !Link::is_valid_weight(f64::from(weight)) {
             return Err(EngineError::Invalid(format!(
                 "link weight {weight} is outside (0, 1]"
             )));
@@ -936,13 +936,7 @@ fn check_batch(batch: &[NewMemory]) -> Result<()> {
             "a batch needs at least one memory".into(),
         ));
     }
-    if batch.len() > limits::MAX_BATCH {
-        return Err(EngineError::Invalid(format!(
-            "a batch of {} memories exceeds the limit of {}",
-            batch.len(),
-            limits::MAX_BATCH
-        )));
-    }
+    limits::check_batch_len(batch.len()).map_err(EngineError::Invalid)?;
     let mut seen = std::collections::HashSet::new();
     for (i, m) in batch.iter().enumerate() {
         if let Some(id) = &m.id {

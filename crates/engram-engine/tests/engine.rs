@@ -657,3 +657,25 @@ fn text_cues_fuse_dense_and_lexical_matches_and_say_which_found_each() {
             .all(|i| i.id.as_str() != "cat"));
     }
 }
+
+#[test]
+fn a_batch_over_the_limit_is_refused_by_the_engine_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    let s = sid("default");
+    let n = engram_core::limits::MAX_BATCH + 1;
+    let batch: Vec<NewMemory> = (0..n)
+        .map(|i| vector_memory(&format!("m{i}"), axis(8, i % 8), vec![]))
+        .collect();
+    let err = engine.remember_batch(&s, batch).unwrap_err();
+    assert!(matches!(err, EngineError::Invalid(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        EngineError::Invalid(format!(
+            "a batch of {n} memories exceeds the limit of {}",
+            engram_core::limits::MAX_BATCH
+        ))
+        .to_string()
+    );
+    assert!(engine.get(&s, "m0").unwrap().is_none(), "nothing stored");
+}

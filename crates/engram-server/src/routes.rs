@@ -241,13 +241,7 @@ pub async fn batch(
     let req: BatchIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
-    if req.memories.len() > engram_core::limits::MAX_BATCH {
-        return Err(ApiError::TooLarge(format!(
-            "a batch of {} memories exceeds the limit of {}",
-            req.memories.len(),
-            engram_core::limits::MAX_BATCH
-        )));
-    }
+    engram_core::limits::check_batch_len(req.memories.len()).map_err(ApiError::TooLarge)?;
     let mut batch = Vec::with_capacity(req.memories.len());
     for (i, m) in req.memories.into_iter().enumerate() {
         if let Some(s) = &m.memory_space_id {
@@ -335,7 +329,7 @@ pub async fn link(
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
     let to = wire::memory_id(req.to)?;
-    if !(req.weight > 0.0 && req.weight <= 1.0) {
+    if !engram_core::Link::is_valid_weight(req.weight) {
         return Err(ApiError::Invalid(format!(
             "weight {} is outside (0, 1]",
             req.weight

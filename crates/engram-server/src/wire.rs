@@ -264,7 +264,7 @@ impl MemoryIn {
             .unwrap_or_default()
             .into_iter()
             .map(|l| {
-                if !(l.weight > 0.0 && l.weight <= 1.0) {
+                if !Link::is_valid_weight(l.weight) {
                     return Err(ApiError::Invalid(format!(
                         "link to {:?} has weight {}, expected (0, 1]",
                         l.to, l.weight

@@ -52,7 +52,7 @@ pub mod wal;
 pub use disk::{Disk, DiskFile, Mapped, RealDisk};
 pub use error::{Result, StorageError};
 pub use fault::FaultDisk;
-pub use lexical::{lex_path, MAX_QUERY_TERMS};
+pub use lexical::{lex_path, SegmentLex, MAX_QUERY_TERMS};
 pub use meta::{SpaceMeta, SPACE_META_FILE};
 pub use op::Op;
 pub use options::StoreOptions;

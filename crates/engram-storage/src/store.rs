@@ -278,7 +278,9 @@ impl Store {
         check_memories(dim, memories)
     }
 
-    /// Stores several memories, all or nothing (one WAL record).
+    /// Stores several memories, all or nothing (one WAL record). At most
+    /// [`MAX_BATCH`](engram_core::limits::MAX_BATCH) of them: the caller checks that (a larger
+    /// batch panics).
     pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
         self.check_batch(space, &memories)?;
         self.inner.wal.submit(space, Op::RememberBatch(memories))
@@ -302,7 +304,7 @@ impl Store {
         to: &MemoryId,
         weight: f32,
     ) -> Result<u64> {
-        if !(weight > 0.0 && weight <= 1.0) {
+        if !engram_core::Link::is_valid_weight(f64::from(weight)) {
             return Err(StorageError::Invalid(format!(
                 "link weight {weight} is outside (0, 1]"
             )));
@@ -536,15 +538,16 @@ fn space_create(dimension: u32, embedder: &str) -> Result<Op> {
     })
 }
 
-/// A batch's size and each memory checked against a space of `dim` dimensions.
+/// Each memory of a batch checked against a space of `dim` dimensions. The batch limit is
+/// checked where a request enters (the engine's batch API, the HTTP route); asserted here, in
+/// release builds too: a larger batch would be a WAL record that replay refuses as corrupted.
 fn check_memories(dim: usize, memories: &[Memory]) -> Result<()> {
-    if memories.len() > engram_core::limits::MAX_BATCH {
-        return Err(StorageError::Invalid(format!(
-            "batch of {} memories exceeds the limit of {}",
-            memories.len(),
-            engram_core::limits::MAX_BATCH
-        )));
-    }
+    assert!(
+        memories.len() <= engram_core::limits::MAX_BATCH,
+        "batch of {} memories exceeds the limit of {}",
+        memories.len(),
+        engram_core::limits::MAX_BATCH
+    );
     for (i, m) in memories.iter().enumerate() {
         m.validate(dim)
             .map_err(|e| StorageError::Invalid(format!("memory {i}: {e}")))?;

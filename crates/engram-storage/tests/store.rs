@@ -399,3 +399,18 @@ fn a_spaces_text_embedder_survives_replay_and_flush() {
     assert_eq!(store.status().recovery.records_replayed, 0);
     check(&store);
 }
+
+/// The batch limit is the caller's check (the engine's, the server's); the store asserts it,
+/// because a larger batch would be a WAL record that replay refuses as corrupted.
+#[test]
+#[should_panic(expected = "batch of 1001 memories exceeds the limit of 1000")]
+fn a_batch_over_the_limit_is_an_assertion_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("agent-1");
+    let store = Store::open_dir(dir.path(), test_options()).unwrap();
+    store.create_space(&s, 4).unwrap();
+    let batch = (0..=engram_core::limits::MAX_BATCH)
+        .map(|i| memory(&format!("m{i}"), 4))
+        .collect();
+    let _ = store.remember_batch(&s, batch);
+}
