@@ -8,6 +8,7 @@ mod confidence;
 mod cue;
 pub mod embed;
 mod error;
+pub mod hnsw;
 mod ids;
 pub mod limits;
 mod memory;

@@ -14,13 +14,19 @@
 //! `sim(a, b) = dot_i8(a, b) · scale_a · scale_b`, within about 1e-3 of the exact cosine for
 //! 768-d unit vectors. Forgotten and replaced memories stay in the graph as routing nodes and
 //! are never returned.
+//!
+//! The HNSW algorithm (descent, layer search, diversity heuristic, back-links) is
+//! `engram_core::hnsw`, shared with the segment index; this file holds the codes it scores
+//! with, the growing neighbour lists it walks, and the memories behind the rows.
 
 use std::cell::RefCell;
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
-use engram_core::rng::{splitmix64_mix, VisitedSet, SPLITMIX64_GAMMA};
+use engram_core::hnsw::{
+    self, InsertScratch, Layers, LayersMut, PairScorer, Plan, Prune, Scorer, Slot,
+};
+use engram_core::rng::{splitmix64_mix, SPLITMIX64_GAMMA};
 use engram_core::{simd, MemoryId};
 use engram_storage::EmbeddingSnapshot;
 use parking_lot::{Mutex, RwLock};
@@ -81,60 +87,8 @@ impl<T: Copy + Default> Rows<T> {
     }
 }
 
-/// A candidate: a row and its (approximate) similarity to the query.
-#[derive(Debug, Clone, Copy)]
-struct Cand {
-    sim: f32,
-    row: u32,
-}
-
-impl PartialEq for Cand {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Cand {}
-impl PartialOrd for Cand {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Cand {
-    /// Greater is better: higher similarity, then the lower row.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.sim
-            .total_cmp(&other.sim)
-            .then_with(|| other.row.cmp(&self.row))
-    }
-}
-
-/// Per-thread search buffers: a visited mark per row (by generation, so it is never cleared)
-/// and the two heaps of the beam search.
-#[derive(Default)]
-struct Scratch {
-    visited: VisitedSet,
-    candidates: BinaryHeap<Cand>,
-    results: BinaryHeap<Reverse<Cand>>,
-    /// The neighbours of the node being expanded that are compared.
-    batch: Vec<u32>,
-}
-
-impl Scratch {
-    fn start(&mut self, rows: usize) {
-        self.visited.begin(rows);
-        self.candidates.clear();
-        self.results.clear();
-    }
-
-    /// Marks `row` visited; false if it already was.
-    #[inline]
-    fn visit(&mut self, row: u32) -> bool {
-        self.visited.visit(row)
-    }
-}
-
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<InsertScratch> = RefCell::new(InsertScratch::new());
 }
 
 /// An `i8` code and its scale.
@@ -161,23 +115,131 @@ fn quantize(v: &[f32]) -> Code {
     }
 }
 
-/// The graph: rows in insertion order, codes contiguous, neighbour lists in flat arrays
-/// (layer 0: `m0` slots per row; upper layers: `m` slots per layer per row), each slot list
-/// starting with its count, and the similarity of every link kept beside it for pruning.
-pub(crate) struct QuantGraph {
-    dim: usize,
-    m: usize,
-    m0: usize,
-    ef_construction: usize,
+/// The rows' codes, contiguous, and their scales: how the graph scores.
+struct Codes {
     codes: Rows<i8>,
     scales: Vec<f32>,
+}
+
+impl Codes {
+    #[inline]
+    fn code(&self, row: u32) -> &[i8] {
+        self.codes.row(row as usize)
+    }
+
+    #[inline]
+    fn sim_to(&self, q: &Code, row: u32) -> f32 {
+        simd::dot_i8(&q.bytes, self.code(row)) as f32 * q.scale * self.scales[row as usize]
+    }
+
+    fn push(&mut self, code: &Code) {
+        self.codes.push().copy_from_slice(&code.bytes);
+        self.scales.push(code.scale);
+    }
+}
+
+impl PairScorer for Codes {
+    #[inline]
+    fn similarity(&self, a: u32, b: u32) -> f32 {
+        simd::dot_i8(self.code(a), self.code(b)) as f32
+            * self.scales[a as usize]
+            * self.scales[b as usize]
+    }
+}
+
+/// The codes against a query's code.
+struct ToCode<'a> {
+    codes: &'a Codes,
+    query: &'a Code,
+}
+
+impl Scorer for ToCode<'_> {
+    #[inline]
+    fn score(&self, row: u32) -> f32 {
+        self.codes.sim_to(self.query, row)
+    }
+
+    #[inline]
+    fn prefetch(&self, row: u32) {
+        hnsw::prefetch(self.codes.code(row));
+    }
+}
+
+/// The neighbour lists, in flat arrays (layer 0: `m0` slots per row; upper layers: `m` slots
+/// per layer per row), each slot list starting with its count, and the similarity of every
+/// link kept beside it for pruning (index 0 unused).
+struct Lists {
+    m: usize,
+    m0: usize,
     levels: Vec<u8>,
-    /// Per row on layer 0: the neighbour count, then up to `m0` neighbours (and beside them,
-    /// their similarities; index 0 unused).
     layer0: Rows<u32>,
     layer0_sims: Rows<f32>,
     upper: Vec<Box<[u32]>>,
     upper_sims: Vec<Box<[f32]>>,
+}
+
+impl Lists {
+    /// Adds a row with empty lists on layers `0..=level`.
+    fn push(&mut self, level: usize) {
+        self.levels.push(level as u8);
+        self.layer0.push();
+        self.layer0_sims.push();
+        self.upper
+            .push(vec![0; level * (self.m + 1)].into_boxed_slice());
+        self.upper_sims
+            .push(vec![0.0; level * (self.m + 1)].into_boxed_slice());
+    }
+}
+
+impl Layers for Lists {
+    #[inline]
+    fn rows(&self) -> usize {
+        self.levels.len()
+    }
+
+    #[inline]
+    fn neighbours(&self, row: u32, layer: usize) -> &[u32] {
+        let (words, width, at) = if layer == 0 {
+            (self.layer0.row(row as usize), self.m0, 0)
+        } else {
+            (
+                &self.upper[row as usize][..],
+                self.m,
+                (layer - 1) * (self.m + 1),
+            )
+        };
+        let count = words[at] as usize;
+        &words[at + 1..at + 1 + count.min(width)]
+    }
+}
+
+impl LayersMut for Lists {
+    fn slot_mut(&mut self, node: u32, layer: usize) -> Option<Slot<'_>> {
+        if layer == 0 {
+            return Some(Slot {
+                words: self.layer0.row_mut(node as usize),
+                sims: self.layer0_sims.row_mut(node as usize),
+            });
+        }
+        if usize::from(self.levels[node as usize]) < layer {
+            return None;
+        }
+        let at = (layer - 1) * (self.m + 1);
+        Some(Slot {
+            words: &mut self.upper[node as usize][at..=at + self.m],
+            sims: &mut self.upper_sims[node as usize][at..=at + self.m],
+        })
+    }
+}
+
+/// The graph: rows in insertion order, their codes and neighbour lists, and the memories they
+/// hold. The HNSW algorithm is `engram_core::hnsw`'s (shared with the segment index); a full
+/// neighbour list keeps its most similar members ([`Prune::MostSimilar`]).
+pub(crate) struct QuantGraph {
+    dim: usize,
+    ef_construction: usize,
+    codes: Codes,
+    lists: Lists,
     entry: u32,
     max_level: usize,
     rng: AtomicU64,
@@ -191,10 +253,9 @@ pub(crate) struct QuantGraph {
 pub(crate) struct Insertion {
     code: Code,
     level: usize,
-    /// Per layer from `min(level, max_level)` down to 0: the neighbours chosen.
-    chosen: Vec<(usize, Vec<Cand>)>,
-    /// The search's result on layer 0, best first (dead rows included).
-    nearest: Vec<Cand>,
+    /// Per layer up to `min(level, max_level)`: the neighbours chosen; and the search's result
+    /// on layer 0, best first (dead rows included).
+    plan: Plan,
     /// Rows in the graph when it was planned.
     planned_at_rows: usize,
     /// The graph's top layer when it was planned.
@@ -208,16 +269,20 @@ impl QuantGraph {
         let m = m.max(2);
         QuantGraph {
             dim,
-            m,
-            m0: 2 * m,
             ef_construction: ef_construction.max(m),
-            codes: Rows::new(dim),
-            scales: Vec::new(),
-            levels: Vec::new(),
-            layer0: Rows::new(2 * m + 1),
-            layer0_sims: Rows::new(2 * m + 1),
-            upper: Vec::new(),
-            upper_sims: Vec::new(),
+            codes: Codes {
+                codes: Rows::new(dim),
+                scales: Vec::new(),
+            },
+            lists: Lists {
+                m,
+                m0: 2 * m,
+                levels: Vec::new(),
+                layer0: Rows::new(2 * m + 1),
+                layer0_sims: Rows::new(2 * m + 1),
+                upper: Vec::new(),
+                upper_sims: Vec::new(),
+            },
             entry: NO_ENTRY,
             max_level: 0,
             rng: AtomicU64::new(0),
@@ -234,56 +299,7 @@ impl QuantGraph {
 
     /// Rows, live or not.
     pub fn rows(&self) -> usize {
-        self.levels.len()
-    }
-
-    #[inline]
-    fn code(&self, row: u32) -> &[i8] {
-        self.codes.row(row as usize)
-    }
-
-    /// Asks for the start of `row`'s code to be brought into the cache.
-    #[inline]
-    fn prefetch(&self, row: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let code = self.code(row);
-            // The first 4 cache lines; the hardware prefetcher follows the rest.
-            for line in (0..code.len().min(256)).step_by(64) {
-                // SAFETY: SSE is part of the x86_64 baseline; a prefetch of an address inside
-                // a live slice has no effect beyond the cache.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(code.as_ptr().add(line)) };
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = row;
-    }
-
-    #[inline]
-    fn sim_to(&self, q: &Code, row: u32) -> f32 {
-        simd::dot_i8(&q.bytes, self.code(row)) as f32 * q.scale * self.scales[row as usize]
-    }
-
-    #[inline]
-    fn sim_rows(&self, a: u32, b: u32) -> f32 {
-        simd::dot_i8(self.code(a), self.code(b)) as f32
-            * self.scales[a as usize]
-            * self.scales[b as usize]
-    }
-
-    fn neighbours(&self, row: u32, layer: usize) -> &[u32] {
-        let (words, width, at) = if layer == 0 {
-            (self.layer0.row(row as usize), self.m0, 0)
-        } else {
-            (
-                &self.upper[row as usize][..],
-                self.m,
-                (layer - 1) * (self.m + 1),
-            )
-        };
-        let count = words[at] as usize;
-        &words[at + 1..at + 1 + count.min(width)]
+        self.lists.levels.len()
     }
 
     fn random_level(&self) -> usize {
@@ -294,156 +310,7 @@ impl QuantGraph {
                 .wrapping_add(SPLITMIX64_GAMMA),
         );
         let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        ((-u.ln() / (self.m as f64).ln()) as usize).min(MAX_LEVEL)
-    }
-
-    /// Greedy walk towards `q` on `layer` from `ep`.
-    fn greedy(&self, q: &Code, mut ep: Cand, layer: usize) -> Cand {
-        loop {
-            let mut moved = false;
-            for &n in self.neighbours(ep.row, layer) {
-                let c = Cand {
-                    sim: self.sim_to(q, n),
-                    row: n,
-                };
-                if c > ep {
-                    ep = c;
-                    moved = true;
-                }
-            }
-            if !moved {
-                return ep;
-            }
-        }
-    }
-
-    /// Beam search of width `ef` on `layer` from `entries`; the result, best first, in `out`.
-    fn search_layer(
-        &self,
-        s: &mut Scratch,
-        q: &Code,
-        entries: &[Cand],
-        ef: usize,
-        layer: usize,
-        out: &mut Vec<Cand>,
-    ) {
-        s.start(self.rows());
-        for &e in entries {
-            if s.visit(e.row) {
-                s.candidates.push(e);
-                s.results.push(Reverse(e));
-                if s.results.len() > ef {
-                    s.results.pop();
-                }
-            }
-        }
-        while let Some(c) = s.candidates.pop() {
-            if s.results.len() >= ef && s.results.peek().is_some_and(|w| c < w.0) {
-                break;
-            }
-            // The unvisited neighbours' codes are requested from memory together before any
-            // is compared: the comparisons then wait on one round of cache misses, not one
-            // each.
-            s.batch.clear();
-            for &n in self.neighbours(c.row, layer) {
-                if s.visit(n) {
-                    s.batch.push(n);
-                    self.prefetch(n);
-                }
-            }
-            for i in 0..s.batch.len() {
-                let n = s.batch[i];
-                let cand = Cand {
-                    sim: self.sim_to(q, n),
-                    row: n,
-                };
-                if s.results.len() < ef || s.results.peek().is_some_and(|w| cand > w.0) {
-                    s.candidates.push(cand);
-                    s.results.push(Reverse(cand));
-                    if s.results.len() > ef {
-                        s.results.pop();
-                    }
-                }
-            }
-        }
-        out.clear();
-        out.extend(s.results.drain().map(|r| r.0));
-        out.sort_unstable_by(|a, b| b.cmp(a));
-    }
-
-    /// The diversity heuristic (Algorithm 4 of the paper): walking `candidates` best first,
-    /// keep one only if it is more similar to the base than to every neighbour already kept.
-    fn select_diverse(&self, candidates: &[Cand], max: usize, out: &mut Vec<Cand>) {
-        out.clear();
-        for &c in candidates {
-            if out.len() >= max {
-                break;
-            }
-            if out.iter().all(|k| self.sim_rows(c.row, k.row) <= c.sim) {
-                out.push(c);
-            }
-        }
-    }
-
-    /// The slot of `node` on `layer`: its count word then its neighbours, and beside them
-    /// the links' similarities (index 0 unused).
-    fn slot_mut(&mut self, node: u32, layer: usize) -> (&mut [u32], &mut [f32]) {
-        let (words, sims, at, width) = if layer == 0 {
-            (
-                self.layer0.row_mut(node as usize),
-                self.layer0_sims.row_mut(node as usize),
-                0,
-                self.m0,
-            )
-        } else {
-            let at = (layer - 1) * (self.m + 1);
-            (
-                &mut self.upper[node as usize][..],
-                &mut self.upper_sims[node as usize][..],
-                at,
-                self.m,
-            )
-        };
-        (&mut words[at..=at + width], &mut sims[at..=at + width])
-    }
-
-    fn set_list(&mut self, row: u32, layer: usize, list: &[Cand]) {
-        let (words, sims) = self.slot_mut(row, layer);
-        words[0] = list.len() as u32;
-        for (i, c) in list.iter().enumerate() {
-            words[1 + i] = c.row;
-            sims[1 + i] = c.sim;
-        }
-    }
-
-    /// Adds `new` (at similarity `sim`) to the neighbours of `node` on `layer`. A full list
-    /// keeps its most similar members: `new` takes the place of the least similar one if it
-    /// is more similar. (The paper prunes a full list with the diversity heuristic; with
-    /// lists full in a grown graph that is some 500 comparisons per back-link and half of a
-    /// request's CPU in the server under 64 writers, profiled. A node's own list is still
-    /// chosen by the heuristic; recall@3 of the link search measured the same either way by
-    /// `link_index::measure`.)
-    fn link_back(&mut self, node: u32, new: u32, sim: f32, layer: usize) {
-        let (words, sims) = self.slot_mut(node, layer);
-        let width = words.len() - 1;
-        let count = words[0] as usize;
-        if count < width {
-            words[1 + count] = new;
-            sims[1 + count] = sim;
-            words[0] += 1;
-            return;
-        }
-        let (mut worst, mut worst_sim) = (0, f32::INFINITY);
-        for i in 0..count {
-            if sims[1 + i] < worst_sim {
-                worst_sim = sims[1 + i];
-                worst = i;
-            }
-        }
-        if sim > worst_sim {
-            words[1 + worst] = new;
-            sims[1 + worst] = sim;
-        }
+        ((-u.ln() / (self.lists.m as f64).ln()) as usize).min(MAX_LEVEL)
     }
 
     /// The search half of inserting `v` (the graph's dimension): its level and, on each of its
@@ -453,61 +320,44 @@ impl QuantGraph {
     }
 
     fn plan_code(&self, code: Code, level: usize) -> Insertion {
-        let mut chosen = Vec::new();
-        let planned_at_rows = self.rows();
-        let planned_max_level = self.max_level;
-        if self.entry == NO_ENTRY {
-            return Insertion {
-                code,
-                level,
-                chosen,
-                nearest: Vec::new(),
-                planned_at_rows,
-                planned_max_level,
+        let mut plan = Plan::default();
+        if self.entry != NO_ENTRY {
+            let query = ToCode {
+                codes: &self.codes,
+                query: &code,
             };
-        }
-        let mut ep = Cand {
-            sim: self.sim_to(&code, self.entry),
-            row: self.entry,
-        };
-        for layer in (level + 1..=self.max_level).rev() {
-            ep = self.greedy(&code, ep, layer);
-        }
-        let mut entries = vec![ep];
-        let mut found = Vec::new();
-        for layer in (0..=level.min(self.max_level)).rev() {
             SCRATCH.with(|s| {
-                self.search_layer(
-                    &mut s.borrow_mut(),
-                    &code,
-                    &entries,
+                hnsw::plan_insert(
+                    &self.lists,
+                    &query,
+                    &self.codes,
+                    self.entry,
+                    self.max_level,
+                    level,
+                    self.lists.m,
                     self.ef_construction,
-                    layer,
-                    &mut found,
+                    &mut s.borrow_mut(),
+                    &mut plan,
                 )
             });
-            let mut list = Vec::with_capacity(self.m);
-            self.select_diverse(&found, self.m, &mut list);
-            chosen.push((layer, list));
-            std::mem::swap(&mut entries, &mut found);
         }
         Insertion {
             code,
             level,
-            chosen,
-            nearest: entries,
-            planned_at_rows,
-            planned_max_level,
+            plan,
+            planned_at_rows: self.rows(),
+            planned_max_level: self.max_level,
         }
     }
 
     /// The `k` best live memories of a plan's layer-0 search, best first.
     fn nearest(&self, ins: &Insertion, k: usize) -> Vec<(MemoryId, f32)> {
-        ins.nearest
+        ins.plan
+            .nearest
             .iter()
-            .filter(|c| self.live[c.row as usize])
+            .filter(|c| self.live[c.id as usize])
             .take(k)
-            .map(|c| (self.ids[c.row as usize].clone(), c.sim))
+            .map(|c| (self.ids[c.id as usize].clone(), c.sim))
             .collect()
     }
 
@@ -521,7 +371,8 @@ impl QuantGraph {
         // The same vector again (a memory stored anew with other metadata or confidence): its
         // row stays, rather than piling up identical dead copies that fill search beams.
         if let Some(&old) = self.by_id.get(&id) {
-            if self.scales[old as usize] == ins.code.scale && self.code(old) == &ins.code.bytes[..]
+            if self.codes.scales[old as usize] == ins.code.scale
+                && self.codes.code(old) == &ins.code.bytes[..]
             {
                 return;
             }
@@ -538,21 +389,11 @@ impl QuantGraph {
             self.live[old as usize] = false;
         }
         let Insertion {
-            code,
-            level,
-            chosen,
-            ..
+            code, level, plan, ..
         } = ins;
-        let row = self.levels.len() as u32;
-        self.codes.push().copy_from_slice(&code.bytes);
-        self.scales.push(code.scale);
-        self.levels.push(level as u8);
-        self.layer0.push();
-        self.layer0_sims.push();
-        self.upper
-            .push(vec![0; level * (self.m + 1)].into_boxed_slice());
-        self.upper_sims
-            .push(vec![0.0; level * (self.m + 1)].into_boxed_slice());
+        let row = self.rows() as u32;
+        self.codes.push(&code);
+        self.lists.push(level);
         self.ids.push(id.clone());
         self.live.push(true);
         self.by_id.insert(id, row);
@@ -561,18 +402,18 @@ impl QuantGraph {
             self.max_level = level;
             return;
         }
-        for (layer, list) in chosen {
-            // Planned against an older graph: layers above the current top are left empty.
-            if layer > self.max_level {
-                continue;
-            }
-            self.set_list(row, layer, &list);
-            for c in &list {
-                if usize::from(self.levels[c.row as usize]) >= layer {
-                    self.link_back(c.row, row, c.sim, layer);
-                }
-            }
-        }
+        // Planned against an older graph: layers above the current top are left empty.
+        SCRATCH.with(|s| {
+            hnsw::link_node(
+                &mut self.lists,
+                &self.codes,
+                row,
+                &plan,
+                self.max_level,
+                Prune::MostSimilar,
+                &mut s.borrow_mut(),
+            )
+        });
         if level > self.max_level {
             self.entry = row;
             self.max_level = level;
@@ -609,23 +450,29 @@ impl QuantGraph {
             return Vec::new();
         }
         let q = quantize(v);
-        let mut ep = Cand {
-            sim: self.sim_to(&q, self.entry),
-            row: self.entry,
+        let query = ToCode {
+            codes: &self.codes,
+            query: &q,
         };
-        for layer in (1..=self.max_level).rev() {
-            ep = self.greedy(&q, ep, layer);
-        }
+        let ep = hnsw::Cand {
+            sim: query.score(self.entry),
+            id: self.entry,
+        };
+        let ep = hnsw::greedy(&self.lists, &query, ep, self.max_level, 0);
         // Dead rows take places in the beam: widen it by the share of them.
         let dead = self.rows() - self.len();
         let ef = ef.max(k) + (ef.max(k) * dead) / self.rows().max(1);
         let mut found = Vec::new();
-        SCRATCH.with(|s| self.search_layer(&mut s.borrow_mut(), &q, &[ep], ef, 0, &mut found));
+        SCRATCH.with(|s| {
+            let s = &mut s.borrow_mut().search;
+            hnsw::search_layer(&self.lists, s, &query, &[ep], ef, 0, &|_| true);
+            s.drain_into(&mut found);
+        });
         found
             .into_iter()
-            .filter(|c| self.live[c.row as usize])
+            .filter(|c| self.live[c.id as usize])
             .take(k)
-            .map(|c| (self.ids[c.row as usize].clone(), c.sim))
+            .map(|c| (self.ids[c.id as usize].clone(), c.sim))
             .collect()
     }
 }
@@ -694,25 +541,24 @@ impl LinkIndex {
                     None => return,
                 }
             };
-            let items = std::mem::take(&mut *self.pending.lock());
-            for item in items {
-                match item {
-                    Pending::Add(id, ins) => g.apply(id, ins),
-                    Pending::Remove(id) => g.remove(id.as_str()),
-                }
+            self.link_queued(&mut g);
+        }
+    }
+
+    /// Links everything queued into `g` (held under the write lock).
+    fn link_queued(&self, g: &mut QuantGraph) {
+        let items = std::mem::take(&mut *self.pending.lock());
+        for item in items {
+            match item {
+                Pending::Add(id, ins) => g.apply(id, ins),
+                Pending::Remove(id) => g.remove(id.as_str()),
             }
         }
     }
 
     /// Links everything queued, waiting for the write lock.
     fn settle(&self) {
-        let mut g = self.graph.write();
-        for item in std::mem::take(&mut *self.pending.lock()) {
-            match item {
-                Pending::Add(id, ins) => g.apply(id, ins),
-                Pending::Remove(id) => g.remove(id.as_str()),
-            }
-        }
+        self.link_queued(&mut self.graph.write());
     }
 
     pub fn is_ready(&self) -> bool {

@@ -1,7 +1,9 @@
 //! Building an HNSW graph (Malkov & Yashunin 2016): each row in turn gets a random level, is
 //! located by greedy descent through the layers above it, then linked on each of its layers to
 //! neighbours chosen with the diversity heuristic (their Algorithm 4) from a beam search of
-//! width `ef_construction`; full neighbour lists are pruned by the same heuristic.
+//! width `ef_construction`; full neighbour lists are pruned by the same heuristic
+//! ([`Prune::Diverse`]). The algorithm is `engram_core::hnsw`'s (shared with the engine's link
+//! index); this file lays the graph out as the index file stores it.
 //!
 //! The build is single-threaded and deterministic: rows are inserted in row order, levels come
 //! from a splitmix64 generator seeded by `HnswParams::seed`, and every tie breaks by row. The
@@ -10,9 +12,10 @@
 use super::format::{HnswInfo, Layout, MAX_LEVEL, MAX_ROWS, NO_ENTRY};
 use super::graph::HnswGraph;
 use super::params::HnswParams;
-use super::search::{greedy, search_layer, similarity, Cand, SearchScratch};
+use super::search::{Rows, ToQuery};
 use super::vectors::Vectors;
 use crate::error::{Result, StorageError};
+use engram_core::hnsw::{self, InsertScratch, Layers, LayersMut, Plan, Prune, Slot};
 
 pub(crate) use engram_core::rng::SplitMix64;
 
@@ -91,12 +94,8 @@ pub fn build<V: Vectors + ?Sized>(vectors: &V, params: HnswParams) -> Result<Hns
         upper: vec![0; upper_words],
     };
     let mut b = Builder {
-        scratch: SearchScratch::new(),
-        found: Vec::with_capacity(ef_construction + 1),
-        entries: Vec::with_capacity(ef_construction + 1),
-        chosen: Vec::with_capacity(m0 + 1),
-        pool: Vec::with_capacity(m0 + 1),
-        pruned: Vec::with_capacity(m0 + 1),
+        scratch: InsertScratch::new(),
+        plan: Plan::default(),
         sims: [vec![0.0; graph.layer0.len()], vec![0.0; graph.upper.len()]],
     };
     for row in 0..rows as u32 {
@@ -107,17 +106,8 @@ pub fn build<V: Vectors + ?Sized>(vectors: &V, params: HnswParams) -> Result<Hns
 
 /// Reusable buffers of one build: nothing is allocated per insertion.
 struct Builder {
-    scratch: SearchScratch,
-    /// The beam search's result on the current layer, best first.
-    found: Vec<Cand>,
-    /// Entry points of the next layer's search.
-    entries: Vec<Cand>,
-    /// Neighbours chosen by the heuristic.
-    chosen: Vec<Cand>,
-    /// Candidates while pruning a full list.
-    pool: Vec<Cand>,
-    /// What pruning keeps.
-    pruned: Vec<Cand>,
+    scratch: InsertScratch,
+    plan: Plan,
     /// The similarity of each link to the row holding it, at the link's position in `layer0`
     /// (index 0) or `upper` (index 1): pruning a full list needs them, and computing them again
     /// would fetch every neighbour's vector.
@@ -132,114 +122,65 @@ impl Builder {
             g.info.max_level = level;
             return;
         }
-        let (m, ef) = (g.info.m, g.info.ef_construction);
-        let query = vectors.vector(row);
-        let top = g.info.max_level;
-        let entry = g.info.entry_point;
-        let mut ep = Cand {
-            sim: similarity(query, vectors.vector(entry)),
-            id: entry,
+        let (m, ef, top) = (g.info.m, g.info.ef_construction, g.info.max_level);
+        let query = ToQuery {
+            vectors,
+            query: vectors.vector(row),
         };
-        if level < top {
-            ep = greedy(&g.view(), vectors, query, ep, top, level);
-        }
-        self.entries.clear();
-        self.entries.push(ep);
-        for layer in (0..=level.min(top)).rev() {
-            search_layer(
-                &g.view(),
-                &mut self.scratch,
-                vectors,
-                query,
-                &self.entries,
-                ef,
-                layer,
-                &|_| true,
-            );
-            self.found.clear();
-            self.found.extend(
-                self.scratch
-                    .best
-                    .drain()
-                    .map(|r| r.0)
-                    .filter(|c| c.id != row),
-            );
-            self.found.sort_unstable_by(|a, b| b.cmp(a));
-            select_diverse(vectors, &self.found, m, &mut self.chosen);
-            write_list(g, &mut self.sims, row, layer, &self.chosen);
-            for i in 0..self.chosen.len() {
-                let n = self.chosen[i];
-                self.link_back(g, vectors, n.id, row, n.sim, layer);
-            }
-            std::mem::swap(&mut self.entries, &mut self.found);
-        }
+        let rows = Rows(vectors);
+        hnsw::plan_insert(
+            &g.view(),
+            &query,
+            &rows,
+            g.info.entry_point,
+            top,
+            level,
+            m,
+            ef,
+            &mut self.scratch,
+            &mut self.plan,
+        );
+        let mut links = Links {
+            graph: g,
+            sims: &mut self.sims,
+        };
+        hnsw::link_node(
+            &mut links,
+            &rows,
+            row,
+            &self.plan,
+            top,
+            Prune::Diverse,
+            &mut self.scratch,
+        );
         if level > top {
             g.info.entry_point = row;
             g.info.max_level = level;
         }
     }
+}
 
-    /// Adds `new` (at similarity `sim` to `node`) to the neighbours of `node` on `layer`; a full
-    /// list is re-chosen from its members and `new` by the heuristic.
-    fn link_back<V: Vectors + ?Sized>(
-        &mut self,
-        g: &mut HnswGraph,
-        vectors: &V,
-        node: u32,
-        new: u32,
-        sim: f32,
-        layer: usize,
-    ) {
-        let sims = &mut self.sims[usize::from(layer > 0)];
-        if let Some(at) = g.push_neighbour(node, layer, new) {
-            sims[at] = sim;
-            return;
-        }
-        let (at, width) = g.slot(node, layer);
-        let words = g.words(layer);
-        self.pool.clear();
-        self.pool.push(Cand { sim, id: new });
-        for i in at + 1..at + 1 + width {
-            self.pool.push(Cand {
-                sim: sims[i],
-                id: words[i],
-            });
-        }
-        self.pool.sort_unstable_by(|a, b| b.cmp(a));
-        select_diverse(vectors, &self.pool, width, &mut self.pruned);
-        write_list(g, &mut self.sims, node, layer, &self.pruned);
+/// A graph being built and the similarities of its links, as the shared HNSW code writes them.
+struct Links<'a> {
+    graph: &'a mut HnswGraph,
+    sims: &'a mut [Vec<f32>; 2],
+}
+
+impl Layers for Links<'_> {
+    fn rows(&self) -> usize {
+        self.graph.levels.len()
+    }
+
+    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
+        self.graph.view().neighbours(node, layer)
     }
 }
 
-/// Sets the neighbours of `node` on `layer` to `list`, recording their similarities.
-fn write_list(g: &mut HnswGraph, sims: &mut [Vec<f32>; 2], node: u32, layer: usize, list: &[Cand]) {
-    let at = g.set_neighbours(node, layer, list.iter().map(|c| c.id));
-    let sims = &mut sims[usize::from(layer > 0)][at + 1..];
-    for (s, c) in sims.iter_mut().zip(list) {
-        *s = c.sim;
-    }
-}
-
-/// The diversity heuristic (Algorithm 4 of the paper, without extending the candidates or
-/// keeping pruned ones): walking `candidates` best first, keep one only if it is more similar
-/// to the base (its `sim`) than to every neighbour already kept; stop at `max`.
-fn select_diverse<V: Vectors + ?Sized>(
-    vectors: &V,
-    candidates: &[Cand],
-    max: usize,
-    out: &mut Vec<Cand>,
-) {
-    out.clear();
-    for &c in candidates {
-        if out.len() >= max {
-            break;
-        }
-        let v = vectors.vector(c.id);
-        if out
-            .iter()
-            .all(|kept| similarity(v, vectors.vector(kept.id)) <= c.sim)
-        {
-            out.push(c);
-        }
+impl LayersMut for Links<'_> {
+    fn slot_mut(&mut self, node: u32, layer: usize) -> Option<Slot<'_>> {
+        let (at, width) = self.graph.slot(node, layer);
+        let words = &mut self.graph.words_mut(layer)[at..=at + width];
+        let sims = &mut self.sims[usize::from(layer > 0)][at..=at + width];
+        Some(Slot { words, sims })
     }
 }

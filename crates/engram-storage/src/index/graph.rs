@@ -23,9 +23,32 @@ pub(crate) struct GraphView<'a> {
     pub m0: usize,
     pub entry: u32,
     pub max_level: usize,
+    /// Of the vectors the graph indexes.
+    pub dimension: usize,
 }
 
 impl<'a> GraphView<'a> {
+    /// The arrays of a graph described by `info`.
+    pub fn new(
+        info: &HnswInfo,
+        levels: &'a [u8],
+        layer0: &'a [u32],
+        offsets: &'a [u64],
+        upper: &'a [u32],
+    ) -> GraphView<'a> {
+        GraphView {
+            levels,
+            layer0,
+            offsets,
+            upper,
+            m: info.m,
+            m0: info.m0,
+            entry: info.entry_point,
+            max_level: info.max_level,
+            dimension: info.dimension,
+        }
+    }
+
     #[inline]
     pub fn rows(&self) -> usize {
         self.levels.len()
@@ -64,6 +87,18 @@ impl<'a> GraphView<'a> {
     }
 }
 
+impl engram_core::hnsw::Layers for GraphView<'_> {
+    #[inline]
+    fn rows(&self) -> usize {
+        GraphView::rows(self)
+    }
+
+    #[inline]
+    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
+        GraphView::neighbours(self, node, layer)
+    }
+}
+
 /// An HNSW graph held in memory: built by [`super::build`], written by
 /// [`super::build_and_write`], searchable as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,57 +116,32 @@ impl HnswGraph {
     }
 
     pub(crate) fn view(&self) -> GraphView<'_> {
-        GraphView {
-            levels: &self.levels,
-            layer0: &self.layer0,
-            offsets: &self.offsets,
-            upper: &self.upper,
-            m: self.info.m,
-            m0: self.info.m0,
-            entry: self.info.entry_point,
-            max_level: self.info.max_level,
-        }
+        GraphView::new(
+            &self.info,
+            &self.levels,
+            &self.layer0,
+            &self.offsets,
+            &self.upper,
+        )
     }
 
-    /// Replaces the neighbours of `node` on `layer` (at most `m0` on layer 0, `m` above).
-    /// Returns where the slot starts (its count word) in `layer0` or `upper`.
+    /// Replaces the neighbours of `node` on `layer` (at most `m0` on layer 0, `m` above); the
+    /// tests cut rows off the graph with it.
+    #[cfg(test)]
     pub(crate) fn set_neighbours(
         &mut self,
         node: u32,
         layer: usize,
-        ids: impl ExactSizeIterator<Item = u32>,
-    ) -> usize {
+        ids: impl Iterator<Item = u32>,
+    ) {
+        use engram_core::hnsw::{Cand, Slot};
         let (at, width) = self.slot(node, layer);
-        let words = self.words_mut(layer);
-        let slot = &mut words[at..at + 1 + width];
-        assert!(
-            ids.len() <= width,
-            "{} neighbours, room for {width}",
-            ids.len()
-        );
-        slot[0] = ids.len() as u32;
-        let mut n = 0;
-        for (dst, id) in slot[1..].iter_mut().zip(ids) {
-            *dst = id;
-            n += 1;
+        let list: Vec<Cand> = ids.map(|id| Cand { sim: 0.0, id }).collect();
+        Slot {
+            words: &mut self.words_mut(layer)[at..=at + width],
+            sims: &mut vec![0.0; width + 1],
         }
-        // Unused slots are zero, so equal graphs encode to equal bytes.
-        slot[1 + n..].fill(0);
-        at
-    }
-
-    /// Appends `id` to the neighbours of `node` on `layer` and returns the index of the word
-    /// written; `None` when the list is full.
-    pub(crate) fn push_neighbour(&mut self, node: u32, layer: usize, id: u32) -> Option<usize> {
-        let (at, width) = self.slot(node, layer);
-        let words = self.words_mut(layer);
-        let count = words[at] as usize;
-        if count >= width {
-            return None;
-        }
-        words[at + 1 + count] = id;
-        words[at] += 1;
-        Some(at + 1 + count)
+        .set(&list);
     }
 
     /// Start and width of the slot of `node` on `layer`, which must exist.
@@ -151,15 +161,7 @@ impl HnswGraph {
     }
 
     /// `layer0` for layer 0, `upper` above.
-    pub(crate) fn words(&self, layer: usize) -> &[u32] {
-        if layer == 0 {
-            &self.layer0
-        } else {
-            &self.upper
-        }
-    }
-
-    fn words_mut(&mut self, layer: usize) -> &mut [u32] {
+    pub(crate) fn words_mut(&mut self, layer: usize) -> &mut [u32] {
         if layer == 0 {
             &mut self.layer0
         } else {
@@ -189,11 +191,6 @@ impl HnswGraph {
         ef: usize,
         accept: impl Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
-        assert_eq!(
-            vectors.dimension(),
-            self.info.dimension,
-            "the vectors searched do not have the graph's dimension"
-        );
         search_graph(&self.view(), scratch, vectors, query, k, ef, accept)
     }
 }

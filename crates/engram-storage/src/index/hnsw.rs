@@ -195,16 +195,13 @@ impl Hnsw {
             let (offset, len) = self.sections[i];
             &self.map[offset..offset + len]
         };
-        GraphView {
-            levels: section(sec::LEVELS),
-            layer0: as_u32s(section(sec::LAYER0)),
-            offsets: as_u64s(section(sec::UPPER_OFFSETS)),
-            upper: as_u32s(section(sec::UPPER_LINKS)),
-            m: self.info.m,
-            m0: self.info.m0,
-            entry: self.info.entry_point,
-            max_level: self.info.max_level,
-        }
+        GraphView::new(
+            &self.info,
+            section(sec::LEVELS),
+            as_u32s(section(sec::LAYER0)),
+            as_u64s(section(sec::UPPER_OFFSETS)),
+            as_u32s(section(sec::UPPER_LINKS)),
+        )
     }
 
     /// Up to `k` `(row, similarity)` for `query`, best first (ties: lower row first), among
@@ -237,11 +234,6 @@ impl Hnsw {
         ef: usize,
         accept: impl Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
-        assert_eq!(
-            vectors.dimension(),
-            self.info.dimension,
-            "the vectors searched do not have the index's dimension"
-        );
         search_graph(&self.view(), scratch, vectors, query, k, ef, accept)
     }
 }

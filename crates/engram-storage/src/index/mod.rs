@@ -10,6 +10,10 @@
 //!   [`Hnsw::search`] finds the best rows with a filter for deleted or superseded rows.
 //! - [`flat_search`] is the exact scan: for small segments, and the ground truth.
 //!
+//! The HNSW algorithm itself (greedy descent, layer search, diversity heuristic, back-links)
+//! is `engram_core::hnsw`, shared with the engine's link index; this module gives it the
+//! segment's vectors to score with and the index file's layout to walk.
+//!
 //! An empty segment gets a valid empty index file (no rows, no entry point); searching it
 //! returns nothing.
 
