@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use super::format::*;
-use super::graph::GraphView;
 use super::params::HnswParams;
 use super::search::{search_graph, with_scratch, SearchScratch};
 use super::vectors::Vectors;
+use super::view::GraphView;
 use crate::disk::{Disk, Mapped};
 use crate::error::{corrupted, IoContext, Result, StorageError};
 use crate::segment::Segment;

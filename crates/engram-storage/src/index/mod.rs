@@ -24,6 +24,7 @@ mod hnsw;
 mod params;
 mod search;
 mod vectors;
+mod view;
 mod write;
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use std::collections::BinaryHeap;
 
 use engram_core::hnsw::{self, greedy, search_layer, Cand, PairScorer, Scorer};
 
-use super::graph::GraphView;
 use super::vectors::Vectors;
+use super::view::GraphView;
 
 pub use engram_core::hnsw::Scratch as SearchScratch;
 
