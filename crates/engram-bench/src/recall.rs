@@ -295,7 +295,7 @@ fn crossover(seg: &Segment, queries: &[Vec<f32>]) -> Result<()> {
             start.elapsed().as_secs_f64() * 1e6 / queries.len().min(300) as f64
         };
         let flat = time(&|q| index::flat_search(&v, q, 10, |_| true).len());
-        let hnsw = time(&|q| graph.search(&v, q, 10, 64, |_| true).len());
+        let hnsw = time(&|q| graph.view().search(&v, q, 10, 64, |_| true).len());
         println!(
             "#   n {n:>6}: exact {flat:>7.1} us, hnsw {hnsw:>6.1} us per query ({:.1}x)",
             flat / hnsw
@@ -347,7 +347,7 @@ fn index_part(seg: &Segment, queries: &[Vec<f32>]) -> Result<()> {
         let start = Instant::now();
         for (q, t) in queries.iter().zip(&truth) {
             let t0 = Instant::now();
-            let got = hnsw.search(seg, q, k, ef, |_| true);
+            let got = hnsw.view().search(seg, q, k, ef, |_| true);
             lat.push(t0.elapsed().as_nanos() as u64);
             hits += got
                 .iter()

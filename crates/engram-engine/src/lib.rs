@@ -651,18 +651,32 @@ impl Engine {
         Ok(planned)
     }
 
-    /// Stores one memory; returns once it is durable (fsync'd).
-    /// Stores one memory; returns once it is durable (fsync'd). A space that does not exist
-    /// is created with it (see [`Engine::remember_batch`]).
-    pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
+    /// One memory to write: stored already when it was the first write of a missing space
+    /// (`Ok(Err(stored))`), else prepared for the ordinary path with its link-index plan.
+    #[allow(clippy::type_complexity)]
+    fn prepare_one(
+        &self,
+        space: &SpaceId,
+        m: NewMemory,
+    ) -> Result<std::result::Result<(Memory, Stored, Vec<Option<Planned>>), Stored>> {
         let m = match self.create_if_missing(space, vec![m])? {
-            Ok(mut stored) => return Ok(stored.remove(0)),
+            Ok(mut stored) => return Ok(Err(stored.remove(0))),
             Err(mut batch) => batch.remove(0),
         };
         let target = self.existing(space)?;
         let (mut memories, plans) = self.prepare_batch(space, &target, vec![m])?;
         let memory = memories.remove(0);
         let stored = stored(&memory);
+        Ok(Ok((memory, stored, plans)))
+    }
+
+    /// Stores one memory; returns once it is durable (fsync'd). A space that does not exist
+    /// is created with it (see [`Engine::remember_batch`]).
+    pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
+        let (memory, stored, plans) = match self.prepare_one(space, m)? {
+            Ok(prepared) => prepared,
+            Err(created) => return Ok(created),
+        };
         let vector = memory.embedding.clone();
         self.store.remember(space, memory)?;
         self.indexed(space, [(stored.id.clone(), vector)], plans);
@@ -672,14 +686,10 @@ impl Engine {
     /// [`Engine::remember`] for async callers: no thread blocks while the group commit runs.
     pub async fn remember_async(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
         // A first write (rare) creates its space synchronously, as `create_space` does.
-        let m = match self.create_if_missing(space, vec![m])? {
-            Ok(mut stored) => return Ok(stored.remove(0)),
-            Err(mut batch) => batch.remove(0),
+        let (memory, stored, plans) = match self.prepare_one(space, m)? {
+            Ok(prepared) => prepared,
+            Err(created) => return Ok(created),
         };
-        let target = self.existing(space)?;
-        let (mut memories, plans) = self.prepare_batch(space, &target, vec![m])?;
-        let memory = memories.remove(0);
-        let stored = stored(&memory);
         let vector = memory.embedding.clone();
         let committed = self.store.remember_async(space, memory)?;
         // Recorded before the wait, so a request dropped meanwhile (its client gone) still

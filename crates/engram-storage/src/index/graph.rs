@@ -3,8 +3,6 @@
 //! them through a [`GraphView`] (`view.rs`), as a mapped index file does.
 
 use super::format::HnswInfo;
-use super::search::{search_graph, with_scratch, SearchScratch};
-use super::vectors::Vectors;
 use super::view::GraphView;
 
 /// An HNSW graph held in memory: built by [`super::build`], written by
@@ -23,7 +21,8 @@ impl HnswGraph {
         self.info
     }
 
-    pub(crate) fn view(&self) -> GraphView<'_> {
+    /// The graph, to search ([`GraphView::search`]).
+    pub fn view(&self) -> GraphView<'_> {
         GraphView::new(
             &self.info,
             &self.levels,
@@ -75,30 +74,5 @@ impl HnswGraph {
         } else {
             &mut self.upper
         }
-    }
-
-    /// Up to `k` `(row, similarity)` best first, like [`super::Hnsw::search`].
-    pub fn search(
-        &self,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        with_scratch(|s| self.search_with(s, vectors, query, k, ef, accept))
-    }
-
-    /// [`search`](Self::search) with a caller-held scratch.
-    pub fn search_with(
-        &self,
-        scratch: &mut SearchScratch,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        search_graph(&self.view(), scratch, vectors, query, k, ef, accept)
     }
 }

@@ -8,15 +8,14 @@ use std::path::Path;
 
 use super::format::*;
 use super::params::HnswParams;
-use super::search::{search_graph, with_scratch, SearchScratch};
-use super::vectors::Vectors;
+
 use super::view::GraphView;
 use crate::disk::{Disk, Mapped};
 use crate::error::{corrupted, IoContext, Result, StorageError};
 use crate::segment::Segment;
 
 /// An open index file: the graph read in place from the mapping. Vectors are read from the
-/// segment it is bound to (or any [`Vectors`] with the same rows).
+/// segment it is bound to (or any [`super::Vectors`] with the same rows).
 #[derive(Debug, Clone)]
 pub struct Hnsw {
     map: Mapped,
@@ -190,7 +189,8 @@ impl Hnsw {
         &self.map
     }
 
-    pub(crate) fn view(&self) -> GraphView<'_> {
+    /// The mapped graph, to search ([`GraphView::search`]).
+    pub fn view(&self) -> GraphView<'_> {
         let section = |i: usize| {
             let (offset, len) = self.sections[i];
             &self.map[offset..offset + len]
@@ -202,39 +202,6 @@ impl Hnsw {
             as_u64s(section(sec::UPPER_OFFSETS)),
             as_u32s(section(sec::UPPER_LINKS)),
         )
-    }
-
-    /// Up to `k` `(row, similarity)` for `query`, best first (ties: lower row first), among
-    /// the rows `accept` takes. Rejected rows (deleted, superseded) are traversed but never
-    /// returned; `ef` (the beam width, raised to at least `k`) trades speed for recall; when
-    /// the graph cannot reach `k` accepted rows, the rows it never reached are scanned, so `k`
-    /// results come back whenever `k` rows are accepted. Uses this thread's search scratch.
-    ///
-    /// # Panics
-    /// If `vectors` does not have this index's rows and dimension, or `query` its dimension
-    /// (caller bugs).
-    pub fn search(
-        &self,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        with_scratch(|s| self.search_with(s, vectors, query, k, ef, accept))
-    }
-
-    /// [`search`](Self::search) with a caller-held scratch.
-    pub fn search_with(
-        &self,
-        scratch: &mut SearchScratch,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        search_graph(&self.view(), scratch, vectors, query, k, ef, accept)
     }
 }
 

@@ -42,6 +42,7 @@ pub use hnsw::Hnsw;
 pub use params::HnswParams;
 pub use search::{flat_search, SearchScratch};
 pub use vectors::{FlatVectors, Vectors};
+pub use view::GraphView;
 pub use write::{encode, write_index};
 
 use crate::disk::Disk;

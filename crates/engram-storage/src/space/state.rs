@@ -179,87 +179,66 @@ impl Space {
 }
 
 impl SpaceState {
-    /// The newest version of a memory, or `None` if absent or deleted.
-    pub(crate) fn get(&self, id: &str) -> Result<Option<Memory>> {
+    /// The newest version of a memory, found where it is (the active memtable, the frozen
+    /// one, then segments newest first) and read with `live` or `row`; `None` if absent or
+    /// deleted. Every read by id goes through here.
+    fn newest<T>(
+        &self,
+        id: &str,
+        live: impl FnOnce(&Memory) -> Option<T>,
+        row: impl FnOnce(&Segment, usize) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
             if let Some(e) = table.entries.get(id) {
                 return Ok(match e {
-                    Entry::Live(m) => Some((**m).clone()),
+                    Entry::Live(m) => live(m),
                     Entry::Tombstone => None,
                 });
             }
         }
         for seg in self.segments.iter().rev() {
             match seg.find(id)? {
-                Lookup::Row(row) => return Ok(Some(seg.memory(row)?)),
+                Lookup::Row(r) => return row(seg, r),
                 Lookup::Tombstone => return Ok(None),
                 Lookup::Absent => {}
             }
         }
         Ok(None)
+    }
+
+    /// The newest version of a memory, or `None` if absent or deleted.
+    pub(crate) fn get(&self, id: &str) -> Result<Option<Memory>> {
+        self.newest(id, |m| Some(m.clone()), |seg, r| seg.memory(r).map(Some))
     }
 
     /// The links out of the newest version of a memory (`None` if absent or deleted), without
     /// copying the rest of it.
     pub(crate) fn links(&self, id: &str) -> Result<Option<Vec<Link>>> {
-        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
-            if let Some(e) = table.entries.get(id) {
-                return Ok(match e {
-                    Entry::Live(m) => Some(m.links.clone()),
-                    Entry::Tombstone => None,
-                });
-            }
-        }
-        for seg in self.segments.iter().rev() {
-            match seg.find(id)? {
-                Lookup::Row(row) => return Ok(Some(seg.links(row)?)),
-                Lookup::Tombstone => return Ok(None),
-                Lookup::Absent => {}
-            }
-        }
-        Ok(None)
+        self.newest(
+            id,
+            |m| Some(m.links.clone()),
+            |seg, r| seg.links(r).map(Some),
+        )
     }
 
     /// The confidence of the newest version of a memory (`None` if absent or deleted).
     pub(crate) fn confidence(&self, id: &str) -> Result<Option<f32>> {
-        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
-            if let Some(e) = table.entries.get(id) {
-                return Ok(match e {
-                    Entry::Live(m) => Some(m.confidence),
-                    Entry::Tombstone => None,
-                });
-            }
-        }
-        for seg in self.segments.iter().rev() {
-            match seg.find(id)? {
-                Lookup::Row(row) => return Ok(Some(seg.confidence(row))),
-                Lookup::Tombstone => return Ok(None),
-                Lookup::Absent => {}
-            }
-        }
-        Ok(None)
+        self.newest(
+            id,
+            |m| Some(m.confidence),
+            |seg, r| Ok(Some(seg.confidence(r))),
+        )
     }
 
     /// The similarity (dot product) of `query` to the newest version of a memory's embedding
     /// (`None` if absent, deleted, or of another dimension), without copying the memory.
     pub(crate) fn similarity(&self, id: &str, query: &[f32]) -> Result<Option<f32>> {
         let sim = |e: &[f32]| (e.len() == query.len()).then(|| engram_core::simd::dot(query, e));
-        for table in std::iter::once(&self.active).chain(self.frozen.as_deref()) {
-            if let Some(e) = table.entries.get(id) {
-                return Ok(match e {
-                    Entry::Live(m) => sim(&m.embedding),
-                    Entry::Tombstone => None,
-                });
-            }
-        }
-        for seg in self.segments.iter().rev() {
-            match seg.find(id)? {
-                Lookup::Row(row) => return Ok(sim(seg.embedding(row))),
-                Lookup::Tombstone => return Ok(None),
-                Lookup::Absent => {}
-            }
-        }
-        Ok(None)
+        self.newest(
+            id,
+            |m| sim(&m.embedding),
+            |seg, r| Ok(sim(seg.embedding(r))),
+        )
     }
 
     /// Rows held (memtable entries and segment rows, replaced versions and tombstones

@@ -84,7 +84,7 @@ fn reopening_only_reads() {
     let range = map.as_ptr_range();
     assert!(range.contains(&view.layer0.as_ptr().cast::<u8>()));
     let q = &f.data[..FIX_DIM];
-    let r = h.search(&seg, q, 5, 16, |_| true);
+    let r = h.view().search(&seg, q, 5, 16, |_| true);
     assert_eq!(r[0].0, 0);
     assert_eq!(r, flat_search(&seg, q, 5, |_| true));
 }
@@ -98,7 +98,10 @@ fn empty_segment_gets_a_valid_empty_index() {
     let h = Hnsw::open(&disk, &index_path(&p), &seg).unwrap();
     assert_eq!(h.info().rows, 0);
     assert_eq!(h.info().entry_point, NO_ENTRY);
-    assert!(h.search(&seg, &[0.5; 8], 10, 10, |_| true).is_empty());
+    assert!(h
+        .view()
+        .search(&seg, &[0.5; 8], 10, 10, |_| true)
+        .is_empty());
     assert_eq!(disk.file_bytes(&index_path(&p)).unwrap().len(), 256);
 }
 
@@ -110,7 +113,7 @@ fn one_row_segment() {
     let seg = Segment::open(&disk, &p).unwrap();
     build_and_write(&disk, &p, &seg, HnswParams::default()).unwrap();
     let h = Hnsw::open(&disk, &index_path(&p), &seg).unwrap();
-    let r = h.search(&seg, &data, 10, 10, |_| true);
+    let r = h.view().search(&seg, &data, 10, 10, |_| true);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].0, 0);
     assert!((r[0].1 - 1.0).abs() < 1e-5);
@@ -463,7 +466,7 @@ proptest! {
                 // Only a consistent graph opens; it searches the real segment without panic.
                 let v = FlatVectors::new(&f.data[..], FIX_DIM).unwrap();
                 let q = &f.data[FIX_DIM..2 * FIX_DIM];
-                let r = h.search(&v, q, 10, 20, |r| r % 2 == 0);
+                let r = h.view().search(&v, q, 10, 20, |r| r % 2 == 0);
                 prop_assert!(r.len() == 10);
                 prop_assert!(r.iter().all(|x| x.0 % 2 == 0));
             }

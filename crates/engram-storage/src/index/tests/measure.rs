@@ -112,7 +112,7 @@ fn measure_build_search_recall() {
         let mut total = 0.0;
         for (q, tr) in queries.chunks(dim).zip(&truth) {
             let t = Instant::now();
-            let r = h.search(&seg, q, 10, ef, |_| true);
+            let r = h.view().search(&seg, q, 10, ef, |_| true);
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             total += recall(&r, tr);
         }
@@ -141,7 +141,7 @@ fn measure_build_search_recall() {
                 std::hint::black_box(flat_search(&seg, q, 1, |_| true));
             }
             let t = Instant::now();
-            let r = h.search(&seg, q, 10, 64, accept);
+            let r = h.view().search(&seg, q, 10, 64, accept);
             lat.push(t.elapsed().as_secs_f64() * 1e3);
             total += recall(&r, tr);
         }

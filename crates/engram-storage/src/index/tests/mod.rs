@@ -247,8 +247,8 @@ fn exercise(h: &Hnsw) {
         .collect();
     let v = FlatVectors::new(data, info.dimension).unwrap();
     let q = vec![0.25f32; info.dimension];
-    let _ = h.search(&v, &q, 5, 16, |_| true);
-    let _ = h.search(&v, &q, 5, 16, |r| r % 3 == 0);
+    let _ = h.view().search(&v, &q, 5, 16, |_| true);
+    let _ = h.view().search(&v, &q, 5, 16, |r| r % 3 == 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ fn recall_at_10_against_flat_search() {
         let mut total = 0.0;
         for q in queries.chunks(dim) {
             let truth = flat_search(&v, q, 10, |_| true);
-            let found = g.search(&v, q, 10, ef, |_| true);
+            let found = g.view().search(&v, q, 10, ef, |_| true);
             assert_eq!(found.len(), 10);
             assert!(found.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
             total += recall(&found, &truth);
@@ -365,7 +365,7 @@ fn accept_filter_is_honoured_and_k_still_found() {
     for (name, accept) in &filters {
         let mut total = 0.0;
         for q in queries.chunks(dim) {
-            let found = g.search(&v, q, 10, 32, accept);
+            let found = g.view().search(&v, q, 10, 32, accept);
             let truth = flat_search(&v, q, 10, accept);
             assert_eq!(found.len(), truth.len(), "{name}");
             assert!(
@@ -378,7 +378,10 @@ fn accept_filter_is_honoured_and_k_still_found() {
         assert!(r >= 0.9, "{name}: recall {r}");
     }
     // Nothing accepted: nothing returned.
-    assert!(g.search(&v, &queries[..dim], 10, 32, |_| false).is_empty());
+    assert!(g
+        .view()
+        .search(&v, &queries[..dim], 10, 32, |_| false)
+        .is_empty());
 }
 
 #[test]
@@ -392,7 +395,7 @@ fn unreachable_rows_are_still_found() {
         g.set_neighbours(row, 0, std::iter::empty());
     }
     let q = &data[..dim];
-    let found = g.search(&v, q, 10, 10, |r| r % 2 == 0);
+    let found = g.view().search(&v, q, 10, 10, |r| r % 2 == 0);
     assert_eq!(found, flat_search(&v, q, 10, |r| r % 2 == 0));
 }
 
@@ -403,24 +406,24 @@ fn k_larger_than_rows_one_row_and_empty() {
     let v = FlatVectors::new(&data[..], dim).unwrap();
     let g = build(&v, small_params()).unwrap();
     let q = &data[dim..2 * dim];
-    let found = g.search(&v, q, 10, 4, |_| true);
+    let found = g.view().search(&v, q, 10, 4, |_| true);
     assert_eq!(found, flat_search(&v, q, 10, |_| true));
     assert_eq!(found.len(), 5);
     assert_eq!(found[0].0, 1);
-    assert!(g.search(&v, q, 0, 4, |_| true).is_empty());
+    assert!(g.view().search(&v, q, 0, 4, |_| true).is_empty());
 
     let one = FlatVectors::new(&data[..dim], dim).unwrap();
     let g = build(&one, small_params()).unwrap();
     assert_eq!(g.info().entry_point, 0);
-    let r = g.search(&one, q, 3, 4, |_| true);
+    let r = g.view().search(&one, q, 3, 4, |_| true);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].0, 0);
-    assert!(g.search(&one, q, 3, 4, |_| false).is_empty());
+    assert!(g.view().search(&one, q, 3, 4, |_| false).is_empty());
 
     let none = FlatVectors::new(Vec::new(), dim).unwrap();
     let g = build(&none, small_params()).unwrap();
     assert_eq!(g.info().entry_point, NO_ENTRY);
-    assert!(g.search(&none, q, 3, 4, |_| true).is_empty());
+    assert!(g.view().search(&none, q, 3, 4, |_| true).is_empty());
 }
 
 #[test]
@@ -466,8 +469,8 @@ fn write_open_search_gives_identical_results() {
     let g = build(&flat, small_params()).unwrap();
     assert_eq!(h.info(), g.info());
     for q in queries.chunks(dim) {
-        let from_file = h.search(&seg, q, 10, 40, |r| r % 5 != 0);
-        let in_memory = g.search(&flat, q, 10, 40, |r| r % 5 != 0);
+        let from_file = h.view().search(&seg, q, 10, 40, |r| r % 5 != 0);
+        let in_memory = g.view().search(&flat, q, 10, 40, |r| r % 5 != 0);
         assert_eq!(from_file, in_memory);
         assert_eq!(from_file.len(), 10);
     }
