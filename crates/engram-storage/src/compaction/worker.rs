@@ -22,17 +22,18 @@ use crate::space::Space;
 
 /// Starts the compactor thread; it stops at shutdown.
 pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
+    // The write rate over the last second or so, for the merge deferral under load; its
+    // window starts as the store opens, not whenever the thread first runs.
+    let load = node.load_meter();
     std::thread::Builder::new()
         .name("engram-compactor".into())
-        .spawn(move || node.compactor_loop())
+        .spawn(move || node.compactor_loop(load))
 }
 
 impl Node {
-    fn compactor_loop(self: Arc<Self>) {
-        // The write rate over the last second or so, for the merge deferral under load.
-        let mut load = LoadMeter::default();
+    fn compactor_loop(self: Arc<Self>, mut load: LoadMeter) {
         while self.wait_tick() {
-            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let rate = self.load_rate(&mut load);
             let busy = self.opts.merge_defer_records_per_s > 0
                 && rate > self.opts.merge_defer_records_per_s as f64;
             if let Err(e) = self.compact_pass(false, busy) {

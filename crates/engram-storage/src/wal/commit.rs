@@ -10,23 +10,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use engram_core::SpaceId;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::clock::Clock;
 use crate::disk::DiskFile;
 use crate::error::{Result, StorageError};
 use crate::op::Op;
 use crate::stats::StoreStats;
 use crate::wal::{encode_record, WalWriter, RECORD_HEADER_LEN};
-
-/// Microseconds since the Unix epoch: a record's timestamp.
-pub(crate) fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 /// A record waiting to be applied once durable.
 pub(crate) struct Pending {
@@ -160,8 +154,9 @@ pub(crate) struct GroupCommit {
     max_record_bytes: usize,
     max_pending_bytes: usize,
     stats: Arc<StoreStats>,
-    /// When the store opened, and (in micros since then) when the last batch was applied.
-    started: Instant,
+    /// Record timestamps and idleness come from here.
+    clock: Arc<dyn Clock>,
+    /// When (the clock's monotonic micros) the last batch was applied, or the store opened.
     last_commit_us: AtomicU64,
 }
 
@@ -170,8 +165,9 @@ impl GroupCommit {
         max_record_bytes: usize,
         max_pending_bytes: usize,
         stats: Arc<StoreStats>,
-        started: Instant,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        let opened_us = clock.monotonic().as_micros() as u64;
         Self {
             commit: Mutex::new(CommitState {
                 buf: Vec::new(),
@@ -193,8 +189,8 @@ impl GroupCommit {
             max_record_bytes,
             max_pending_bytes,
             stats,
-            started,
-            last_commit_us: AtomicU64::new(0),
+            clock,
+            last_commit_us: AtomicU64::new(opened_us),
         }
     }
 
@@ -236,7 +232,7 @@ impl GroupCommit {
 
     /// Microseconds since the last batch was applied (since the store opened if none was).
     pub(crate) fn idle_us(&self) -> u64 {
-        (self.started.elapsed().as_micros() as u64)
+        (self.clock.monotonic().as_micros() as u64)
             .saturating_sub(self.last_commit_us.load(Ordering::Relaxed))
     }
 
@@ -332,7 +328,7 @@ impl GroupCommit {
             return Err(StorageError::Closed);
         }
         let mut seq = 0;
-        let at = now_us();
+        let at = self.clock.realtime_us();
         for (op, payload) in encoded {
             seq = c.next_seq;
             c.next_seq += 1;
@@ -502,7 +498,7 @@ impl GroupCommit {
             Ok(()) => {
                 c.applied_seq = last;
                 self.last_commit_us
-                    .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(self.clock.monotonic().as_micros() as u64, Ordering::Relaxed);
                 DONE
             }
             Err(e) => {
