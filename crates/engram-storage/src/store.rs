@@ -478,7 +478,7 @@ impl Store {
     pub fn merge_all(&self) -> Result<()> {
         let _pass = self.inner.compaction.lock();
         for space in self.inner.catalog.loaded_spaces() {
-            let n = merge::merge_all(&*self.inner.disk, &space)?;
+            let n = merge::merge_all(&*self.inner.disk, &self.inner.wal, &space)?;
             if n > 0 {
                 self.inner.stats.merges.fetch_add(1, Ordering::Relaxed);
                 self.inner

@@ -103,7 +103,7 @@ impl Node {
         for space in &loaded {
             let many = space.state.read().segments.len() > most;
             if many && !space.merge_blocked.load(Ordering::Relaxed) {
-                match merge::merge_tiered(&*self.disk, space, &pace) {
+                match merge::merge_tiered(&*self.disk, &self.wal, space, &pace) {
                     Ok(n) => {
                         self.stats.merges.fetch_add(1, Ordering::Relaxed);
                         self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
@@ -134,7 +134,7 @@ impl Node {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(space) = dirty.get(i) else { break };
-                    match flush::flush(&*self.disk, space, pace) {
+                    match flush::flush(&*self.disk, &self.wal, space, pace) {
                         Ok(n) => {
                             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                             self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);

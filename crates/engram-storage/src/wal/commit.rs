@@ -20,6 +20,7 @@ use crate::disk::DiskFile;
 use crate::error::{Result, StorageError};
 use crate::op::Op;
 use crate::stats::StoreStats;
+use crate::wal::check::{check_batch, check_entry, check_sequences, check_watermarks};
 use crate::wal::{encode_record, WalWriter, RECORD_HEADER_LEN};
 
 /// A record waiting to be applied once durable.
@@ -100,6 +101,8 @@ struct SyncHandle {
 
 /// Synced WAL data is dropped from the page cache in whole multiples of this.
 const CACHE_DROP_GRAIN: u64 = 64 << 10;
+// The grain is a mask of whole pages.
+const _: () = assert!(CACHE_DROP_GRAIN.is_power_of_two() && CACHE_DROP_GRAIN.is_multiple_of(4096));
 
 /// A batch the committer made durable (or failed to).
 struct DurableBatch {
@@ -291,7 +294,7 @@ impl GroupCommit {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
         }
-        assert!(!ops.is_empty(), "a group commit entry needs a record");
+        check_entry(ops.len());
         let mut encoded = Vec::with_capacity(ops.len());
         let mut size = 0;
         for op in ops {
@@ -403,6 +406,13 @@ impl GroupCommit {
             let buf = std::mem::replace(&mut c.buf, std::mem::take(&mut spare));
             let batch = std::mem::take(&mut c.pending);
             let waiters = std::mem::take(&mut c.waiters);
+            check_batch(
+                buf.len(),
+                batch.len(),
+                waiters.len(),
+                self.max_record_bytes,
+                self.max_pending_bytes,
+            );
             let latched = c.failed.is_some();
             drop(c);
             self.room_cv.notify_all();
@@ -439,6 +449,7 @@ impl GroupCommit {
         let (path, end, mut h) = {
             let mut guard = self.writer.lock();
             let w = guard.as_mut().ok_or(StorageError::Closed)?;
+            check_sequences(self.written_seq(), batch.iter().map(|p| p.seq));
             let generation = w.write(buf, first)?;
             self.written_seq.fetch_max(last, Ordering::SeqCst);
             let h = match handle.take() {
@@ -490,6 +501,7 @@ impl GroupCommit {
     fn finish_batch(&self, job: DurableBatch, apply: &ApplyBatch) {
         let last = job.batch.last().map_or(0, |p| p.seq);
         let result = job.result.and_then(|()| {
+            check_watermarks(last, self.written_seq());
             self.durable_seq.fetch_max(last, Ordering::SeqCst);
             apply(job.batch)
         });
