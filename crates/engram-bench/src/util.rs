@@ -2,7 +2,7 @@
 //! `BENCH <name> <value> <unit>` output.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use engram_core::{Memory, MemoryId};
 use rand::rngs::SmallRng;
@@ -69,12 +69,8 @@ pub fn memory(rng: &mut SmallRng, n: u64, dim: usize) -> Memory {
     }
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+/// Microseconds since the Unix epoch (the storage engine's, on the machine's clock).
+pub use engram_storage::now_us;
 
 /// Nearest-rank percentile (`p` in `[0, 100]`) of sorted values. Panics on an empty slice.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {

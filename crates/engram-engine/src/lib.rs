@@ -22,7 +22,6 @@ mod recall;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use engram_core::embed::{Embedder, HashingEmbedder};
 use engram_core::{limits, simd, Confidence, Link, Memory, MemoryId, SpaceId};
@@ -30,7 +29,9 @@ use engram_storage::{Hit, Store};
 use link_index::LinkIndex;
 use parking_lot::Mutex;
 
-pub use engram_storage::{SpaceStatus, StoreOptions, StoreStats, StoreStatus};
+pub use engram_storage::{
+    Clock, ManualClock, RealClock, SpaceStatus, StoreOptions, StoreStats, StoreStatus,
+};
 pub use error::{EngineError, Result};
 pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
 
@@ -169,13 +170,13 @@ pub struct Engine {
 /// a larger one in the background (writes meanwhile use the store's search).
 const INLINE_LINK_INDEX_ROWS: usize = 1_000;
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
 impl Engine {
+    /// Microseconds since the Unix epoch on the store's clock ([`StoreOptions::clock`]): a
+    /// memory's timestamps.
+    fn now_us(&self) -> i64 {
+        self.store.options().clock.realtime_us()
+    }
+
     /// Opens (recovering) the node's data in `dir`, creating the `default` space if missing.
     pub fn open(dir: &Path, mut opts: EngineOptions) -> Result<Engine> {
         if let Some(model) = &opts.text_model {
@@ -428,7 +429,7 @@ impl Engine {
         };
         let retry = batch.clone();
         let (memories, _) = self.prepare_batch(space, &target, batch)?;
-        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        let out: Vec<Stored> = memories.iter().map(|m| stored(m, self.now_us())).collect();
         match self.store.create_space_with_batch(
             space,
             dim as u32,
@@ -472,7 +473,7 @@ impl Engine {
             Target::Existing { .. } => None,
             Target::New { embedder, .. } => Some(embedder.clone()),
         };
-        let now = now_us();
+        let now = self.now_us();
         let mut out = Vec::with_capacity(batch.len());
         let mut auto = Vec::with_capacity(batch.len());
         for (i, n) in batch.into_iter().enumerate() {
@@ -666,7 +667,7 @@ impl Engine {
         let target = self.existing(space)?;
         let (mut memories, plans) = self.prepare_batch(space, &target, vec![m])?;
         let memory = memories.remove(0);
-        let stored = stored(&memory);
+        let stored = stored(&memory, self.now_us());
         Ok(Ok((memory, stored, plans)))
     }
 
@@ -713,7 +714,7 @@ impl Engine {
             Err(batch) => batch,
         };
         let (memories, plans) = self.prepare_many(space, batch)?;
-        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        let out: Vec<Stored> = memories.iter().map(|m| stored(m, self.now_us())).collect();
         let vectors = id_vectors(&memories);
         self.store.remember_batch(space, memories)?;
         self.indexed(space, vectors, plans);
@@ -732,7 +733,7 @@ impl Engine {
             Err(batch) => batch,
         };
         let (memories, plans) = self.prepare_many(space, batch)?;
-        let out: Vec<Stored> = memories.iter().map(stored).collect();
+        let out: Vec<Stored> = memories.iter().map(|m| stored(m, self.now_us())).collect();
         let vectors = id_vectors(&memories);
         let committed = self.store.remember_batch_async(space, memories)?;
         // Recorded before the wait (see `remember_async`).
@@ -976,21 +977,23 @@ fn id_vectors(memories: &[Memory]) -> Vec<(MemoryId, Vec<f32>)> {
         .collect()
 }
 
-fn stored(m: &Memory) -> Stored {
+fn stored(m: &Memory, stored_at_us: i64) -> Stored {
     Stored {
         id: m.id.clone(),
         confidence: Confidence::new(m.confidence),
-        stored_at_us: now_us(),
+        stored_at_us,
         links: m.links.clone(),
     }
 }
 
-/// `mem_` and 32 hex digits: time and a process-wide counter mixed, unique in practice.
+/// `mem_` and 32 hex digits: time and a process-wide counter mixed, unique in practice. The
+/// time is the machine's, not the store's clock: ids must differ between processes and runs,
+/// which a manual clock (the same readings in every test process) would not ensure.
 fn generate_id() -> MemoryId {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = now_us() as u64;
+    let t = engram_storage::now_us() as u64;
     let mut x = t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64) << 40;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);

@@ -2,7 +2,8 @@
 //! memory-mapped segments per space, crash-proof recovery. Byte layouts: `docs/format.md`.
 //!
 //! What the crate offers is re-exported here: the [`Store`] (its public API), what it takes
-//! and reports, and the [`Disk`] it runs on (real, or [`FaultDisk`] for fault injection).
+//! and reports, the [`Disk`] it runs on (real, or [`FaultDisk`] for fault injection) and the
+//! [`Clock`] it reads (real, or [`ManualClock`] in tests; set in [`StoreOptions::clock`]).
 //! Four modules are public as sub-namespaces: [`wal`], [`segment`] and [`index`] (the on-disk
 //! structures' encoders, decoders and readers, for the format fixtures, the fuzz targets and
 //! `engram-bench`'s kernel figures) and [`process`] (thread and process tuning a host binary
@@ -23,10 +24,11 @@
 //! - `segment/`, `index/`, `lexical.rs`, `memtable.rs`, `meta.rs`, `op.rs`: the data
 //!   structures: sealed segments, HNSW graphs, BM25 postings, memtables, a space's metadata,
 //!   the WAL's operations.
-//! - `disk.rs`, `fault.rs`, `quarantine.rs`, `numa.rs`, `process.rs`, `options.rs`,
+//! - `disk.rs`, `clock.rs`, `fault.rs`, `quarantine.rs`, `numa.rs`, `process.rs`, `options.rs`,
 //!   `stats.rs`, `error.rs`, `codec.rs`: the machinery around them.
 
 mod catalog;
+mod clock;
 mod codec;
 mod compaction;
 mod disk;
@@ -49,6 +51,7 @@ mod stats;
 mod store;
 pub mod wal;
 
+pub use clock::{now_us, Clock, ManualClock, RealClock};
 pub use disk::{Disk, DiskFile, Mapped, RealDisk};
 pub use error::{Result, StorageError};
 pub use fault::FaultDisk;

@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use engram_core::SpaceId;
 use parking_lot::{Condvar, Mutex};
 
 use crate::catalog::Catalog;
+use crate::compaction::load::LoadMeter;
 use crate::disk::Disk;
 use crate::error::Result;
 use crate::meta::SpaceMeta;
@@ -35,8 +37,8 @@ pub(crate) struct Node {
     pub(crate) pending_drops: Mutex<Vec<(u64, Arc<Space>)>>,
     /// One compaction pass at a time.
     pub(crate) compaction: Mutex<()>,
-    /// Segments whose index build failed, and when to try again.
-    pub(crate) index_failures: Mutex<HashMap<PathBuf, Instant>>,
+    /// Segments whose index build failed, and when (the clock's monotonic time) to try again.
+    pub(crate) index_failures: Mutex<HashMap<PathBuf, Duration>>,
     pub(crate) quarantine: Arc<Quarantine>,
     pub(crate) stats: Arc<StoreStats>,
     /// Set by `close`: the background workers stop.
@@ -128,6 +130,22 @@ impl Node {
         }
         st.apply(seq, op)?;
         Ok(true)
+    }
+
+    /// A load meter for a background worker, its window starting now.
+    pub(crate) fn load_meter(&self) -> LoadMeter {
+        LoadMeter::new(
+            self.stats.changes.load(Ordering::Relaxed),
+            self.opts.clock.monotonic(),
+        )
+    }
+
+    /// The node's rate of changes now, as `load` measures it (see [`LoadMeter`]).
+    pub(crate) fn load_rate(&self, load: &mut LoadMeter) -> f64 {
+        load.rate(
+            self.stats.changes.load(Ordering::Relaxed),
+            self.opts.clock.monotonic(),
+        )
     }
 
     /// Waits one `compaction_tick` (or until shutdown); false once the store is shutting down.

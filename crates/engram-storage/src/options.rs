@@ -1,6 +1,9 @@
 //! Tunables of the storage engine, with defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::clock::{Clock, RealClock};
 
 /// Options of a [`crate::Store`].
 #[derive(Debug, Clone)]
@@ -78,6 +81,10 @@ pub struct StoreOptions {
     pub background_write_bytes_per_s: u64,
     /// Background flushes and merges sync the segment being written every this many bytes.
     pub background_sync_bytes: u64,
+    /// Where the store, its background workers and the engine read the time: record
+    /// timestamps, idleness, the load measure and the deferrals. The machine's by default;
+    /// a [`crate::ManualClock`] in tests, so that no decision depends on the machine's speed.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for StoreOptions {
@@ -106,6 +113,7 @@ impl Default for StoreOptions {
             index_defer_max: Duration::from_secs(30),
             background_write_bytes_per_s: 200_000_000,
             background_sync_bytes: 4 << 20,
+            clock: Arc::new(RealClock::default()),
         }
     }
 }

@@ -94,6 +94,26 @@ pub fn lower_current_thread_priority() {
     }
 }
 
+/// Runs the body of one of the store's own threads (the committer, the waker, the compactor,
+/// the indexer); if it panics (a failed assertion: an invariant of the commit path or the
+/// data does not hold), the process stops at once. A dead committer would leave every writer
+/// waiting forever; stopping is what makes the failure visible, and recovery from the WAL on
+/// restart is the designed way back (crash-only, as TigerBeetle treats its assertions). The
+/// panic's message and place are printed by the panic hook before this aborts.
+pub(crate) fn abort_on_panic<R>(thread: &str, body: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(
+                thread,
+                "a storage thread panicked: stopping the process (a restart recovers from the WAL)"
+            );
+            eprintln!("engram: the storage thread {thread} panicked; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

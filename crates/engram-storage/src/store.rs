@@ -26,7 +26,7 @@ use crate::quarantine::Quarantine;
 use crate::recovery::{self, RecoveryReport};
 use crate::space::{Hit, LexHit, SpaceView};
 use crate::stats::{SpaceStatus, StoreStats, StoreStatus};
-use crate::wal::commit::{now_us, Commit, GroupCommit};
+use crate::wal::commit::{Commit, GroupCommit};
 use crate::wal::WalWriter;
 
 /// The storage engine of one node.
@@ -64,7 +64,7 @@ impl Store {
             opts.max_record_bytes,
             opts.max_pending_bytes,
             stats.clone(),
-            started,
+            opts.clock.clone(),
         ));
         let inner = Arc::new(Node {
             disk: disk.clone(),
@@ -180,7 +180,7 @@ impl Store {
         dimension: u32,
         embedder: &str,
     ) -> Result<u64> {
-        let create = space_create(dimension, embedder)?;
+        let create = space_create(dimension, embedder, self.inner.opts.clock.realtime_us())?;
         let _busy = self.inner.catalog.claim_id(id);
         if self.inner.catalog.space(id)?.is_some() {
             return Err(StorageError::SpaceExists(id.to_string()));
@@ -200,7 +200,7 @@ impl Store {
         embedder: &str,
         mut memories: Vec<Memory>,
     ) -> Result<u64> {
-        let create = space_create(dimension, embedder)?;
+        let create = space_create(dimension, embedder, self.inner.opts.clock.realtime_us())?;
         check_memories(dimension as usize, &memories)?;
         let write = match memories.len() {
             0 => {
@@ -478,7 +478,7 @@ impl Store {
     pub fn merge_all(&self) -> Result<()> {
         let _pass = self.inner.compaction.lock();
         for space in self.inner.catalog.loaded_spaces() {
-            let n = merge::merge_all(&*self.inner.disk, &space)?;
+            let n = merge::merge_all(&*self.inner.disk, &self.inner.wal, &space)?;
             if n > 0 {
                 self.inner.stats.merges.fetch_add(1, Ordering::Relaxed);
                 self.inner
@@ -516,8 +516,8 @@ impl Drop for Store {
     }
 }
 
-/// The record that creates a space, its arguments checked.
-fn space_create(dimension: u32, embedder: &str) -> Result<Op> {
+/// The record that creates a space at `created_at_us`, its arguments checked.
+fn space_create(dimension: u32, embedder: &str, created_at_us: i64) -> Result<Op> {
     if embedder.len() > crate::meta::MAX_EMBEDDER_NAME {
         return Err(StorageError::Invalid(format!(
             "an embedder name of {} bytes (at most {})",
@@ -533,7 +533,7 @@ fn space_create(dimension: u32, embedder: &str) -> Result<Op> {
     }
     Ok(Op::SpaceCreate {
         dimension,
-        created_at_us: now_us(),
+        created_at_us,
         embedder: embedder.to_string(),
     })
 }

@@ -63,3 +63,16 @@ pub fn test_options() -> StoreOptions {
         ..Default::default()
     }
 }
+
+/// Waits (on the machine's time, at most 30 s) until `done`: for a background thread to run,
+/// never for time to pass (tests advance a [`engram_storage::ManualClock`] for that).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use common::*;
 use engram_core::Memory;
 use engram_storage::index::{index_path, INDEX_EXTENSION};
-use engram_storage::{Store, StoreOptions};
+use engram_storage::{Clock, ManualClock, Store, StoreOptions};
 
 const DIM: usize = 32;
 
@@ -309,51 +309,62 @@ fn a_full_memtable_is_flushed_whatever_the_load() {
     }
 }
 
+/// While writes pour in, new segments wait for their index, up to `index_defer_max`; once
+/// the node is quiet, they are built. The load is the store clock's, a manual one moved a
+/// fixed step a write (1,000 or 100 writes a second, over the threshold of 20 however fast
+/// or slow the machine), then two minutes with no write.
 #[test]
 fn the_indexer_waits_while_writes_pour_in_and_builds_after() {
     let dir = tempfile::tempdir().unwrap();
     let s = sid("busy");
+    let clock = std::sync::Arc::new(ManualClock::new());
     let store = Store::open_dir(
         dir.path(),
         StoreOptions {
             background_compaction: true,
-            compaction_tick: std::time::Duration::from_millis(20),
+            compaction_tick: std::time::Duration::from_millis(5),
             memtable_max_rows: 600,
             index_min_rows: 500,
-            // Any steady writing counts as busy; nothing is built while it lasts (the rate is
-            // measured over a second, so a stalled fsync does not read as idle).
             index_defer_records_per_s: 20,
-            index_defer_max: std::time::Duration::from_secs(3600),
+            index_defer_max: std::time::Duration::from_secs(5),
+            clock: clock.clone(),
             ..options()
         },
     )
     .unwrap();
     store.create_space(&s, DIM as u32).unwrap();
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
     let mut n = 0;
-    while std::time::Instant::now() < until {
-        store.remember(&s, mem(n)).unwrap();
-        n += 1;
-        if n % 50 == 0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    let mut write = |count: usize, step_ms: u64| {
+        for _ in 0..count {
+            store.remember(&s, mem(n)).unwrap();
+            clock.advance(std::time::Duration::from_millis(step_ms));
+            n += 1;
         }
-    }
-    assert!(n > 600, "only {n} writes");
-    // Flushed segments are there, waiting.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.pending_index_builds() == 0 {
-        assert!(std::time::Instant::now() < deadline, "nothing flushed");
-        store.remember(&s, mem(n)).unwrap();
-        n += 1;
-    }
-    assert_eq!(store.stats().index_builds.load(Ordering::Relaxed), 0);
-    // Quiet: built within a few ticks.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while store.stats().index_builds.load(Ordering::Relaxed) == 0 {
+    };
+    let builds = || store.stats().index_builds.load(Ordering::Relaxed);
+    // Two segments flushed one after the other (about 0.6 s and 1.2 s into the clock): the
+    // first waited through all the writes of the second.
+    write(600, 1);
+    wait_until("a segment flushed", || store.pending_index_builds() == 1);
+    write(600, 1);
+    wait_until("a second segment flushed", || {
+        store.pending_index_builds() == 2
+    });
+    assert_eq!(builds(), 0);
+    // Still busy: the first is built once it has waited `index_defer_max`, not before.
+    while builds() == 0 {
+        write(1, 10);
         assert!(
-            std::time::Instant::now() < deadline,
-            "no index built once writes stopped"
+            clock.monotonic() < std::time::Duration::from_secs(60),
+            "no index built past index_defer_max"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    assert!(clock.monotonic() >= std::time::Duration::from_millis(5_600));
+    // Quiet: the rest are built at the next tick. (Quiet for long enough that the rate is low
+    // whenever the indexer last sampled it: under 2,000 changes in all over 120 s. The
+    // segment flushed then, since the space went idle, is built too.)
+    clock.advance(std::time::Duration::from_secs(120));
+    wait_until("every index built once writes stopped", || {
+        store.pending_index_builds() == 0
+    });
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use engram_storage::{StorageError, Store, StoreOptions};
+use engram_storage::{ManualClock, StorageError, Store, StoreOptions};
 
 #[test]
 fn remember_get_forget_survive_restart() {
@@ -236,27 +236,28 @@ fn idle_spaces_are_released_and_reopened_lazily() {
     assert_eq!(store.status().spaces_loaded, 1);
 }
 
+/// A dirty space is flushed once no write has come for `idle_flush_after` on the store's
+/// clock (a manual one: no waiting for the machine's time to pass).
 #[test]
 fn background_compactor_flushes_when_idle() {
     let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
     let opts = StoreOptions {
         background_compaction: true,
         idle_flush_after: std::time::Duration::from_millis(50),
         compaction_tick: std::time::Duration::from_millis(10),
+        clock: clock.clone(),
         ..test_options()
     };
     let store = Store::open_dir(dir.path(), opts).unwrap();
     let s = sid("s");
     store.create_space(&s, 8).unwrap();
     store.remember(&s, memory("m", 8)).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.space_status(&s).unwrap().segments == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "compactor never flushed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    assert_eq!(store.space_status(&s).unwrap().segments, 0);
+    clock.advance(std::time::Duration::from_millis(51));
+    wait_until("the compactor flushed", || {
+        store.space_status(&s).unwrap().segments == 1
+    });
     assert_intact(&store.get(&s, "m").unwrap().unwrap(), 8);
 }
 
@@ -315,50 +316,43 @@ fn concurrent_creations_create_each_id_once() {
 
 /// Under a steady write load, background merges wait (compaction belongs to quiet moments)
 /// until a space has more than `merge_defer_max_segments`; once writes stop, the space is
-/// merged down to `max_segments_per_space`.
+/// merged down to `max_segments_per_space`. The load is the store clock's: a manual clock
+/// moved 1 ms a write (1,000 writes a second, over the threshold of 20, however fast or slow
+/// the machine), then 2 s with no write.
 #[test]
 fn merges_wait_for_a_quiet_moment() {
     let dir = tempfile::tempdir().unwrap();
     let s = sid("busy");
+    let clock = Arc::new(ManualClock::new());
     let opts = StoreOptions {
         background_compaction: true,
-        compaction_tick: std::time::Duration::from_millis(10),
+        compaction_tick: std::time::Duration::from_millis(5),
         memtable_max_rows: 50,
         max_segments_per_space: 2,
         merge_defer_records_per_s: 20,
         merge_defer_max_segments: 10_000,
+        clock: clock.clone(),
         ..test_options()
     };
     let store = Store::open_dir(dir.path(), opts).unwrap();
     store.create_space(&s, 8).unwrap();
-    // Several seconds of writes, well above 20 a second even on a slow machine (each one
-    // waits for its fsync).
-    let started = std::time::Instant::now();
+    let segments = || store.space_status(&s).unwrap().segments;
     let mut i = 0;
-    let mut most = 0;
-    while started.elapsed() < std::time::Duration::from_millis(3000) {
-        store.remember(&s, memory(&format!("m{i}"), 8)).unwrap();
-        i += 1;
-        most = most.max(store.space_status(&s).unwrap().segments);
-    }
-    assert!(i > 200, "only {i} writes");
-    assert!(
-        most > 4,
-        "segments piled up to only {most} under load ({i} writes)"
-    );
-    // Quiet: the compactor sees the rate drop within a second or two and merges.
-    let quiet = std::time::Instant::now();
-    loop {
-        let n = store.space_status(&s).unwrap().segments;
-        if n <= 2 {
-            break;
+    for round in 1..=8 {
+        for _ in 0..50 {
+            store.remember(&s, memory(&format!("m{i}"), 8)).unwrap();
+            clock.advance(std::time::Duration::from_millis(1));
+            i += 1;
         }
-        assert!(
-            quiet.elapsed() < std::time::Duration::from_secs(30),
-            "still {n} segments 30 s after the writes stopped"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The full memtable is flushed whatever the load; nothing is merged meanwhile.
+        wait_until("a full memtable flushed", || {
+            store.space_status(&s).unwrap().memtable_entries == 0
+        });
+        assert_eq!(segments(), round, "a merge under load");
     }
+    // Quiet: the compactor sees the rate drop at its next tick and merges.
+    clock.advance(std::time::Duration::from_secs(2));
+    wait_until("merged once the writes stopped", || segments() <= 2);
     assert_eq!(store.space_status(&s).unwrap().memories, i);
     for k in [0, i / 2, i - 1] {
         assert_intact(&store.get(&s, &format!("m{k}")).unwrap().unwrap(), 8);

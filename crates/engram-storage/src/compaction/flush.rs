@@ -13,10 +13,18 @@ use crate::memtable::Entry;
 use crate::meta::SPACE_META_FILE;
 use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use crate::space::{attach_lex, Space};
+use crate::wal::check::check_segment_durable;
+use crate::wal::commit::GroupCommit;
 
 /// Flushes the space's active memtable (or a frozen one left by a failed flush) into a new
 /// segment, written at `pace`. Reads and writes go on meanwhile. Returns the bytes written.
-pub(crate) fn flush(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
+/// Every record in the memtable is durable in `wal` (applied only once durable): asserted.
+pub(crate) fn flush(
+    disk: &dyn Disk,
+    wal: &GroupCommit,
+    space: &Space,
+    pace: &WritePace,
+) -> Result<u64> {
     let _files = space.files.lock();
     let (frozen, meta, meta_persisted, has_segments) = {
         let mut st = space.state.write();
@@ -60,6 +68,8 @@ pub(crate) fn flush(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<
         tombs.sort_unstable();
         if !live.is_empty() || !tombs.is_empty() {
             let min = frozen.min_seq.unwrap_or(frozen.max_seq);
+            // Read after the memtable was frozen: it holds no record applied since.
+            check_segment_durable(frozen.max_seq, wal.durable_seq());
             let path = space.dir.join(segment_file_name(min, frozen.max_seq));
             written = write_memories(
                 disk,

@@ -20,6 +20,8 @@ use crate::space::Space;
 
 /// Starts the indexer thread; it stops at shutdown.
 pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
+    // The load measure of the deferral; its window starts as the store opens.
+    let load = node.load_meter();
     std::thread::Builder::new()
         .name("engram-indexer".into())
         .spawn(move || {
@@ -27,18 +29,17 @@ pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
             if !(node.opts.indexer_idle_class && crate::process::set_current_thread_idle_class()) {
                 crate::process::set_current_thread_nice(node.opts.indexer_nice);
             }
-            node.indexer_loop()
+            crate::process::abort_on_panic("engram-indexer", || node.indexer_loop(load))
         })
 }
 
 impl Node {
     /// The background indexer: builds the index of one segment lacking it per round.
-    fn indexer_loop(self: Arc<Self>) {
+    fn indexer_loop(self: Arc<Self>, mut load: LoadMeter) {
         // When each segment lacking an index was first seen, for the deferral under load.
-        let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
-        let mut load = LoadMeter::default();
+        let mut waiting: HashMap<PathBuf, Duration> = HashMap::new();
         while self.wait_tick() {
-            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let rate = self.load_rate(&mut load);
             let busy = self.opts.index_defer_records_per_s > 0
                 && rate > self.opts.index_defer_records_per_s as f64;
             loop {
@@ -62,9 +63,9 @@ impl Node {
     pub(crate) fn build_one_index(
         &self,
         busy: bool,
-        waiting: &mut HashMap<PathBuf, Instant>,
+        waiting: &mut HashMap<PathBuf, Duration>,
     ) -> Result<bool> {
-        let now = Instant::now();
+        let now = self.opts.clock.monotonic();
         let target = {
             let failed = self.index_failures.lock();
             let mut target = None;
@@ -83,7 +84,7 @@ impl Node {
                     }
                     seen.push(s.path().to_path_buf());
                     let since = *waiting.entry(s.path().to_path_buf()).or_insert(now);
-                    !busy || now.duration_since(since) >= self.opts.index_defer_max
+                    !busy || now.saturating_sub(since) >= self.opts.index_defer_max
                 });
                 if let Some(seg) = seg.cloned() {
                     drop(st);

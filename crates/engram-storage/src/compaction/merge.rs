@@ -15,11 +15,13 @@ use crate::index::index_path;
 use crate::lexical::{lex_path, SegmentLex};
 use crate::segment::{segment_file_name, write_segment, RowData, Segment, WritePace};
 use crate::space::{attach_lex, Space};
+use crate::wal::check::check_segment_durable;
+use crate::wal::commit::GroupCommit;
 
 /// Merges all of a space's segments into one, dropping replaced versions, deleted memories and
 /// their tombstones. Returns the bytes written.
-pub(crate) fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
-    merge(disk, space, true, &WritePace::UNPACED)
+pub(crate) fn merge_all(disk: &dyn Disk, wal: &GroupCommit, space: &Space) -> Result<u64> {
+    merge(disk, wal, space, true, &WritePace::UNPACED)
 }
 
 /// Merges the space's newest segments, size-tiered: the run of newest segments starting at the
@@ -27,8 +29,13 @@ pub(crate) fn merge_all(disk: &dyn Disk, space: &Space) -> Result<u64> {
 /// A large old segment is left alone (with its index) until the newer ones add up to its size,
 /// so each row is rewritten about log2(rows) times over the space's life instead of at every
 /// merge. The merged segment is written at `pace`. Returns the bytes written.
-pub(crate) fn merge_tiered(disk: &dyn Disk, space: &Space, pace: &WritePace) -> Result<u64> {
-    merge(disk, space, false, pace)
+pub(crate) fn merge_tiered(
+    disk: &dyn Disk,
+    wal: &GroupCommit,
+    space: &Space,
+    pace: &WritePace,
+) -> Result<u64> {
+    merge(disk, wal, space, false, pace)
 }
 
 /// Where a size-tiered merge starts among `segments` (oldest first, at least two).
@@ -43,7 +50,15 @@ fn tier_start(segments: &[Arc<Segment>]) -> usize {
         .unwrap_or(last)
 }
 
-fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<u64> {
+/// Merges the space's segments from the newest back (all of them, or a size tier); `wal`'s
+/// durable sequence bounds the merged segment's.
+fn merge(
+    disk: &dyn Disk,
+    wal: &GroupCommit,
+    space: &Space,
+    all: bool,
+    pace: &WritePace,
+) -> Result<u64> {
     let _files = space.files.lock();
     let (inputs, dimension, keep_tombstones) = {
         let st = space.state.read();
@@ -103,6 +118,7 @@ fn merge(disk: &dyn Disk, space: &Space, all: bool, pace: &WritePace) -> Result<
     }
     let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
+    check_segment_durable(max, wal.durable_seq());
     let path = space.dir.join(segment_file_name(min, max));
     let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones, pace)?;
     let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));

@@ -22,17 +22,20 @@ use crate::space::Space;
 
 /// Starts the compactor thread; it stops at shutdown.
 pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
+    // The write rate over the last second or so, for the merge deferral under load; its
+    // window starts as the store opens, not whenever the thread first runs.
+    let load = node.load_meter();
     std::thread::Builder::new()
         .name("engram-compactor".into())
-        .spawn(move || node.compactor_loop())
+        .spawn(move || {
+            crate::process::abort_on_panic("engram-compactor", || node.compactor_loop(load))
+        })
 }
 
 impl Node {
-    fn compactor_loop(self: Arc<Self>) {
-        // The write rate over the last second or so, for the merge deferral under load.
-        let mut load = LoadMeter::default();
+    fn compactor_loop(self: Arc<Self>, mut load: LoadMeter) {
         while self.wait_tick() {
-            let rate = load.rate(self.stats.changes.load(Ordering::Relaxed));
+            let rate = self.load_rate(&mut load);
             let busy = self.opts.merge_defer_records_per_s > 0
                 && rate > self.opts.merge_defer_records_per_s as f64;
             if let Err(e) = self.compact_pass(false, busy) {
@@ -102,7 +105,7 @@ impl Node {
         for space in &loaded {
             let many = space.state.read().segments.len() > most;
             if many && !space.merge_blocked.load(Ordering::Relaxed) {
-                match merge::merge_tiered(&*self.disk, space, &pace) {
+                match merge::merge_tiered(&*self.disk, &self.wal, space, &pace) {
                     Ok(n) => {
                         self.stats.merges.fetch_add(1, Ordering::Relaxed);
                         self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
@@ -133,7 +136,7 @@ impl Node {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(space) = dirty.get(i) else { break };
-                    match flush::flush(&*self.disk, space, pace) {
+                    match flush::flush(&*self.disk, &self.wal, space, pace) {
                         Ok(n) => {
                             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                             self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);

@@ -10,23 +10,18 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use engram_core::SpaceId;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::clock::Clock;
 use crate::disk::DiskFile;
 use crate::error::{Result, StorageError};
 use crate::op::Op;
 use crate::stats::StoreStats;
+use crate::wal::check::{check_batch, check_entry, check_sequences, check_watermarks};
 use crate::wal::{encode_record, WalWriter, RECORD_HEADER_LEN};
-
-/// Microseconds since the Unix epoch: a record's timestamp.
-pub(crate) fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 /// A record waiting to be applied once durable.
 pub(crate) struct Pending {
@@ -106,6 +101,8 @@ struct SyncHandle {
 
 /// Synced WAL data is dropped from the page cache in whole multiples of this.
 const CACHE_DROP_GRAIN: u64 = 64 << 10;
+// The grain is a mask of whole pages.
+const _: () = assert!(CACHE_DROP_GRAIN.is_power_of_two() && CACHE_DROP_GRAIN.is_multiple_of(4096));
 
 /// A batch the committer made durable (or failed to).
 struct DurableBatch {
@@ -160,8 +157,9 @@ pub(crate) struct GroupCommit {
     max_record_bytes: usize,
     max_pending_bytes: usize,
     stats: Arc<StoreStats>,
-    /// When the store opened, and (in micros since then) when the last batch was applied.
-    started: Instant,
+    /// Record timestamps and idleness come from here.
+    clock: Arc<dyn Clock>,
+    /// When (the clock's monotonic micros) the last batch was applied, or the store opened.
     last_commit_us: AtomicU64,
 }
 
@@ -170,8 +168,9 @@ impl GroupCommit {
         max_record_bytes: usize,
         max_pending_bytes: usize,
         stats: Arc<StoreStats>,
-        started: Instant,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        let opened_us = clock.monotonic().as_micros() as u64;
         Self {
             commit: Mutex::new(CommitState {
                 buf: Vec::new(),
@@ -193,8 +192,8 @@ impl GroupCommit {
             max_record_bytes,
             max_pending_bytes,
             stats,
-            started,
-            last_commit_us: AtomicU64::new(0),
+            clock,
+            last_commit_us: AtomicU64::new(opened_us),
         }
     }
 
@@ -236,7 +235,7 @@ impl GroupCommit {
 
     /// Microseconds since the last batch was applied (since the store opened if none was).
     pub(crate) fn idle_us(&self) -> u64 {
-        (self.started.elapsed().as_micros() as u64)
+        (self.clock.monotonic().as_micros() as u64)
             .saturating_sub(self.last_commit_us.load(Ordering::Relaxed))
     }
 
@@ -295,7 +294,7 @@ impl GroupCommit {
         if self.closed.load(Ordering::Relaxed) {
             return Err(StorageError::Closed);
         }
-        assert!(!ops.is_empty(), "a group commit entry needs a record");
+        check_entry(ops.len());
         let mut encoded = Vec::with_capacity(ops.len());
         let mut size = 0;
         for op in ops {
@@ -332,7 +331,7 @@ impl GroupCommit {
             return Err(StorageError::Closed);
         }
         let mut seq = 0;
-        let at = now_us();
+        let at = self.clock.realtime_us();
         for (op, payload) in encoded {
             seq = c.next_seq;
             c.next_seq += 1;
@@ -364,19 +363,23 @@ impl GroupCommit {
         let waker = std::thread::Builder::new()
             .name("engram-wal-waker".into())
             .spawn(move || {
-                for (waiters, state) in rx {
-                    for w in waiters {
-                        w.finish(state);
+                crate::process::abort_on_panic("engram-wal-waker", || {
+                    for (waiters, state) in rx {
+                        for w in waiters {
+                            w.finish(state);
+                        }
                     }
-                }
+                })
             })?;
         *self.waker.lock() = Some(tx);
         let wal = self.clone();
         let committer = std::thread::Builder::new()
             .name("engram-wal-committer".into())
             .spawn(move || {
-                crate::process::set_current_thread_nice(committer_nice);
-                wal.committer_loop(&*apply)
+                crate::process::abort_on_panic("engram-wal-committer", || {
+                    crate::process::set_current_thread_nice(committer_nice);
+                    wal.committer_loop(&*apply)
+                })
             });
         match committer {
             Ok(c) => Ok((c, waker)),
@@ -407,6 +410,13 @@ impl GroupCommit {
             let buf = std::mem::replace(&mut c.buf, std::mem::take(&mut spare));
             let batch = std::mem::take(&mut c.pending);
             let waiters = std::mem::take(&mut c.waiters);
+            check_batch(
+                buf.len(),
+                batch.len(),
+                waiters.len(),
+                self.max_record_bytes,
+                self.max_pending_bytes,
+            );
             let latched = c.failed.is_some();
             drop(c);
             self.room_cv.notify_all();
@@ -443,6 +453,7 @@ impl GroupCommit {
         let (path, end, mut h) = {
             let mut guard = self.writer.lock();
             let w = guard.as_mut().ok_or(StorageError::Closed)?;
+            check_sequences(self.written_seq(), batch.iter().map(|p| p.seq));
             let generation = w.write(buf, first)?;
             self.written_seq.fetch_max(last, Ordering::SeqCst);
             let h = match handle.take() {
@@ -494,6 +505,7 @@ impl GroupCommit {
     fn finish_batch(&self, job: DurableBatch, apply: &ApplyBatch) {
         let last = job.batch.last().map_or(0, |p| p.seq);
         let result = job.result.and_then(|()| {
+            check_watermarks(last, self.written_seq());
             self.durable_seq.fetch_max(last, Ordering::SeqCst);
             apply(job.batch)
         });
@@ -502,7 +514,7 @@ impl GroupCommit {
             Ok(()) => {
                 c.applied_seq = last;
                 self.last_commit_us
-                    .store(self.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(self.clock.monotonic().as_micros() as u64, Ordering::Relaxed);
                 DONE
             }
             Err(e) => {

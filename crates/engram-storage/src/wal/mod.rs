@@ -6,8 +6,10 @@
 //!   regions). These are public: the format fixtures and the fuzz targets use them.
 //! - `writer.rs`: appending to the files, rolling, preallocating, deleting after a checkpoint.
 //! - `commit.rs`: group commit: the queue, the committer and waker threads, the `written` and
-//!   `durable` watermarks, the latch after a failure.
+//!   `durable` watermarks, the latch after a failure; `check.rs`: the invariants it holds
+//!   (and flushes and merges with it), asserted at run time.
 
+pub(crate) mod check;
 pub(crate) mod commit;
 mod file;
 mod record;

@@ -22,6 +22,9 @@ use crate::op::Op;
 
 pub const RECORD_MAGIC: [u8; 4] = *b"EWR1";
 pub const RECORD_HEADER_LEN: usize = 32;
+// The header is the fields of the layout above, and a space id's length fits its one byte.
+const _: () = assert!(RECORD_HEADER_LEN == 4 + 4 + 4 + 1 + 1 + 2 + 8 + 8);
+const _: () = assert!(engram_core::limits::MAX_SPACE_ID_LEN <= u8::MAX as usize);
 
 /// The fixed fields of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -143,6 +143,8 @@ impl WalWriter {
 
     /// Starts a new file whose first record will have sequence `first_sequence` or later.
     pub fn roll(&mut self, first_sequence: u64) -> Result<()> {
+        // Files are named and replayed by their first sequences: those rise strictly.
+        crate::wal::check::check_sequences(self.first_sequence, [first_sequence]);
         // The current file is synced by the commit that wrote it; sync again in case the last
         // batch failed between write and sync, so that an older file never has a torn tail.
         self.file.sync().at(&self.path)?;
