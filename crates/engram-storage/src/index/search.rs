@@ -68,6 +68,28 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut SearchScratch) -> R) -> R {
     })
 }
 
+impl GraphView<'_> {
+    /// Up to `k` `(row, similarity)` for `query`, best first (ties: lower row first), among
+    /// the rows `accept` takes. Rejected rows (deleted, superseded) are traversed but never
+    /// returned; `ef` (the beam width, raised to at least `k`) trades speed for recall; when
+    /// the graph cannot reach `k` accepted rows, the rows it never reached are scanned, so `k`
+    /// results come back whenever `k` rows are accepted. Uses this thread's search scratch.
+    ///
+    /// # Panics
+    /// If `vectors` does not have this index's rows and dimension, or `query` its dimension
+    /// (caller bugs).
+    pub fn search(
+        &self,
+        vectors: &impl Vectors,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        with_scratch(|s| search_graph(self, s, vectors, query, k, ef, accept))
+    }
+}
+
 /// Top `k` accepted rows for `query`, best first.
 pub(crate) fn search_graph<V: Vectors + ?Sized>(
     g: &GraphView<'_>,

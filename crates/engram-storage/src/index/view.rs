@@ -1,11 +1,9 @@
 //! The HNSW graph as four flat arrays, laid out exactly as the index file stores them (see
 //! `format.rs`), read through [`GraphView`]: from a mapped index file ([`super::Hnsw`]) or
-//! from memory ([`super::HnswGraph`]). The search walks a view; nothing here knows how rows
-//! are scored.
+//! from memory ([`super::HnswGraph`]). The search (`search.rs`) walks a view; nothing here
+//! knows how rows are scored.
 
 use super::format::HnswInfo;
-use super::search::{search_graph, with_scratch, SearchScratch};
-use super::vectors::Vectors;
 
 /// Borrowed graph arrays. Every accessor is bounds-checked and returns an empty list for
 /// anything out of range, so even an inconsistent view cannot make a search panic (the reader
@@ -29,39 +27,6 @@ pub struct GraphView<'a> {
 }
 
 impl<'a> GraphView<'a> {
-    /// Up to `k` `(row, similarity)` for `query`, best first (ties: lower row first), among
-    /// the rows `accept` takes. Rejected rows (deleted, superseded) are traversed but never
-    /// returned; `ef` (the beam width, raised to at least `k`) trades speed for recall; when
-    /// the graph cannot reach `k` accepted rows, the rows it never reached are scanned, so `k`
-    /// results come back whenever `k` rows are accepted. Uses this thread's search scratch.
-    ///
-    /// # Panics
-    /// If `vectors` does not have this index's rows and dimension, or `query` its dimension
-    /// (caller bugs).
-    pub fn search(
-        &self,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        with_scratch(|s| self.search_with(s, vectors, query, k, ef, accept))
-    }
-
-    /// [`search`](Self::search) with a caller-held scratch.
-    pub fn search_with(
-        &self,
-        scratch: &mut SearchScratch,
-        vectors: &impl Vectors,
-        query: &[f32],
-        k: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        search_graph(self, scratch, vectors, query, k, ef, accept)
-    }
-
     /// The arrays of a graph described by `info`.
     pub fn new(
         info: &HnswInfo,
