@@ -71,9 +71,9 @@ fn exercise(bytes: &[u8]) {
         .collect();
     let vectors = FlatVectors::new(data, dim).expect("whole rows");
     let query = vec![0.5f32; dim];
-    let _ = h.search(&vectors, &query, 10, 32, |_| true);
-    let _ = h.search(&vectors, &query, 10, 32, |r| r % 3 == 0);
-    let _ = h.search(&vectors, &query, 3, 0, |_| false);
+    let _ = h.view().search(&vectors, &query, 10, 32, |_| true);
+    let _ = h.view().search(&vectors, &query, 10, 32, |r| r % 3 == 0);
+    let _ = h.view().search(&vectors, &query, 3, 0, |_| false);
 }
 
 fuzz_target!(|data: &[u8]| {

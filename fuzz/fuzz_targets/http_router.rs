@@ -58,9 +58,27 @@ const ROUTES: &[(&str, &str)] = &[
 
 /// Field names of the API, so that generated objects pass the unknown-field check.
 const FIELDS: &[&str] = &[
-    "content", "id", "embedding", "confidence", "timestamp", "metadata", "links", "auto_link",
-    "memory_space_id", "memories", "query", "max_results", "threshold", "mode", "max_hops",
-    "retrieval", "to", "weight", "dimension", "space", "include_embedding",
+    "content",
+    "id",
+    "embedding",
+    "confidence",
+    "timestamp",
+    "metadata",
+    "links",
+    "auto_link",
+    "memory_space_id",
+    "memories",
+    "query",
+    "max_results",
+    "threshold",
+    "mode",
+    "max_hops",
+    "retrieval",
+    "to",
+    "weight",
+    "dimension",
+    "space",
+    "include_embedding",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -177,10 +195,9 @@ fuzz_target!(|input: Input| {
     let Ok(req) = req.body(Body::from(body)) else {
         return;
     };
-    let status = h
-        .rt
-        .block_on(async { h.router.clone().oneshot(req).await })
-        .expect("the router is infallible")
-        .status();
+    let status =
+        h.rt.block_on(async { h.router.clone().oneshot(req).await })
+            .expect("the router is infallible")
+            .status();
     assert_ne!(status.as_u16(), 500, "{method} {uri}: internal error");
 });
