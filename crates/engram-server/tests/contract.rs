@@ -287,18 +287,29 @@ fn nesting_bombs_are_a_400_on_every_route_that_takes_a_body() {
     assert_eq!(st, StatusCode::OK);
 }
 
+/// Every space's id and dimension, as `GET /api/v1/spaces` lists them.
+fn space_dims(rt: &tokio::runtime::Runtime, f: &Fixture) -> Vec<(String, u64)> {
+    let (st, v) = send(rt, f, Method::GET, "/api/v1/spaces", None);
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["dimension"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn a_refused_first_write_creates_no_space() {
     let rt = runtime();
     let f = fixture();
     let spaces = |rt: &tokio::runtime::Runtime| -> Vec<String> {
-        let (_, v) = send(rt, &f, Method::GET, "/api/v1/spaces", None);
-        v["spaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect()
+        space_dims(rt, &f).into_iter().map(|(id, _)| id).collect()
     };
     for bad in [
         json!({"content": "x", "embedding": [0, 0]}),
@@ -359,20 +370,8 @@ fn a_refused_first_write_creates_no_space() {
         Some(serde_json::to_vec(&json!({"content": "just words"})).unwrap()),
     );
     assert_eq!(st, StatusCode::CREATED, "{v}");
-    let (_, v) = send(&rt, &f, Method::GET, "/api/v1/spaces", None);
-    let dims: Vec<(String, u64)> = v["spaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["dimension"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        dims,
+        space_dims(&rt, &f),
         [
             ("default".to_string(), 4),
             ("fresh".to_string(), 2),

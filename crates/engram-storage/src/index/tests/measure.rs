@@ -41,30 +41,7 @@ fn measure_build_search_recall() {
     disk.create_dir_all(&dir).unwrap();
     let seg_path = dir.join(segment_file_name(1, 2));
     if !disk.exists(&seg_path) {
-        let mems: Vec<Memory> = data
-            .chunks(dim)
-            .enumerate()
-            .map(|(i, e)| Memory {
-                id: MemoryId::new(format!("m{i:08}")).unwrap(),
-                content: "c".into(),
-                embedding: e.to_vec(),
-                confidence: 0.5,
-                timestamp_us: 0,
-                metadata: Default::default(),
-                links: vec![],
-            })
-            .collect();
-        let refs: Vec<&Memory> = mems.iter().collect();
-        write_memories(
-            &disk,
-            &seg_path,
-            dim,
-            (1, 2),
-            &refs,
-            &[],
-            &WritePace::UNPACED,
-        )
-        .unwrap();
+        write_vectors(&disk, &seg_path, &data, dim, (1, 2));
     }
     drop(data);
     let seg = Segment::open(&disk, &seg_path).unwrap();

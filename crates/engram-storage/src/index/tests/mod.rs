@@ -99,11 +99,18 @@ fn data_and_queries(n: usize, q: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec
 fn write_seg(disk: &FaultDisk, dir: &Path, data: &[f32], dim: usize, seq: u64) -> PathBuf {
     disk.create_dir_all(dir).unwrap();
     let path = dir.join(segment_file_name(seq, seq + 10));
+    write_vectors(disk, &path, data, dim, (seq, seq + 10));
+    path
+}
+
+/// Writes a segment at `path` of one memory per `dim` floats of `data` (ids `m00000000`,
+/// `m00000001`, ...).
+fn write_vectors(disk: &dyn Disk, path: &Path, data: &[f32], dim: usize, seqs: (u64, u64)) {
     let mems: Vec<Memory> = data
         .chunks(dim)
         .enumerate()
         .map(|(i, e)| Memory {
-            id: MemoryId::new(format!("m{i:06}")).unwrap(),
+            id: MemoryId::new(format!("m{i:08}")).unwrap(),
             content: "c".into(),
             embedding: e.to_vec(),
             confidence: 0.5,
@@ -113,17 +120,7 @@ fn write_seg(disk: &FaultDisk, dir: &Path, data: &[f32], dim: usize, seq: u64) -
         })
         .collect();
     let refs: Vec<&Memory> = mems.iter().collect();
-    write_memories(
-        disk,
-        &path,
-        dim,
-        (seq, seq + 10),
-        &refs,
-        &[],
-        &WritePace::UNPACED,
-    )
-    .unwrap();
-    path
+    write_memories(disk, path, dim, seqs, &refs, &[], &WritePace::UNPACED).unwrap();
 }
 
 fn recall(found: &[(u32, f32)], truth: &[(u32, f32)]) -> f64 {
