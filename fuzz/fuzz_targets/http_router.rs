@@ -79,6 +79,9 @@ const FIELDS: &[&str] = &[
     "dimension",
     "space",
     "include_embedding",
+    "embedding_b64",
+    "encoding",
+    "ef",
 ];
 
 #[derive(Arbitrary, Debug)]

@@ -16,6 +16,10 @@ use crate::CoreError;
 pub const MAX_RESULTS: usize = 1000;
 /// Most hops one recall may spread.
 pub const MAX_HOPS: u32 = 10;
+/// Narrowest search breadth (`ef`) a cue may ask of the ANN index.
+pub const MIN_EF: usize = 10;
+/// Widest search breadth (`ef`) a cue may ask of the ANN index.
+pub const MAX_EF: usize = 4096;
 
 const _: () = assert!(Cue::DEFAULT_MAX_RESULTS >= 1 && Cue::DEFAULT_MAX_RESULTS <= MAX_RESULTS);
 const _: () = assert!(Cue::DEFAULT_MAX_HOPS <= MAX_HOPS);
@@ -164,6 +168,10 @@ pub struct Cue {
     /// How direct matches are found; `None`: [`Retrieval::Hybrid`] for text,
     /// [`Retrieval::Dense`] for a vector (which allows nothing else).
     pub retrieval: Option<Retrieval>,
+    /// Search breadth of the ANN index (the HNSW beam width), [`MIN_EF`]`..=`[`MAX_EF`];
+    /// `None`: the engine chooses it from `max_results`. Wider finds more of the true
+    /// nearest neighbours and takes longer.
+    pub ef: Option<usize>,
 }
 
 impl Cue {
@@ -191,6 +199,7 @@ impl Cue {
             max_hops: Self::DEFAULT_MAX_HOPS,
             decay: Self::DEFAULT_DECAY,
             retrieval: None,
+            ef: None,
         }
     }
 
@@ -272,6 +281,11 @@ impl Cue {
                 "retrieval {} needs a text query: a recall by embedding is dense",
                 self.retrieval.map_or("", |r| r.as_str())
             ));
+        }
+        if let Some(ef) = self.ef {
+            if !(MIN_EF..=MAX_EF).contains(&ef) {
+                return bad(format!("ef is {ef}: expected {MIN_EF} to {MAX_EF}"));
+            }
         }
         if !(self.decay > 0.0 && self.decay <= 1.0) {
             return bad(format!(

@@ -16,7 +16,7 @@ pub mod rng;
 pub mod simd;
 
 pub use confidence::{Confidence, ConfidenceCategory};
-pub use cue::{Cue, CueInput, RecallMode, Retrieval, MAX_HOPS, MAX_RESULTS};
+pub use cue::{Cue, CueInput, RecallMode, Retrieval, MAX_EF, MAX_HOPS, MAX_RESULTS, MIN_EF};
 pub use error::CoreError;
 pub use ids::{MemoryId, SpaceId};
 pub use memory::{Link, Memory};

@@ -42,7 +42,7 @@ pub(crate) fn params(q: Params, accepted: &[&str]) -> Result<HashMap<String, Str
 /// Query parameters of the memory routes that take nothing but the space.
 const SPACE_ONLY: &[&str] = &["space"];
 /// Query parameters of `GET /api/v1/memories/{id}`.
-const GET_MEMORY: &[&str] = &["space", "include_embedding"];
+const GET_MEMORY: &[&str] = &["space", "include_embedding", "encoding"];
 /// Query parameters of `GET /api/v1/memories/recall` (`POST` takes only `space`).
 const RECALL_GET: &[&str] = &[
     "space",
@@ -53,6 +53,7 @@ const RECALL_GET: &[&str] = &[
     "mode",
     "max_hops",
     "retrieval",
+    "ef",
 ];
 
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
@@ -275,8 +276,15 @@ pub async fn get_memory(
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
     grant.check(&space)?;
-    let with_embedding = match query.get("include_embedding").map(String::as_str) {
-        None | Some("false") => false,
+    let encoding = query
+        .get("encoding")
+        .map(|e| e.parse::<wire::Encoding>())
+        .transpose()?;
+    // An explicit `encoding` asks for the embedding in that form unless
+    // `include_embedding=false` says otherwise.
+    let include = match query.get("include_embedding").map(String::as_str) {
+        None => encoding.is_some(),
+        Some("false") => false,
         Some("true") => true,
         Some(v) => {
             return Err(ApiError::Invalid(format!(
@@ -284,8 +292,9 @@ pub async fn get_memory(
             )))
         }
     };
+    let embedding = include.then(|| encoding.unwrap_or_default());
     match st.engine.get(&space, id.as_str())? {
-        Some(m) => Ok((StatusCode::OK, Json(wire::memory_json(&m, with_embedding)))),
+        Some(m) => Ok((StatusCode::OK, Json(wire::memory_json(&m, embedding)))),
         None => Err(memory_not_found(&id, &space)),
     }
 }
@@ -373,17 +382,18 @@ async fn recall_reply(st: &AppState, space: &SpaceId, cue: Cue) -> Reply {
 
 /// A cue from the request's fields: `query` (text) or `embedding`, not both.
 fn cue_of(r: RecallIn) -> Result<Cue, ApiError> {
-    let input = match (r.query, r.embedding) {
+    let vector = wire::either_embedding(r.embedding, r.embedding_b64.as_deref())?;
+    let input = match (r.query, vector) {
         (Some(_), Some(_)) => {
             return Err(ApiError::Invalid(
-                "give either query (text) or embedding, not both".into(),
+                "give either query (text) or an embedding, not both".into(),
             ))
         }
         (Some(q), None) => CueInput::Text(q),
-        (None, Some(e)) => CueInput::Vector(wire::embedding(e, "embedding")?),
+        (None, Some(v)) => CueInput::Vector(v),
         (None, None) => {
             return Err(ApiError::Invalid(
-                "a recall needs query (text) or embedding".into(),
+                "a recall needs query (text) or embedding (or embedding_b64)".into(),
             ))
         }
     };
@@ -406,6 +416,7 @@ fn cue_of(r: RecallIn) -> Result<Cue, ApiError> {
     if let Some(x) = r.retrieval {
         cue.retrieval = Some(x.parse::<Retrieval>()?);
     }
+    cue.ef = r.ef;
     cue.validate()?;
     Ok(cue)
 }
@@ -460,11 +471,13 @@ pub async fn recall_get(
     let req = RecallIn {
         query: query.get("query").cloned(),
         embedding,
+        embedding_b64: None,
         max_results: num(&query, "max_results", "a whole number")?,
         threshold: num(&query, "threshold", "a number")?,
         mode: query.get("mode").cloned(),
         max_hops: num(&query, "max_hops", "a whole number")?,
         retrieval: query.get("retrieval").cloned(),
+        ef: num(&query, "ef", "a whole number")?,
         memory_space_id: None,
     };
     if let Some(t) = req.threshold {

@@ -19,6 +19,7 @@ pub struct MemoryIn {
     pub content: Option<String>,
     pub id: Option<String>,
     pub embedding: Option<Vec<f64>>,
+    pub embedding_b64: Option<String>,
     pub confidence: Option<f64>,
     pub timestamp: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
@@ -53,11 +54,13 @@ pub struct SpaceIn {
 pub struct RecallIn {
     pub query: Option<String>,
     pub embedding: Option<Vec<f64>>,
+    pub embedding_b64: Option<String>,
     pub max_results: Option<usize>,
     pub threshold: Option<f64>,
     pub mode: Option<String>,
     pub max_hops: Option<u32>,
     pub retrieval: Option<String>,
+    pub ef: Option<usize>,
     pub memory_space_id: Option<String>,
 }
 
@@ -67,12 +70,9 @@ pub struct RecallIn {
 const NOT_YET: &[&str] = &[
     "filter",
     "filter_spread",
-    "embedding_b64",
     "recency_half_life_s",
     "expires_at",
     "ttl_s",
-    "ef",
-    "encoding",
     "consistency",
 ];
 
@@ -246,6 +246,101 @@ pub fn embedding(v: Vec<f64>, what: &str) -> Result<Vec<f32>, ApiError> {
     }
 }
 
+/// An embedding given as base64 (standard alphabet, padded) of little-endian f32, the form of
+/// OpenAI's embeddings API: the message of a refusal says what is wrong (not base64, a length
+/// that is no whole number of floats, a value that is not finite, too many dimensions).
+pub fn embedding_b64(s: &str, what: &str) -> Result<Vec<f32>, ApiError> {
+    use base64::Engine as _;
+    // 4 base64 characters carry 3 bytes: refuse what would decode past the limit before
+    // decoding it.
+    let max_bytes = engram_core::limits::MAX_DIMENSION * 4;
+    if s.len() / 4 * 3 > max_bytes + 2 {
+        return Err(ApiError::Invalid(format!(
+            "{what} is {} characters: more than {} dimensions (the limit)",
+            s.len(),
+            engram_core::limits::MAX_DIMENSION
+        )));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| {
+            ApiError::Invalid(format!(
+                "{what} is not base64 (standard alphabet, padded): {e}"
+            ))
+        })?;
+    if bytes.len() % 4 != 0 {
+        return Err(ApiError::Invalid(format!(
+            "{what} decodes to {} bytes: not a whole number of 4-byte little-endian floats",
+            bytes.len()
+        )));
+    }
+    if bytes.len() / 4 > engram_core::limits::MAX_DIMENSION {
+        return Err(ApiError::Invalid(format!(
+            "{what} has {} dimensions, the limit is {}",
+            bytes.len() / 4,
+            engram_core::limits::MAX_DIMENSION
+        )));
+    }
+    let out: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    match out.iter().position(|f| !f.is_finite()) {
+        None => Ok(out),
+        Some(i) => Err(ApiError::Invalid(format!(
+            "{what}[{i}] is {}: expected a finite number",
+            out[i]
+        ))),
+    }
+}
+
+/// The embedding of a request given as `embedding` (JSON numbers) or `embedding_b64`; both
+/// is a 400.
+pub fn either_embedding(
+    json: Option<Vec<f64>>,
+    b64: Option<&str>,
+) -> Result<Option<Vec<f32>>, ApiError> {
+    match (json, b64) {
+        (Some(_), Some(_)) => Err(ApiError::Invalid(
+            "give the embedding as embedding or as embedding_b64, not both".into(),
+        )),
+        (Some(e), None) => embedding(e, "embedding").map(Some),
+        (None, Some(b)) => embedding_b64(b, "embedding_b64").map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Little-endian f32 as base64 (the inverse of [`embedding_b64`]).
+pub fn encode_b64(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let mut bytes = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// How a response carries embeddings: JSON numbers or base64 of little-endian f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    Json,
+    Base64,
+}
+
+impl std::str::FromStr for Encoding {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "json" => Ok(Encoding::Json),
+            "base64" => Ok(Encoding::Base64),
+            _ => Err(ApiError::Invalid(format!(
+                "encoding {s:?} is not one of json, base64"
+            ))),
+        }
+    }
+}
+
 pub fn memory_id(s: String) -> Result<MemoryId, ApiError> {
     Ok(MemoryId::new(s)?)
 }
@@ -314,10 +409,7 @@ impl MemoryIn {
         Ok(NewMemory {
             id: self.id.map(memory_id).transpose()?,
             content,
-            embedding: self
-                .embedding
-                .map(|e| embedding(e, "embedding"))
-                .transpose()?,
+            embedding: either_embedding(self.embedding, self.embedding_b64.as_deref())?,
             confidence,
             timestamp_us: self.timestamp.as_deref().map(parse_timestamp).transpose()?,
             metadata: self.metadata.unwrap_or_default(),
@@ -348,7 +440,8 @@ pub fn confidence_json(c: Confidence) -> Value {
     json!({ "value": num(c.value()), "category": category(c) })
 }
 
-pub fn memory_json(m: &Memory, with_embedding: bool) -> Value {
+/// A memory as a response carries it; its embedding only when `embedding` says how.
+pub fn memory_json(m: &Memory, embedding: Option<Encoding>) -> Value {
     let links = links_json(&m.links);
     let mut v = json!({
         "id": m.id.as_str(),
@@ -358,8 +451,12 @@ pub fn memory_json(m: &Memory, with_embedding: bool) -> Value {
         "metadata": m.metadata,
         "links": links,
     });
-    if with_embedding {
-        v["embedding"] = Value::Array(m.embedding.iter().map(|&x| num(x)).collect());
+    match embedding {
+        None => {}
+        Some(Encoding::Json) => {
+            v["embedding"] = Value::Array(m.embedding.iter().map(|&x| num(x)).collect());
+        }
+        Some(Encoding::Base64) => v["embedding_b64"] = Value::String(encode_b64(&m.embedding)),
     }
     v
 }

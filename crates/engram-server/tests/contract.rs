@@ -3,70 +3,11 @@
 //! listing the accepted ones; a body nested deeper than 64 levels (or a nesting bomb of
 //! 100,000 `[`) is a 400, never a crash; a refused request changes nothing.
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use axum::Router;
-use engram_engine::{Engine, EngineOptions};
-use engram_server::{app, AppState};
+use axum::http::{Method, StatusCode};
+use common::{fixture, message, runtime, seed, send, Fixture};
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-struct Fixture {
-    router: Router,
-    engine: Arc<Engine>,
-    _dir: tempfile::TempDir,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = EngineOptions {
-        default_dimension: 4,
-        ..EngineOptions::default()
-    };
-    let engine = Arc::new(Engine::open(dir.path(), opts).unwrap());
-    let router = app(AppState::new(engine.clone()));
-    Fixture {
-        router,
-        engine,
-        _dir: dir,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Sends one request; the status and the JSON body (`Null` if the body is not JSON).
-fn send(
-    rt: &tokio::runtime::Runtime,
-    f: &Fixture,
-    method: Method,
-    uri: &str,
-    body: Option<Vec<u8>>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
-    rt.block_on(async {
-        let resp = f.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    })
-}
 
 /// Every route: method, path, and a valid body for those that take one.
 fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
@@ -113,24 +54,6 @@ fn routes() -> Vec<(Method, &'static str, Option<Value>)> {
 fn with_param(path: &str, param: &str) -> String {
     let sep = if path.contains('?') { '&' } else { '?' };
     format!("{path}{sep}{param}")
-}
-
-fn message(v: &Value) -> &str {
-    v["error"]["message"].as_str().unwrap_or("")
-}
-
-/// Two memories every route can find.
-fn seed(rt: &tokio::runtime::Runtime, f: &Fixture) {
-    for (id, e) in [("a", [1, 0, 0, 0]), ("b2", [0, 0, 1, 0])] {
-        let (st, v) = send(
-            rt,
-            f,
-            Method::POST,
-            "/api/v1/memories/remember",
-            Some(serde_json::to_vec(&json!({"id": id, "content": id, "embedding": e})).unwrap()),
-        );
-        assert_eq!(st, StatusCode::CREATED, "{v}");
-    }
 }
 
 #[test]
@@ -230,11 +153,11 @@ fn a_field_of_the_api_not_implemented_yet_is_refused_and_said_so() {
         &rt,
         &f,
         Method::GET,
-        "/api/v1/memories/recall?query=x&ef=64",
+        "/api/v1/memories/recall?query=x&consistency=stale",
         None,
     );
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(message(&v).contains("\"ef\""), "{v}");
+    assert!(message(&v).contains("\"consistency\""), "{v}");
 }
 
 #[test]

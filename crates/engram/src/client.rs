@@ -168,8 +168,12 @@ pub fn recall(
     limit: usize,
     mode: &Option<String>,
     retrieval: &Option<String>,
+    ef: Option<usize>,
 ) -> Result<()> {
     let mut body = json!({ "query": text, "max_results": limit });
+    if let Some(ef) = ef {
+        body["ef"] = json!(ef);
+    }
     if let Some(m) = mode {
         body["mode"] = json!(m);
     }

@@ -68,6 +68,20 @@ fn space_remember_recall_import_status() {
     let out = stdout(&o);
     assert!(out.contains("lexical retrieval"), "{out}");
     assert!(out.contains("the user prefers dark mode"), "{out}");
+    // The search breadth: taken in range, refused outside it with the range named.
+    let o = engram(
+        &s,
+        &["recall", "dark mode", "--space", "notes", "--ef", "200"],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("the user prefers dark mode"));
+    let o = engram(
+        &s,
+        &["recall", "dark mode", "--space", "notes", "--ef", "5"],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("10 to 4096"), "{err}");
 
     // Import: 5 good lines, one invalid JSON, one with a wrong embedding, one blank.
     let file = dir.path().join("memories.jsonl");

@@ -18,10 +18,14 @@ use engram_storage::RealDisk;
 use crate::dataset::{Clusters, Shape};
 use crate::util::{self, compare, report, Better, DIM};
 
+mod hard;
+
 struct Config {
     quick: bool,
     memories: usize,
     queries: usize,
+    /// Queries per spread of the hard data.
+    hard_queries: usize,
     /// Minimum time of each kernel measurement.
     kernel_time: Duration,
 }
@@ -33,6 +37,7 @@ impl Config {
                 quick,
                 memories: 20_000,
                 queries: 500,
+                hard_queries: 300,
                 kernel_time: Duration::from_millis(500),
             }
         } else {
@@ -40,6 +45,7 @@ impl Config {
                 quick,
                 memories: 100_000,
                 queries: 2_000,
+                hard_queries: 1_000,
                 kernel_time: Duration::from_secs(2),
             }
         }
@@ -66,7 +72,7 @@ pub fn run(quick: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let parts = util::selected_parts(&["kernels", "scan", "crossover", "index"])?;
+    let parts = util::selected_parts(&["kernels", "scan", "crossover", "index", "spreads"])?;
     let on = |p: &str| parts.iter().any(|q| q == p);
 
     let started = Instant::now();
@@ -103,6 +109,9 @@ pub fn run(quick: bool) -> Result<()> {
     }
     if on("index") {
         index_part(&seg, &queries)?;
+    }
+    if on("spreads") {
+        hard::spreads(&cfg, root.path())?;
     }
     println!(
         "# recall suite finished in {:.1} s",

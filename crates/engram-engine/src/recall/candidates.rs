@@ -24,6 +24,11 @@ fn depth(retrieval: Retrieval, want: usize) -> usize {
 }
 
 impl Engine {
+    /// The beam width of a dense search for `depth` results when the cue names none.
+    pub fn default_ef(&self, depth: usize) -> usize {
+        self.opts.search_ef.max(depth)
+    }
+
     /// The cue's embedding, normalised, in the space's dimension: `text_embedding` when the
     /// caller gave one, else the space's text embedder's; `None` for a text cue under lexical
     /// retrieval. Fails when the space does not exist.
@@ -77,7 +82,7 @@ impl Engine {
         let depth = depth(retrieval, cue.max_results);
         let dense = match query {
             Some(q) if retrieval != Retrieval::Lexical => {
-                let ef = self.opts.search_ef.max(depth);
+                let ef = cue.ef.unwrap_or_else(|| self.default_ef(depth)).max(depth);
                 self.store
                     .search(space, q, depth, ef)?
                     .into_iter()
