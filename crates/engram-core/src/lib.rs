@@ -12,6 +12,7 @@ pub mod hnsw;
 mod ids;
 pub mod limits;
 mod memory;
+pub mod quant;
 pub mod rng;
 pub mod simd;
 

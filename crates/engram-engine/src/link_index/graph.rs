@@ -71,29 +71,7 @@ thread_local! {
     static SCRATCH: RefCell<InsertScratch> = RefCell::new(InsertScratch::new());
 }
 
-/// An `i8` code and its scale.
-pub(super) struct Code {
-    pub(super) bytes: Vec<i8>,
-    pub(super) scale: f32,
-}
-
-pub(super) fn quantize(v: &[f32]) -> Code {
-    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    if !(max.is_finite() && max > 0.0) {
-        return Code {
-            bytes: vec![0; v.len()],
-            scale: 0.0,
-        };
-    }
-    let inv = 127.0 / max;
-    Code {
-        bytes: v
-            .iter()
-            .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8)
-            .collect(),
-        scale: max / 127.0,
-    }
-}
+pub(super) use engram_core::quant::{quantize, Code};
 
 /// The rows' codes, contiguous, and their scales: how the graph scores.
 struct Codes {

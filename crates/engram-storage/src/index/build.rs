@@ -12,8 +12,9 @@
 use super::format::{HnswInfo, Layout, MAX_LEVEL, MAX_ROWS, NO_ENTRY};
 use super::graph::HnswGraph;
 use super::params::HnswParams;
-use super::search::{Rows, ToQuery};
+use super::search::ToCodes;
 use super::vectors::Vectors;
+use super::view::CodesView;
 use crate::error::{Result, StorageError};
 use engram_core::hnsw::{self, InsertScratch, Layers, LayersMut, Plan, Prune, Slot};
 
@@ -71,7 +72,7 @@ pub fn build<V: Vectors + ?Sized>(vectors: &V, params: HnswParams) -> Result<Hns
     }
     let upper_words = usize::try_from(words)
         .ok()
-        .filter(|&w| Layout::new(rows, m0, w).is_some())
+        .filter(|&w| Layout::new(rows, m0, w, dimension).is_some())
         .ok_or_else(|| {
             StorageError::Invalid(format!(
                 "an HNSW index of {rows} rows does not fit in memory"
@@ -92,15 +93,36 @@ pub fn build<V: Vectors + ?Sized>(vectors: &V, params: HnswParams) -> Result<Hns
         layer0: vec![0; rows * (m0 + 1)],
         offsets,
         upper: vec![0; upper_words],
+        codes: vec![0; rows * dimension],
+        scales: vec![0.0; rows],
     };
+    for row in 0..rows {
+        graph.scales[row] = engram_core::quant::quantize_into(
+            vectors.vector(row as u32),
+            &mut graph.codes[row * dimension..(row + 1) * dimension],
+        );
+    }
     let mut b = Builder {
         scratch: InsertScratch::new(),
         plan: Plan::default(),
         sims: [vec![0.0; graph.layer0.len()], vec![0.0; graph.upper.len()]],
     };
+    // The graph is built on the codes it will be searched with: a quarter of the memory
+    // traffic of the vectors, and an integer dot product.
+    let (codes, scales) = (
+        std::mem::take(&mut graph.codes),
+        std::mem::take(&mut graph.scales),
+    );
+    let view = CodesView {
+        codes: &codes,
+        scales: &scales,
+        dimension,
+    };
     for row in 0..rows as u32 {
-        b.insert(&mut graph, vectors, row);
+        b.insert(&mut graph, view, row);
     }
+    graph.codes = codes;
+    graph.scales = scales;
     Ok(graph)
 }
 
@@ -115,7 +137,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn insert<V: Vectors + ?Sized>(&mut self, g: &mut HnswGraph, vectors: &V, row: u32) {
+    fn insert(&mut self, g: &mut HnswGraph, codes: CodesView<'_>, row: u32) {
         let level = usize::from(g.levels[row as usize]);
         if g.info.entry_point == NO_ENTRY {
             g.info.entry_point = row;
@@ -123,11 +145,12 @@ impl Builder {
             return;
         }
         let (m, ef, top) = (g.info.m, g.info.ef_construction, g.info.max_level);
-        let query = ToQuery {
-            vectors,
-            query: vectors.vector(row),
+        let query = ToCodes {
+            codes,
+            query: codes.code(row),
+            scale: codes.scale(row),
         };
-        let rows = Rows(vectors);
+        let rows = CodePairs(codes);
         hnsw::plan_insert(
             &g.view(),
             &query,
@@ -161,6 +184,20 @@ impl Builder {
 }
 
 /// A graph being built and the similarities of its links, as the shared HNSW code writes them.
+/// Rows against each other by their codes (the diversity heuristic).
+struct CodePairs<'a>(CodesView<'a>);
+
+impl hnsw::PairScorer for CodePairs<'_> {
+    #[inline]
+    fn similarity(&self, a: u32, b: u32) -> f32 {
+        let (x, y) = (self.0.code(a), self.0.code(b));
+        if x.len() != y.len() {
+            return f32::NEG_INFINITY;
+        }
+        engram_core::simd::dot_i8(x, y) as f32 * self.0.scale(a) * self.0.scale(b)
+    }
+}
+
 struct Links<'a> {
     graph: &'a mut HnswGraph,
     sims: &'a mut [Vec<f32>; 2],

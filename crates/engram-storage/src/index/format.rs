@@ -1,4 +1,4 @@
-//! HNSW index file layout (version 1). Byte layout and rules: `docs/format.md`, section
+//! HNSW index file layout (version 2; version 1 is read too). Byte layout and rules: `docs/format.md`, section
 //! "HNSW index files".
 //!
 //! ```text
@@ -17,7 +17,9 @@
 //!         52  4 segment footer crc (binding)
 //!         56  8 segment file length (binding)
 //!         64 96 section table
-//!        160 28 reserved, 0
+//!        160  4 crc32c of the codes section (version 2; 0 in version 1)
+//!        164  4 crc32c of the scales section (version 2; 0 in version 1)
+//!        168 20 reserved, 0
 //!        188  4 crc32c of header bytes 0..188
 //! ```
 //! Sections (each starts at a multiple of 64; padding is zero and outside every CRC):
@@ -27,12 +29,24 @@
 //! 3. upper offsets: `rows + 1` u64, where row `i`'s upper-layer block starts in the upper links,
 //!    counted in u32 words; `offsets[i + 1] - offsets[i] = levels[i] * (1 + m)`;
 //! 4. upper links: per row with level `L >= 1`, `L` fixed slots of `1 + m` u32 (count, then `m`
-//!    neighbours) for layers `1..=L`, in row order.
+//!    neighbours) for layers `1..=L`, in row order;
+//! 5. (version 2) codes: `rows * dimension` i8, each row's embedding quantised
+//!    (`engram_core::quant`), which the search walks the graph with;
+//! 6. (version 2) scales: `rows` f32, each code's scale (finite, >= 0).
+//!
+//! Sections 5 and 6 are not in the section table (it has room for four): they follow the
+//! upper links, each 64-byte aligned, and their checksums are in the header at 160 and 164.
 
 use crate::segment::Segment;
 
 pub const INDEX_MAGIC: [u8; 8] = *b"ENGRHNSW";
-pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// The version written.
+pub const INDEX_FORMAT_VERSION: u32 = 2;
+/// The oldest version read (an index without codes: searched with the segment's vectors).
+pub const MIN_INDEX_FORMAT_VERSION: u32 = 1;
+/// Where version 2 keeps the checksums of the codes and scales sections.
+pub const CODES_CRC_AT: usize = 160;
+pub const SCALES_CRC_AT: usize = 164;
 pub const HEADER_LEN: usize = 192;
 /// Where the header's own CRC lives (it covers bytes `0..HEADER_CRC_AT`).
 pub const HEADER_CRC_AT: usize = 188;
@@ -114,15 +128,24 @@ impl SegmentBinding {
 /// words. All four sections are laid out back to back, each 64-byte aligned after the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
-    /// `(offset, length)` in bytes, per section.
+    /// `(offset, length)` in bytes, per section of the table.
     pub sections: [(usize, usize); SECTION_COUNT],
+    /// `(offset, length)` of the codes and the scales (length 0 without codes).
+    pub codes: (usize, usize),
+    pub scales: (usize, usize),
     /// The file length: the end of the last section, rounded up to 64.
     pub file_len: usize,
 }
 
 impl Layout {
-    /// `None` when a size overflows.
-    pub fn new(rows: usize, m0: usize, upper_words: usize) -> Option<Layout> {
+    /// `code_dimension` is the dimension of the codes (0: none, as in version 1). `None` when
+    /// a size overflows.
+    pub fn new(
+        rows: usize,
+        m0: usize,
+        upper_words: usize,
+        code_dimension: usize,
+    ) -> Option<Layout> {
         let lens = [
             rows,
             rows.checked_mul(m0.checked_add(1)?)?.checked_mul(4)?,
@@ -135,8 +158,21 @@ impl Layout {
             *s = (at, len);
             at = align_up(at.checked_add(len)?)?;
         }
+        let codes = (at, rows.checked_mul(code_dimension)?);
+        at = align_up(at.checked_add(codes.1)?)?;
+        let scales = (
+            at,
+            if code_dimension > 0 {
+                rows.checked_mul(4)?
+            } else {
+                0
+            },
+        );
+        at = align_up(at.checked_add(scales.1)?)?;
         Some(Layout {
             sections,
+            codes,
+            scales,
             file_len: at,
         })
     }

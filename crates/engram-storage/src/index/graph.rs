@@ -3,17 +3,20 @@
 //! them through a [`GraphView`] (`view.rs`), as a mapped index file does.
 
 use super::format::HnswInfo;
-use super::view::GraphView;
+use super::view::{CodesView, GraphView};
 
 /// An HNSW graph held in memory: built by [`super::build`], written by
 /// [`super::build_and_write`], searchable as it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HnswGraph {
     pub(crate) info: HnswInfo,
     pub(crate) levels: Vec<u8>,
     pub(crate) layer0: Vec<u32>,
     pub(crate) offsets: Vec<u64>,
     pub(crate) upper: Vec<u32>,
+    /// Each row's quantised embedding (`rows * dimension`), and its scale.
+    pub(crate) codes: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
 }
 
 impl HnswGraph {
@@ -30,6 +33,15 @@ impl HnswGraph {
             &self.offsets,
             &self.upper,
         )
+    }
+
+    /// The rows' codes, which a search walks the graph with.
+    pub fn codes(&self) -> CodesView<'_> {
+        CodesView {
+            codes: &self.codes,
+            scales: &self.scales,
+            dimension: self.info.dimension,
+        }
     }
 
     /// Replaces the neighbours of `node` on `layer` (at most `m0` on layer 0, `m` above); the

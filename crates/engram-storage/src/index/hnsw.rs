@@ -9,7 +9,7 @@ use std::path::Path;
 use super::format::*;
 use super::params::HnswParams;
 
-use super::view::GraphView;
+use super::view::{CodesView, GraphView};
 use crate::disk::{Disk, Mapped};
 use crate::error::{corrupted, IoContext, Result, StorageError};
 use crate::segment::Segment;
@@ -23,6 +23,9 @@ pub struct Hnsw {
     binding: SegmentBinding,
     /// `(offset, length)` in bytes, per section.
     sections: [(usize, usize); SECTION_COUNT],
+    /// `(offset, length)` of the codes and scales (length 0 in a version 1 file).
+    codes: (usize, usize),
+    scales: (usize, usize),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -46,6 +49,17 @@ fn as_u32s(bytes: &[u8]) -> &[u32] {
     // a multiple of 64); every bit pattern is a valid u32; the target is little-endian (checked
     // in `codec`), as the format is. The slice borrows `bytes`, so the mapping outlives it.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u32>(), bytes.len() / 4) }
+}
+
+/// `bytes` as f32. The caller has checked alignment and length.
+fn as_f32s(bytes: &[u8]) -> &[f32] {
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(4) && bytes.len().is_multiple_of(4),
+        "misaligned f32 section"
+    );
+    // SAFETY: as for `as_u32s`; every bit pattern is a valid f32 (the scales were checked to
+    // be finite on open).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }
 }
 
 /// `bytes` as u64. The caller has checked alignment and length.
@@ -93,9 +107,10 @@ impl Hnsw {
             return corrupted("HNSW index header checksum mismatch");
         }
         let version = u32_at(b, 8);
-        if version != INDEX_FORMAT_VERSION {
+        if !(MIN_INDEX_FORMAT_VERSION..=INDEX_FORMAT_VERSION).contains(&version) {
             return Err(StorageError::UnsupportedVersion(format!(
-                "HNSW index format version {version} is not supported (this build reads {INDEX_FORMAT_VERSION})"
+                "HNSW index format version {version} is not supported (this build reads \
+                 {MIN_INDEX_FORMAT_VERSION} to {INDEX_FORMAT_VERSION})"
             )));
         }
         let info = HnswInfo {
@@ -142,7 +157,9 @@ impl Hnsw {
                 "HNSW upper links section of {upper_len} bytes (not whole u32 or past the file)"
             ));
         }
-        let Some(layout) = Layout::new(info.rows, info.m0, upper_len as usize / 4) else {
+        let code_dimension = if version >= 2 { info.dimension } else { 0 };
+        let Some(layout) = Layout::new(info.rows, info.m0, upper_len as usize / 4, code_dimension)
+        else {
             return corrupted(format!("HNSW index of {} rows overflows", info.rows));
         };
         if layout.file_len != b.len() {
@@ -165,10 +182,32 @@ impl Hnsw {
                 return corrupted(format!("HNSW {} section checksum mismatch", names[i]));
             }
         }
+        if version >= 2 {
+            for (name, (offset, len), at) in [
+                ("codes", layout.codes, CODES_CRC_AT),
+                ("scales", layout.scales, SCALES_CRC_AT),
+            ] {
+                if crc32c::crc32c(&b[offset..offset + len]) != u32_at(b, at) {
+                    return corrupted(format!("HNSW {name} section checksum mismatch"));
+                }
+            }
+            let (offset, len) = layout.scales;
+            if let Some(row) = b[offset..offset + len]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .position(|x| !(x.is_finite() && x >= 0.0))
+            {
+                return corrupted(format!(
+                    "HNSW code scale of row {row} is not a finite number >= 0"
+                ));
+            }
+        }
         let hnsw = Hnsw {
             info,
             binding: bound,
             sections: layout.sections,
+            codes: layout.codes,
+            scales: layout.scales,
             map,
         };
         check_graph(&hnsw.view())?;
@@ -187,6 +226,21 @@ impl Hnsw {
     /// The mapped file.
     pub fn mapped(&self) -> &Mapped {
         &self.map
+    }
+
+    /// The rows' codes (a version 2 file), which [`Hnsw::search`] walks the graph with.
+    pub fn codes(&self) -> Option<CodesView<'_>> {
+        if self.scales.1 == 0 && self.info.rows > 0 {
+            return None;
+        }
+        let codes = &self.map[self.codes.0..self.codes.0 + self.codes.1];
+        // SAFETY: i8 and u8 have the same size and alignment; every bit pattern is valid.
+        let codes = unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<i8>(), codes.len()) };
+        Some(CodesView {
+            codes,
+            scales: as_f32s(&self.map[self.scales.0..self.scales.0 + self.scales.1]),
+            dimension: self.info.dimension,
+        })
     }
 
     /// The mapped graph, to search ([`GraphView::search`]).

@@ -7,10 +7,11 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use engram_core::hnsw::{self, greedy, search_layer, Cand, PairScorer, Scorer};
+use engram_core::hnsw::{self, greedy, search_layer, Cand, Scorer};
 
+use super::hnsw::Hnsw;
 use super::vectors::Vectors;
-use super::view::GraphView;
+use super::view::{CodesView, GraphView};
 
 pub use engram_core::hnsw::Scratch as SearchScratch;
 
@@ -45,13 +46,28 @@ impl<V: Vectors + ?Sized> Scorer for ToQuery<'_, V> {
     }
 }
 
-/// Rows against each other (the diversity heuristic).
-pub(crate) struct Rows<'a, V: ?Sized>(pub &'a V);
+/// How a search scores rows while it walks the graph of an index with codes: the rows' codes
+/// against the query's code (a quarter of the bytes of the vectors, and an integer dot
+/// product). The best found are then scored exactly ([`search_with_codes`]).
+pub(crate) struct ToCodes<'a> {
+    pub codes: CodesView<'a>,
+    pub query: &'a [i8],
+    pub scale: f32,
+}
 
-impl<V: Vectors + ?Sized> PairScorer for Rows<'_, V> {
+impl Scorer for ToCodes<'_> {
     #[inline]
-    fn similarity(&self, a: u32, b: u32) -> f32 {
-        similarity(self.0.vector(a), self.0.vector(b))
+    fn score(&self, row: u32) -> f32 {
+        let code = self.codes.code(row);
+        if code.len() != self.query.len() {
+            return f32::NEG_INFINITY;
+        }
+        engram_core::simd::dot_i8(self.query, code) as f32 * self.scale * self.codes.scale(row)
+    }
+
+    #[inline]
+    fn prefetch(&self, row: u32) {
+        hnsw::prefetch(self.codes.code(row));
     }
 }
 
@@ -88,6 +104,91 @@ impl GraphView<'_> {
     ) -> Vec<(u32, f32)> {
         with_scratch(|s| search_graph(self, s, vectors, query, k, ef, accept))
     }
+}
+
+impl Hnsw {
+    /// Up to `k` `(row, similarity)` for `query`, best first (ties: lower row first), among
+    /// the rows `accept` takes, as [`GraphView::search`] gives them. A version 2 index walks
+    /// its graph by the rows' codes and scores the best `ef` it finds exactly from `vectors`
+    /// (the segment's rows), so the similarities returned are exact; a version 1 index (no
+    /// codes) walks by `vectors`.
+    ///
+    /// # Panics
+    /// If `vectors` does not have this index's rows and dimension, or `query` its dimension
+    /// (caller bugs).
+    pub fn search(
+        &self,
+        vectors: &impl Vectors,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
+        let g = self.view();
+        match self.codes() {
+            Some(codes) => {
+                with_scratch(|s| search_with_codes(&g, s, codes, vectors, query, k, ef, accept))
+            }
+            None => with_scratch(|s| search_graph(&g, s, vectors, query, k, ef, accept)),
+        }
+    }
+}
+
+/// Top `k` accepted rows for `query`, best first: the graph walked by `codes`, the best `ef`
+/// found then scored exactly from `vectors`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn search_with_codes<V: Vectors + ?Sized>(
+    g: &GraphView<'_>,
+    s: &mut SearchScratch,
+    codes: CodesView<'_>,
+    vectors: &V,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+    accept: impl Fn(u32) -> bool,
+) -> Vec<(u32, f32)> {
+    assert!(
+        vectors.len() == g.rows()
+            && vectors.dimension() == g.dimension
+            && codes.rows() == g.rows()
+            && codes.dimension == g.dimension,
+        "the vectors or codes searched are not the ones the graph indexes"
+    );
+    check_query(vectors, query);
+    let rows = g.rows();
+    if k == 0 || rows == 0 || g.entry as usize >= rows {
+        return Vec::new();
+    }
+    let ef = ef.max(k);
+    let code = engram_core::quant::quantize(query);
+    let scorer = ToCodes {
+        codes,
+        query: &code.bytes,
+        scale: code.scale,
+    };
+    let entry = Cand {
+        sim: scorer.score(g.entry),
+        id: g.entry,
+    };
+    let ep = greedy(g, &scorer, entry, g.max_level, 0);
+    search_layer(g, s, &scorer, &[ep], ef, 0, &accept);
+    let mut found = Vec::with_capacity(ef);
+    s.drain_into(&mut found);
+    let mut out: Vec<(u32, f32)> = found
+        .iter()
+        .map(|c| (c.id, similarity(query, vectors.vector(c.id))))
+        .collect();
+    if out.len() < k {
+        // The reachable graph is exhausted: the rows it never reached, exactly.
+        for row in 0..rows as u32 {
+            if !s.was_visited(row) && accept(row) {
+                out.push((row, similarity(query, vectors.vector(row))));
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.truncate(k);
+    out
 }
 
 /// Top `k` accepted rows for `query`, best first.

@@ -97,3 +97,32 @@ impl engram_core::hnsw::Layers for GraphView<'_> {
         GraphView::neighbours(self, node, layer)
     }
 }
+
+/// The rows' quantised embeddings (`engram_core::quant`) and their scales, borrowed: what a
+/// search scores rows with while it walks the graph, before the exact re-ranking.
+#[derive(Debug, Clone, Copy)]
+pub struct CodesView<'a> {
+    /// `rows * dimension` codes, row-major.
+    pub codes: &'a [i8],
+    pub scales: &'a [f32],
+    pub dimension: usize,
+}
+
+impl<'a> CodesView<'a> {
+    pub fn rows(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// The code of `row`; empty for a row out of range.
+    #[inline]
+    pub fn code(&self, row: u32) -> &'a [i8] {
+        let at = row as usize * self.dimension;
+        self.codes.get(at..at + self.dimension).unwrap_or(&[])
+    }
+
+    /// The scale of `row`; 0 for a row out of range.
+    #[inline]
+    pub fn scale(&self, row: u32) -> f32 {
+        self.scales.get(row as usize).copied().unwrap_or(0.0)
+    }
+}

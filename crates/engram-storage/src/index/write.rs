@@ -18,7 +18,7 @@ pub fn encode(graph: &HnswGraph, binding: &SegmentBinding) -> Result<Vec<u8>> {
             info.rows, info.dimension, binding.rows, binding.dimension
         )));
     }
-    let layout = Layout::new(info.rows, info.m0, graph.upper.len())
+    let layout = Layout::new(info.rows, info.m0, graph.upper.len(), info.dimension)
         .ok_or_else(|| StorageError::Invalid("HNSW index size overflows".into()))?;
     let mut out = vec![0u8; layout.file_len];
     let sections: [&[u8]; SECTION_COUNT] = [
@@ -36,7 +36,15 @@ pub fn encode(graph: &HnswGraph, binding: &SegmentBinding) -> Result<Vec<u8>> {
         e[8..16].copy_from_slice(&(len as u64).to_le_bytes());
         e[16..20].copy_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
     }
+    assert_eq!(graph.codes.len(), layout.codes.1, "codes length");
+    assert_eq!(graph.scales.len() * 4, layout.scales.1, "scales length");
+    let codes = i8_bytes(&graph.codes);
+    let scales = f32_bytes(&graph.scales);
+    out[layout.codes.0..layout.codes.0 + codes.len()].copy_from_slice(codes);
+    out[layout.scales.0..layout.scales.0 + scales.len()].copy_from_slice(scales);
     let h = &mut out[..HEADER_LEN];
+    h[CODES_CRC_AT..CODES_CRC_AT + 4].copy_from_slice(&crc32c::crc32c(codes).to_le_bytes());
+    h[SCALES_CRC_AT..SCALES_CRC_AT + 4].copy_from_slice(&crc32c::crc32c(scales).to_le_bytes());
     h[0..8].copy_from_slice(&INDEX_MAGIC);
     h[8..12].copy_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
     h[12..16].copy_from_slice(&(info.dimension as u32).to_le_bytes());
@@ -70,6 +78,17 @@ fn u32_bytes(v: &[u32]) -> &[u8] {
     // SAFETY: u32 has no padding and every byte is initialised; the slice covers exactly the
     // same memory. The target is little-endian (checked in `codec`), so these are the
     // little-endian bytes the format stores.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn i8_bytes(v: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len()) }
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: any initialised f32 slice is a valid byte slice of 4x its length (u8 has
+    // alignment 1); the target is little-endian, as the format is.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 

@@ -58,7 +58,7 @@ impl SpaceState {
                 }
             };
             let found = match seg.index() {
-                Some(h) => h.view().search(&**seg, query, k, ef, accept),
+                Some(h) => h.search(&**seg, query, k, ef, accept),
                 None => index::flat_search(&**seg, query, k, accept),
             };
             if let Some(e) = filter_error.into_inner() {

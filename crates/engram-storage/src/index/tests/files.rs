@@ -219,11 +219,39 @@ fn every_corruption_class_is_an_error() {
             "header checksum",
         );
     }
-    match open_bytes(&edited(&|x| put_u32(x, 8, 2), true), b) {
+    match open_bytes(&edited(&|x| put_u32(x, 8, 3), true), b) {
         Err(StorageError::UnsupportedVersion(m)) => {
-            assert!(m.contains("version 2"), "{m}")
+            assert!(m.contains("version 3"), "{m}")
         }
         other => panic!("newer version: {other:?}"),
+    }
+    // A version 2 file called version 1 (no codes expected) is the wrong length.
+    check(
+        "version 1 with codes",
+        &edited(&|x| put_u32(x, 8, 1), true),
+        "bytes, its header describes",
+    );
+    // The codes and their scales.
+    let (codes, scales) = code_sections(good).unwrap();
+    for (name, (off, len)) in [("codes", codes), ("scales", scales)] {
+        assert!(len > 0);
+        for at in [off, off + len / 2, off + len - 1] {
+            check(
+                name,
+                &edited(&|x| x[at] ^= 0x01, false),
+                &format!("{name} section checksum"),
+            );
+        }
+    }
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        check(
+            "scale",
+            &edited(
+                &|x| x[scales.0 + 8..scales.0 + 12].copy_from_slice(&bad.to_le_bytes()),
+                true,
+            ),
+            "scale of row 2 is not a finite number",
+        );
     }
     // Section checksums.
     for (i, name) in ["levels", "layer 0", "upper offsets", "upper links"]
@@ -358,6 +386,10 @@ fn every_bit_flip_outside_padding_is_detected() {
     covered[..HEADER_LEN].fill(true);
     for i in 0..SECTION_COUNT {
         let (off, len) = section(good, i);
+        covered[off..off + len].fill(true);
+    }
+    let (codes, scales) = code_sections(good).unwrap();
+    for (off, len) in [codes, scales] {
         covered[off..off + len].fill(true);
     }
     for at in 0..good.len() {
