@@ -356,7 +356,7 @@ fn index_part(seg: &Segment, queries: &[Vec<f32>]) -> Result<()> {
         let start = Instant::now();
         for (q, t) in queries.iter().zip(&truth) {
             let t0 = Instant::now();
-            let got = hnsw.view().search(seg, q, k, ef, |_| true);
+            let got = hnsw.search(seg, q, k, ef, |_| true);
             lat.push(t0.elapsed().as_nanos() as u64);
             hits += got
                 .iter()
