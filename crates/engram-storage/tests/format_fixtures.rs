@@ -13,11 +13,19 @@
 //! The store is written by a single thread with the background compactor off, so sequences,
 //! file names and contents are deterministic; only the wall-clock timestamps inside WAL records
 //! and `space.meta` (`created_at_us`) differ between generations.
+//!
+//! `tests/fixtures/index-v1/` holds HNSW index files of index format version 1 (graph only, no
+//! codes) for alpha's and beta's segments, written by the build of commit 888c40b (the last
+//! that wrote version 1) with `index::build_and_write` and the default parameters of that
+//! version. They are not regenerated: version 2 is written today. The reading test puts them
+//! beside their segments and checks that they are loaded, used, and give the exact answers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use engram_core::{Link, Memory, MemoryId, SpaceId};
+use engram_storage::index::{flat_search, Hnsw};
 use engram_storage::segment::{parse_segment_file_name, Lookup, Segment, SEGMENT_FORMAT_VERSION};
 use engram_storage::wal::{
     decode_record, encode_record, parse_wal_file_name, scan_wal_file, WalFileHeader,
@@ -29,6 +37,18 @@ use engram_storage::{SpaceMeta, SPACE_META_FILE};
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
 }
+
+fn index_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/index-v1")
+}
+
+/// The version 1 index files, relative to `index-v1/`: one per segment of alpha and beta.
+const INDEX_FIXTURE_FILES: &[&str] = &[
+    "alpha/00000000000000000001-00000000000000000017.hnsw",
+    "alpha/00000000000000000020-00000000000000000021.hnsw",
+    "beta/00000000000000000002-00000000000000000019.hnsw",
+    "beta/00000000000000000022-00000000000000000022.hnsw",
+];
 
 fn sid(s: &str) -> SpaceId {
     SpaceId::new(s).unwrap()
@@ -412,6 +432,7 @@ fn reads_v1_fixtures() {
     check_wal_files(&root);
     check_segment_files(&root);
     check_space_metas(&root);
+    check_index_files(&root);
 
     let opts = StoreOptions {
         background_compaction: false,
@@ -467,6 +488,80 @@ fn reads_v1_fixtures() {
         FIRST_WAL_SEQUENCE + phase4().len() as u64 - 1,
         "the next sequence follows the last record"
     );
+    // The version 1 indexes were loaded as they are, none rebuilt, and a search through them by
+    // a memory's own embedding ranks every live memory by its exact similarity.
+    let stats = store.stats();
+    assert_eq!(
+        stats.index_loads.load(Ordering::Relaxed),
+        INDEX_FIXTURE_FILES.len() as u64
+    );
+    assert_eq!(stats.index_builds.load(Ordering::Relaxed), 0);
+    for (space, (_, memories)) in expected_state() {
+        let s = sid(space);
+        for m in &memories {
+            let hits = store.search(&s, &m.embedding, memories.len(), 32).unwrap();
+            let mut found: Vec<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+            found.sort_unstable();
+            let mut live: Vec<&str> = memories.iter().map(|m| m.id.as_str()).collect();
+            live.sort_unstable();
+            assert_eq!(found, live, "{space}");
+            for pair in hits.windows(2) {
+                assert!(
+                    pair[0].similarity >= pair[1].similarity,
+                    "{space}: best first"
+                );
+            }
+            for h in &hits {
+                let other = memories.iter().find(|o| o.id == h.id).unwrap();
+                let dot: f32 = m
+                    .embedding
+                    .iter()
+                    .zip(&other.embedding)
+                    .map(|(x, y)| x * y)
+                    .sum();
+                assert!((h.similarity - dot).abs() < 1e-4, "{space}: {}", h.id);
+            }
+        }
+    }
+}
+
+/// Every version 1 index file: opened against its segment (version 1 accepted, no codes), and a
+/// search through it gives exactly what a scan of the segment gives. Then copied beside its
+/// segment, for the store to load.
+fn check_index_files(root: &Path) {
+    let src = index_fixture_dir();
+    let rel: Vec<String> = walk(&src)
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    assert_eq!(rel, INDEX_FIXTURE_FILES, "the version 1 index files");
+    for name in INDEX_FIXTURE_FILES {
+        let from = src.join(name);
+        let bytes = std::fs::read(&from).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+        let to = root.join("spaces").join(name);
+        let seg_path = to.with_extension("seg");
+        let seg = Segment::open(&RealDisk, &seg_path).unwrap();
+        let index = Hnsw::open(&RealDisk, &from, &seg).unwrap();
+        assert!(index.codes().is_none(), "{name}: version 1 has no codes");
+        let info = index.info();
+        assert_eq!(info.rows, seg.info().rows, "{name}");
+        assert_eq!(info.dimension, seg.info().dimension, "{name}");
+        let rows = info.rows;
+        for row in 0..rows {
+            let query = seg.memory(row).unwrap().embedding;
+            let found = index.search(&seg, &query, rows, 64, |_| true);
+            let exact = flat_search(&seg, &query, rows, |_| true);
+            let ids = |v: &[(u32, f32)]| v.iter().map(|(r, _)| *r).collect::<Vec<_>>();
+            assert_eq!(ids(&found), ids(&exact), "{name}: row {row}");
+        }
+        std::fs::copy(&from, &to).unwrap();
+    }
 }
 
 /// Every WAL file: version 1 header, records that verify, decode, re-encode to the same bytes,
