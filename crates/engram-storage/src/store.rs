@@ -471,7 +471,7 @@ impl Store {
     /// Flushes every memtable to segments, merges where due, checkpoints the WAL and releases
     /// idle spaces: what the background compactor does, now.
     pub fn compact(&self) -> Result<()> {
-        self.inner.compact_pass(true, false)
+        self.inner.compact_pass(true)
     }
 
     /// Merges every space with more than one segment into one.

@@ -368,3 +368,84 @@ fn the_indexer_waits_while_writes_pour_in_and_builds_after() {
         store.pending_index_builds() == 0
     });
 }
+
+/// A background merge gives its output an index before the output replaces its inputs: no
+/// search ever scans a merged segment that the inputs' indexes served. Flushed segments here
+/// are below `index_min_rows` (scanned, never indexed); merged ones are above it, so the only
+/// index builds are the merges' own, and at no moment does a segment wait for one.
+#[test]
+fn a_background_merge_replaces_its_inputs_only_with_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("s");
+    let opts = StoreOptions {
+        background_compaction: true,
+        compaction_tick: std::time::Duration::from_millis(5),
+        idle_flush_after: std::time::Duration::from_secs(3600),
+        memtable_max_rows: 300,
+        index_min_rows: 700,
+        max_segments_per_space: 2,
+        merge_defer_records_per_s: 0,
+        ..options()
+    };
+    let store = Store::open_dir(dir.path(), opts).unwrap();
+    store.create_space(&s, DIM as u32).unwrap();
+    let batch: Vec<Memory> = (0..1500).map(mem).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = || {
+        let segments = store
+            .read_space(&s, |v| {
+                v.segments()
+                    .map(|g| (g.rows(), g.index().is_some()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(
+            store.pending_index_builds(),
+            0,
+            "a segment waits for its index: {segments:?}"
+        );
+        assert!(std::time::Instant::now() < deadline, "{segments:?}");
+    };
+    // Each memtable of 300 is flushed before the next is written (a segment of 300 rows).
+    for chunk in batch.chunks(300) {
+        for part in chunk.chunks(100) {
+            store.remember_batch(&s, part.to_vec()).unwrap();
+        }
+        while store.space_status(&s).unwrap().memtable_entries > 0 {
+            waiting();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    loop {
+        waiting();
+        let st = store.space_status(&s).unwrap();
+        if st.memtable_entries == 0
+            && st.segments <= 2
+            && store.stats().merges.load(Ordering::Relaxed) >= 2
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(store.stats().index_builds.load(Ordering::Relaxed) >= 1);
+    let files = index_files(&dir.path().join("spaces").join("s"));
+    assert!(!files.is_empty());
+    for n in [0u64, 700, 1499] {
+        let hits = store.search(&s, &vector(n), 1, 64).unwrap();
+        assert_eq!(hits[0].id.as_str(), format!("v{n:05}"));
+    }
+    drop(store);
+    // Nothing temporary left, and the indexes are loaded, not rebuilt.
+    for e in std::fs::read_dir(dir.path().join("spaces").join("s")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "{name}");
+    }
+    let opts = StoreOptions {
+        index_min_rows: 700,
+        ..options()
+    };
+    let store = Store::open_dir(dir.path(), opts).unwrap();
+    assert_eq!(store.space_status(&s).unwrap().memories, 1500);
+    assert_eq!(store.pending_index_builds(), 0);
+    assert_eq!(store.stats().index_builds.load(Ordering::Relaxed), 0);
+}

@@ -1,7 +1,9 @@
-//! The indexer: a background thread that builds the HNSW index of each loaded segment that
-//! has none and is large enough (smaller ones are scanned), one segment per round, deferred
-//! while the node is busy (`index_defer_records_per_s`, up to `index_defer_max`). It runs at
-//! idle priority: requests go first.
+//! The indexer: a background thread that merges spaces with too many segments (a higher bound
+//! while the node is busy, `merge_defer_records_per_s`), giving each merged segment its HNSW
+//! index before it replaces its inputs, and builds the index of each loaded segment that has
+//! none and is large enough (smaller ones are scanned), one segment per round, deferred while
+//! the node is busy (`index_defer_records_per_s`, up to `index_defer_max`). It runs at idle
+//! priority: requests go first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,12 +36,16 @@ pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
 }
 
 impl Node {
-    /// The background indexer: builds the index of one segment lacking it per round.
+    /// The background indexer: merges the spaces due a merge, then builds the index of one
+    /// segment lacking it per round.
     fn indexer_loop(self: Arc<Self>, mut load: LoadMeter) {
         // When each segment lacking an index was first seen, for the deferral under load.
         let mut waiting: HashMap<PathBuf, Duration> = HashMap::new();
         while self.wait_tick() {
             let rate = self.load_rate(&mut load);
+            let merge_busy = self.opts.merge_defer_records_per_s > 0
+                && rate > self.opts.merge_defer_records_per_s as f64;
+            self.merge_due(merge_busy);
             let busy = self.opts.index_defer_records_per_s > 0
                 && rate > self.opts.index_defer_records_per_s as f64;
             loop {
@@ -52,6 +58,26 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// Merges each loaded space with more segments than allowed (`max_segments_per_space`, or
+    /// `merge_defer_max_segments` while `busy`), the merged segment indexed before it is used.
+    fn merge_due(&self, busy: bool) {
+        let most = if busy {
+            self.opts
+                .merge_defer_max_segments
+                .max(self.opts.max_segments_per_space)
+        } else {
+            self.opts.max_segments_per_space
+        };
+        let pace = self.opts.background_pace();
+        let index = Some((self.opts.hnsw, self.opts.index_min_rows));
+        for space in self.catalog.loaded_spaces() {
+            if *self.shutdown.lock() {
+                return;
+            }
+            self.merge_if_due(&space, most, &pace, index);
         }
     }
 

@@ -7,35 +7,71 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::disk::Disk;
+use crate::disk::{write_file_atomic, Disk};
 use crate::error::{IoContext, Result};
-use crate::index::index_path;
+use crate::index::{self, index_path, Hnsw, HnswGraph, HnswParams, SegmentBinding};
 use crate::lexical::{lex_path, SegmentLex};
 use crate::segment::{segment_file_name, write_segment, RowData, Segment, WritePace};
-use crate::space::{attach_lex, Space};
+use crate::space::Space;
+use crate::stats::StoreStats;
 use crate::wal::check::check_segment_durable;
 use crate::wal::commit::GroupCommit;
 
+/// Appended to a merge output's segment file name until it is published. It ends in `.tmp`, so
+/// a load removes an output that a crash left unpublished.
+const PENDING_SUFFIX: &str = ".merging.tmp";
+
 /// Merges all of a space's segments into one, dropping replaced versions, deleted memories and
-/// their tombstones. Returns the bytes written.
+/// their tombstones. The merged segment replaces its inputs at once, without an index (the
+/// indexer builds it). Returns the bytes written.
 pub(crate) fn merge_all(disk: &dyn Disk, wal: &GroupCommit, space: &Space) -> Result<u64> {
-    merge(disk, wal, space, true, &WritePace::UNPACED)
+    let _merging = space.merging.lock();
+    match prepare(disk, wal, space, true, &WritePace::UNPACED)? {
+        Some(p) => publish(disk, space, p, None),
+        None => Ok(0),
+    }
 }
 
 /// Merges the space's newest segments, size-tiered: the run of newest segments starting at the
 /// oldest segment no larger than everything newer than it together (at least the two newest).
 /// A large old segment is left alone (with its index) until the newer ones add up to its size,
 /// so each row is rewritten about log2(rows) times over the space's life instead of at every
-/// merge. The merged segment is written at `pace`. Returns the bytes written.
+/// merge. The merged segment is written at `pace`. Unless `index` is `None`, the merged
+/// segment gets its HNSW index (when it has at least `index_min_rows` rows) before it
+/// replaces its inputs, so a search never scans what the inputs' indexes served. Returns the
+/// bytes written.
 pub(crate) fn merge_tiered(
     disk: &dyn Disk,
     wal: &GroupCommit,
     space: &Space,
     pace: &WritePace,
+    index: Option<(HnswParams, usize)>,
+    stats: &StoreStats,
 ) -> Result<u64> {
-    merge(disk, wal, space, false, pace)
+    let _merging = space.merging.lock();
+    let Some(p) = prepare(disk, wal, space, false, pace)? else {
+        return Ok(0);
+    };
+    let graph = match index {
+        Some((params, min_rows)) if p.merged.rows() >= min_rows => {
+            match index::build(&p.merged, params) {
+                Ok(g) => {
+                    stats.index_builds.fetch_add(1, Ordering::Relaxed);
+                    Some(g)
+                }
+                Err(e) => {
+                    discard(disk, space, &p.pending);
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    publish(disk, space, p, graph)
 }
 
 /// Where a size-tiered merge starts among `segments` (oldest first, at least two).
@@ -50,20 +86,47 @@ fn tier_start(segments: &[Arc<Segment>]) -> usize {
         .unwrap_or(last)
 }
 
-/// Merges the space's segments from the newest back (all of them, or a size tier); `wal`'s
-/// durable sequence bounds the merged segment's.
-fn merge(
+/// A merge's output, written and verified under a temporary name (removed by the next load if
+/// a crash comes first), not yet replacing its inputs.
+struct Prepared {
+    inputs: Vec<Arc<Segment>>,
+    /// Opened from `pending`.
+    merged: Segment,
+    pending: PathBuf,
+    /// The name it takes when published.
+    path: PathBuf,
+    lex: SegmentLex,
+    written: u64,
+}
+
+/// Removes an unpublished merge output (logged on failure: the next load removes it).
+fn discard(disk: &dyn Disk, space: &Space, pending: &Path) {
+    let _files = space.files.lock();
+    let removed = match disk.remove_file(pending) {
+        // A dropped space's directory is gone with it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.and_then(|()| disk.sync_dir(&space.dir)),
+    };
+    if let Err(e) = removed {
+        tracing::warn!(path = %pending.display(), error = %e, "could not remove an unpublished merge output; the next load removes it");
+    }
+}
+
+/// Writes the merge of the space's segments from the newest back (all of them, or a size tier)
+/// under a temporary name; `wal`'s durable sequence bounds the merged segment's. `None` when
+/// there is nothing to merge.
+fn prepare(
     disk: &dyn Disk,
     wal: &GroupCommit,
     space: &Space,
     all: bool,
     pace: &WritePace,
-) -> Result<u64> {
+) -> Result<Option<Prepared>> {
     let _files = space.files.lock();
     let (inputs, dimension, keep_tombstones) = {
         let st = space.state.read();
         if st.dropped || st.segments.len() < 2 {
-            return Ok(0);
+            return Ok(None);
         }
         let start = if all { 0 } else { tier_start(&st.segments) };
         // With older segments left out of the merge, the inputs' tombstones must stay: they
@@ -119,54 +182,111 @@ fn merge(
     let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
     check_segment_durable(max, wal.durable_seq());
-    let path = space.dir.join(segment_file_name(min, max));
-    let written = write_segment(disk, &path, dimension, min, max, &rows, &tombstones, pace)?;
-    let merged = Segment::open(disk, &path).and_then(|m| m.verify().map(|()| m));
-    let merged = match merged {
-        Ok(m) => {
-            // From the inputs' indexes when they all have one (no text analysed again).
-            let lexes: Option<Vec<&SegmentLex>> =
-                inputs.iter().map(|s| s.lex().map(|l| &**l)).collect();
-            let lex = match lexes {
-                Some(lexes) => {
-                    let from: Vec<(usize, u32)> =
-                        live.iter().map(|&(_, si, row)| (si, row as u32)).collect();
-                    SegmentLex::merge(&lexes, &from, (min, max))
-                }
-                None => SegmentLex::build(rows.iter().map(|r| r.content), (min, max)),
-            };
-            attach_lex(disk, &m, lex);
-            Arc::new(m)
-        }
+    let name = segment_file_name(min, max);
+    let path = space.dir.join(&name);
+    let pending = space.dir.join(format!("{name}{PENDING_SUFFIX}"));
+    let written = write_segment(
+        disk,
+        &pending,
+        dimension,
+        min,
+        max,
+        &rows,
+        &tombstones,
+        pace,
+    )?;
+    let merged = match Segment::open(disk, &pending).and_then(|m| m.verify().map(|()| m)) {
+        Ok(m) => m,
         Err(e) => {
-            // Never leave an unverified output under a name that supersedes its inputs.
-            disk.remove_file(&path).at(&path)?;
+            disk.remove_file(&pending).at(&pending)?;
             disk.sync_dir(&space.dir).at(&space.dir)?;
             return Err(e);
         }
     };
+    // From the inputs' indexes when they all have one (no text analysed again).
+    let lexes: Option<Vec<&SegmentLex>> = inputs.iter().map(|s| s.lex().map(|l| &**l)).collect();
+    let lex = match lexes {
+        Some(lexes) => {
+            let from: Vec<(usize, u32)> =
+                live.iter().map(|&(_, si, row)| (si, row as u32)).collect();
+            SegmentLex::merge(&lexes, &from, (min, max))
+        }
+        None => SegmentLex::build(rows.iter().map(|r| r.content), (min, max)),
+    };
+    drop(rows);
+    Ok(Some(Prepared {
+        inputs,
+        merged,
+        pending,
+        path,
+        lex,
+        written,
+    }))
+}
+
+/// Puts a prepared merge in place of its inputs: its index (when built) and lexical index are
+/// written beside its final name, it is renamed there, then the inputs and their derived files
+/// are removed. A crash before the rename leaves the inputs as they were (the next load removes
+/// the temporary output and the derived files of a segment that is not there); after it, the
+/// load removes the superseded inputs. Nothing happens (the output is removed) when the space
+/// was dropped or its inputs changed meanwhile. Returns the bytes written.
+fn publish(disk: &dyn Disk, space: &Space, p: Prepared, graph: Option<HnswGraph>) -> Result<u64> {
+    let _files = space.files.lock();
+    let current = {
+        let st = space.state.read();
+        !st.dropped
+            && p.inputs
+                .iter()
+                .all(|i| st.segments.iter().any(|s| Arc::ptr_eq(s, i)))
+    };
+    if !current {
+        drop(_files);
+        discard(disk, space, &p.pending);
+        return Ok(0);
+    }
+    if let Some(graph) = &graph {
+        index::write_index(
+            disk,
+            &index_path(&p.path),
+            graph,
+            &SegmentBinding::of(&p.merged),
+        )?;
+    }
+    let lex_file = lex_path(&p.path);
+    if let Err(e) = write_file_atomic(disk, &lex_file, p.lex.bytes()) {
+        tracing::warn!(path = %lex_file.display(), error = %e, "could not write a lexical index; it is rebuilt at the next open");
+    }
+    disk.rename(&p.pending, &p.path).at(&p.pending)?;
+    disk.sync_dir(&space.dir).at(&space.dir)?;
+    // The same file under its final name (the inode, and so the mapping, is the same).
+    drop(p.merged);
+    let merged = Segment::open(disk, &p.path)?;
+    merged.set_lex(Arc::new(p.lex));
+    if graph.is_some() {
+        merged.set_index(Arc::new(Hnsw::open(disk, &index_path(&p.path), &merged)?));
+    }
     {
         // The inputs are a contiguous run; segments flushed since come after it.
         let mut st = space.state.write();
         let at = st
             .segments
             .iter()
-            .position(|s| Arc::ptr_eq(s, &inputs[0]))
+            .position(|s| Arc::ptr_eq(s, &p.inputs[0]))
             .unwrap_or(0);
         st.segments
-            .retain(|s| !inputs.iter().any(|i| Arc::ptr_eq(i, s)));
-        st.segments.insert(at, merged);
+            .retain(|s| !p.inputs.iter().any(|i| Arc::ptr_eq(i, s)));
+        st.segments.insert(at, Arc::new(merged));
     }
-    for seg in &inputs {
-        if seg.path() != path {
+    for seg in &p.inputs {
+        if seg.path() != p.path {
             disk.remove_file(seg.path()).at(seg.path())?;
         }
         for derived in [index_path(seg.path()), lex_path(seg.path())] {
-            if derived != lex_path(&path) && disk.exists(&derived) {
+            if derived != index_path(&p.path) && derived != lex_file && disk.exists(&derived) {
                 disk.remove_file(&derived).at(&derived)?;
             }
         }
     }
     disk.sync_dir(&space.dir).at(&space.dir)?;
-    Ok(written)
+    Ok(p.written)
 }

@@ -1,8 +1,8 @@
 //! The compactor: one background thread for every space of the node. Each tick it removes
 //! dropped spaces' files, flushes memtables when due (WAL or memtable size, idleness, a full
-//! memtable), merges spaces with too many segments (a higher bound while the node is busy,
-//! `merge_defer_records_per_s`), deletes WAL files whose every record is in a segment (the
-//! checkpoint) and releases idle spaces. [`crate::Store::compact`] runs the same pass now.
+//! memtable), deletes WAL files whose every record is in a segment (the checkpoint) and
+//! releases idle spaces. Background merges are the indexer's ([`super::indexer`]).
+//! [`crate::Store::compact`] runs the same pass now, and merges spaces with too many segments.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use engram_core::SpaceId;
 use parking_lot::Mutex;
 
-use crate::compaction::load::LoadMeter;
 use crate::compaction::{flush, merge};
 use crate::disk::Disk;
 use crate::error::{IoContext, Result, StorageError};
@@ -22,32 +21,24 @@ use crate::space::Space;
 
 /// Starts the compactor thread; it stops at shutdown.
 pub(crate) fn spawn(node: Arc<Node>) -> std::io::Result<JoinHandle<()>> {
-    // The write rate over the last second or so, for the merge deferral under load; its
-    // window starts as the store opens, not whenever the thread first runs.
-    let load = node.load_meter();
     std::thread::Builder::new()
         .name("engram-compactor".into())
-        .spawn(move || {
-            crate::process::abort_on_panic("engram-compactor", || node.compactor_loop(load))
-        })
+        .spawn(move || crate::process::abort_on_panic("engram-compactor", || node.compactor_loop()))
 }
 
 impl Node {
-    fn compactor_loop(self: Arc<Self>, mut load: LoadMeter) {
+    fn compactor_loop(self: Arc<Self>) {
         while self.wait_tick() {
-            let rate = self.load_rate(&mut load);
-            let busy = self.opts.merge_defer_records_per_s > 0
-                && rate > self.opts.merge_defer_records_per_s as f64;
-            if let Err(e) = self.compact_pass(false, busy) {
+            if let Err(e) = self.compact_pass(false) {
                 tracing::error!(error = %e, "compaction pass failed; will retry");
             }
         }
     }
 
     /// One compaction pass: remove dropped spaces, flush memtables when due (or `force`), merge
-    /// spaces with too many segments (a higher bound while `busy`, see
-    /// `merge_defer_records_per_s`), checkpoint the WAL, release idle spaces.
-    pub(crate) fn compact_pass(&self, force: bool, busy: bool) -> Result<()> {
+    /// spaces with too many segments (only when `force`: background merges are the indexer's),
+    /// checkpoint the WAL, release idle spaces.
+    pub(crate) fn compact_pass(&self, force: bool) -> Result<()> {
         let _pass = self.compaction.lock();
         // Background work is paced; an explicit compaction (and shutdown) runs flat out.
         let pace = if force {
@@ -95,34 +86,47 @@ impl Node {
             }
         }
         drop(dirty);
-        let most = if busy && !force {
-            self.opts
-                .merge_defer_max_segments
-                .max(self.opts.max_segments_per_space)
-        } else {
-            self.opts.max_segments_per_space
-        };
-        for space in &loaded {
-            let many = space.state.read().segments.len() > most;
-            if many && !space.merge_blocked.load(Ordering::Relaxed) {
-                match merge::merge_tiered(&*self.disk, &self.wal, space, &pace) {
-                    Ok(n) => {
-                        self.stats.merges.fetch_add(1, Ordering::Relaxed);
-                        self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
-                    }
-                    // A segment that fails its checksums stays readable where it is; merging
-                    // this space stops (until restart) so flushes and checkpoints go on.
-                    Err(e) => {
-                        tracing::error!(space = %space.id, error = %e, "merge failed; merges of this space are suspended until restart");
-                        space.merge_blocked.store(true, Ordering::Relaxed);
-                    }
-                }
+        // Background merges are the indexer's (it gives the merged segment its index before
+        // the segment replaces its inputs); an explicit compaction merges here, now.
+        if force {
+            for space in &loaded {
+                self.merge_if_due(space, self.opts.max_segments_per_space, &pace, None);
             }
         }
         drop(loaded);
         self.checkpoint()?;
         self.catalog.release_idle(self.opts.max_open_spaces);
         Ok(())
+    }
+
+    /// Merges `space` (size-tiered) if it has more than `most` segments and its merges are not
+    /// suspended; `index` as in [`merge::merge_tiered`]. Returns whether it merged.
+    pub(crate) fn merge_if_due(
+        &self,
+        space: &Space,
+        most: usize,
+        pace: &WritePace,
+        index: Option<(crate::index::HnswParams, usize)>,
+    ) -> bool {
+        let many = space.state.read().segments.len() > most;
+        if !many || space.merge_blocked.load(Ordering::Relaxed) {
+            return false;
+        }
+        match merge::merge_tiered(&*self.disk, &self.wal, space, pace, index, &self.stats) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            // A segment that fails its checksums stays readable where it is; merging this
+            // space stops (until restart) so flushes and checkpoints go on.
+            Err(e) => {
+                tracing::error!(space = %space.id, error = %e, "merge failed; merges of this space are suspended until restart");
+                space.merge_blocked.store(true, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// Flushes spaces in parallel (I/O bound: several fsyncs per space), then makes the new

@@ -48,6 +48,9 @@ pub(crate) struct Space {
     pub(crate) last_used: AtomicU64,
     /// Held while this space's files are being changed (flush, merge, drop).
     pub(crate) files: Mutex<()>,
+    /// Held by a merge from choosing its inputs to replacing them (a background merge holds it
+    /// while it builds the merged segment's index, without `files`, so flushes go on).
+    pub(crate) merging: Mutex<()>,
     /// Set when a merge failed (a segment failing its checksums): background merges of this
     /// space stop until it is loaded again (a restart, or a release and reload when idle).
     pub(crate) merge_blocked: AtomicBool,
@@ -70,6 +73,7 @@ impl Space {
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
+            merging: Mutex::new(()),
             merge_blocked: AtomicBool::new(false),
         }
     }
@@ -169,6 +173,7 @@ impl Space {
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
+            merging: Mutex::new(()),
             merge_blocked: AtomicBool::new(false),
         }))
     }
