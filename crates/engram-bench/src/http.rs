@@ -45,7 +45,7 @@ impl Config {
 }
 
 /// The `engram` binary beside this one; built with cargo when missing.
-fn engram_binary() -> Result<PathBuf> {
+pub(crate) fn engram_binary() -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating engram-bench")?;
     let exe = me.with_file_name("engram");
     if !exe.exists() {
@@ -71,9 +71,18 @@ fn engram_binary() -> Result<PathBuf> {
     Ok(exe)
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub base: String,
+}
+
+impl Server {
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("killing the server")?;
+        self.child.wait().context("waiting for the killed server")?;
+        Ok(())
+    }
 }
 
 impl Drop for Server {
@@ -95,7 +104,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(exe: &Path, dir: &Path) -> Result<Server> {
+pub(crate) fn start_server(exe: &Path, dir: &Path) -> Result<Server> {
     let mut child = Command::new(exe)
         .args(["start", "--port", "0", "--data-dir"])
         .arg(dir)
@@ -289,7 +298,7 @@ fn load(
 }
 
 /// A gauge or counter's value from the Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
@@ -304,6 +313,8 @@ pub fn run(quick: bool) -> Result<()> {
         "batch",
         "batch-nolink",
         "recall",
+        "restart",
+        "ingest",
     ])?;
     let exe = engram_binary()?;
     let root = tempfile::Builder::new()
@@ -428,7 +439,8 @@ pub fn run(quick: bool) -> Result<()> {
 
     // Recall at N memories: load them (batches, no auto-link), wait for flushes and indexes.
     if !parts.iter().any(|p| p == "recall") {
-        return Ok(());
+        drop(server);
+        return after_recall(&parts, quick);
     }
     let n = cfg.recall_memories;
     let client = reqwest::blocking::Client::builder()
@@ -519,5 +531,16 @@ pub fn run(quick: bool) -> Result<()> {
         Some(5.0),
     );
     drop(server);
+    after_recall(&parts, quick)
+}
+
+/// The parts that start servers of their own.
+fn after_recall(parts: &[String], quick: bool) -> Result<()> {
+    if parts.iter().any(|p| p == "restart") {
+        crate::restart::run(quick)?;
+    }
+    if parts.iter().any(|p| p == "ingest") {
+        crate::ingest::run(quick)?;
+    }
     Ok(())
 }

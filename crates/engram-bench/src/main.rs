@@ -5,8 +5,10 @@
 
 mod dataset;
 mod http;
+mod ingest;
 mod placement;
 mod recall;
+mod restart;
 mod storage;
 mod text;
 mod util;

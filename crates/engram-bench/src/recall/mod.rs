@@ -19,6 +19,7 @@ use crate::dataset::{Clusters, Shape};
 use crate::util::{self, compare, report, Better, DIM};
 
 mod hard;
+mod peers;
 
 struct Config {
     quick: bool,
