@@ -1,10 +1,14 @@
-//! Time to full speed after a restart (part `restart` of the HTTP suite): the real server holds
-//! N memories (100,000; 20,000 with `--quick`) in one space, flushed and indexed; its settled
-//! recall P99 is measured over HTTP from one client; then it is stopped (SIGTERM, then
-//! SIGKILL) and started again on the same data, and recalls run in rounds of 100 from the
-//! moment of the start. Full speed is the end of the first round whose P99 is within 20% of
-//! the settled P99. A third restart follows a SIGKILL right after 5% more memories were
-//! acknowledged (still in the WAL, their segment not indexed): what a crash under load leaves.
+//! Time to full speed after a restart, and recall over HTTP after it (part `restart` of the
+//! HTTP suite): the real server holds N memories (100,000; 20,000 with `--quick`) of the hard
+//! data of `engram-bench recall` at its widest spread (clusters as wide as the distance
+//! between their centres) in one space, flushed and indexed; its settled recall P99 is
+//! measured over HTTP from one client; then it is stopped (SIGTERM, then SIGKILL) and started
+//! again on the same data, and recalls run in rounds of 100 from the moment of the start. Full
+//! speed is the end of the first round whose P99 is within 20% of the settled P99. A third
+//! restart follows a SIGKILL right after 5% more memories were acknowledged (still in the WAL,
+//! their segment not indexed): what a crash under load leaves. Once settled and after each
+//! restart, recall@10 of `mode=similarity` at the server's default `ef` against an exact scan
+//! of everything stored, over 200 queries near stored memories.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -139,6 +143,59 @@ fn p99_of(client: &reqwest::blocking::Client, url: &str, cues: &mut Cues, n: usi
     Ok(util::percentile(&lat, 99.0) as f64 / 1e6)
 }
 
+/// Recall@10 of the server (`mode=similarity`, default `ef`) against an exact scan of
+/// `stored`, over `queries` cues near stored memories; with P50 and P99 in ms.
+fn recall_at_10(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    stored: &[Vec<f32>],
+    clusters: &Clusters,
+    queries: usize,
+) -> Result<(f64, f64, f64)> {
+    let url = format!("{base}/api/v1/memories/recall?space={SPACE}");
+    let flat: Vec<f32> = stored.iter().flatten().copied().collect();
+    let mut rng = util::rng(33);
+    let (mut hits, mut lat) = (0usize, Vec::with_capacity(queries));
+    for i in 0..queries {
+        let cue = clusters.near(&mut rng, &stored[(i * 7_919) % stored.len()], 0.3);
+        let truth: Vec<String> = util::exact_top(&flat, &cue, 10)
+            .into_iter()
+            .map(|r| format!("r{r}"))
+            .collect();
+        let t0 = Instant::now();
+        let r = client
+            .post(&url)
+            .json(&json!({"embedding_b64": b64(&cue), "max_results": 10, "mode": "similarity"}))
+            .send()?;
+        let status = r.status().as_u16();
+        let v: Value = r.json()?;
+        lat.push(t0.elapsed().as_nanos() as u64);
+        let Some(found) = v["memories"]["vivid"].as_array() else {
+            bail!("recall: {status} {v}");
+        };
+        hits += found
+            .iter()
+            .filter(|m| {
+                m["id"]
+                    .as_str()
+                    .is_some_and(|id| truth.iter().any(|t| t == id))
+            })
+            .count();
+    }
+    lat.sort_unstable();
+    Ok((
+        hits as f64 / (queries * 10) as f64,
+        util::percentile(&lat, 50.0) as f64 / 1e6,
+        util::percentile(&lat, 99.0) as f64 / 1e6,
+    ))
+}
+
+fn print_recall(when: &str, (recall, p50, p99): (f64, f64, f64)) {
+    println!(
+        "# restart: recall@10 over HTTP {when} (mode similarity, default ef, 200 queries, exact truth): {recall:.4}, p50 {p50:.2} ms, p99 {p99:.2} ms"
+    );
+}
+
 /// What one restart measured, in seconds from the spawn of the new process.
 struct Restart {
     listening_s: f64,
@@ -221,7 +278,14 @@ pub fn run(quick: bool) -> Result<()> {
         .timeout(Duration::from_secs(120))
         .build()?;
     let mut rng = util::rng(31);
-    let clusters = Clusters::new(&mut rng, Shape::realistic(DIM));
+    // The hard data's widest spread (engram-bench recall, part spreads).
+    let clusters = Clusters::new(
+        &mut rng,
+        Shape {
+            spread: 1.2 * std::f32::consts::SQRT_2,
+            ..Shape::realistic(DIM)
+        },
+    );
 
     let server = start_server(&exe, dir)?;
     let started = Instant::now();
@@ -243,6 +307,9 @@ pub fn run(quick: bool) -> Result<()> {
     let settled_ms = p99_of(&client, &url, &mut cues, 1000)?;
     println!("# restart: settled recall P99 {settled_ms:.2} ms (1,000 recalls, one client, max_results 10)");
     report("restart_settled_recall_p99_ms", settled_ms, "ms");
+    let r = recall_at_10(&client, &server.base, &stored, &clusters, 200)?;
+    print_recall("settled", r);
+    report("restart_http_recall_at_10_settled", r.0, "ratio");
 
     // Graceful stop (SIGTERM: the server builds what is missing before it exits).
     let stop = Instant::now();
@@ -265,6 +332,9 @@ pub fn run(quick: bool) -> Result<()> {
     let (server, killed) = restart(&exe, dir, &client, &mut cues, settled_ms)?;
     print("SIGKILL (settled)", &killed, settled_ms);
     report("restart_full_speed_after_kill_s", killed.full_speed_s, "s");
+    let r = recall_at_10(&client, &server.base, &stored, &clusters, 200)?;
+    print_recall("after SIGKILL and start", r);
+    report("restart_http_recall_at_10_after_kill", r.0, "ratio");
 
     // SIGKILL right after 5% more memories were acknowledged.
     let extra = n / 20;
@@ -282,6 +352,13 @@ pub fn run(quick: bool) -> Result<()> {
         "restart_full_speed_after_kill_under_writes_s",
         loaded.full_speed_s,
         "s",
+    );
+    let r = recall_at_10(&client, &server.base, &stored, &clusters, 200)?;
+    print_recall("after SIGKILL under writes and start", r);
+    report(
+        "restart_http_recall_at_10_after_kill_under_writes",
+        r.0,
+        "ratio",
     );
     // Nothing acknowledged was lost to the kills.
     let v: Value = client

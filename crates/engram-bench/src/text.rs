@@ -35,10 +35,10 @@ struct Config {
 }
 
 /// One package: its name, synopsis and long description.
-struct Doc {
-    name: String,
-    synopsis: String,
-    long: String,
+pub(crate) struct Doc {
+    pub name: String,
+    pub synopsis: String,
+    pub long: String,
 }
 
 fn script(name: &str) -> PathBuf {
@@ -47,7 +47,7 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn fetch_corpus() -> Result<PathBuf> {
+pub(crate) fn fetch_corpus() -> Result<PathBuf> {
     let out = Command::new("bash")
         .arg(script("fetch-corpus"))
         .stderr(std::process::Stdio::inherit())
@@ -61,7 +61,7 @@ fn fetch_corpus() -> Result<PathBuf> {
 
 /// Parses a Translation file: `Package:`, `Description-en:` (the synopsis) and its
 /// continuation lines (` .` separates paragraphs).
-fn parse(text: &str) -> Vec<Doc> {
+pub(crate) fn parse(text: &str) -> Vec<Doc> {
     let mut docs = Vec::new();
     for stanza in text.split("\n\n") {
         let mut name = None;
@@ -102,7 +102,7 @@ fn parse(text: &str) -> Vec<Doc> {
 
 /// Packages whose synopsis and long description are both unique, the description at least
 /// 15 words and the synopsis at least 3.
-fn usable(docs: Vec<Doc>) -> Vec<Doc> {
+pub(crate) fn usable(docs: Vec<Doc>) -> Vec<Doc> {
     let mut syn = std::collections::HashMap::<String, usize>::new();
     let mut long = std::collections::HashMap::<String, usize>::new();
     for d in &docs {

@@ -326,6 +326,18 @@ pub fn compare(
     );
 }
 
+/// The rows of the `k` largest dot products with `q` over packed rows.
+pub fn exact_top(flat: &[f32], q: &[f32], k: usize) -> Vec<u32> {
+    let mut scores = vec![0.0f32; flat.len() / q.len()];
+    engram_core::simd::dot_rows(q, flat, q.len(), &mut scores);
+    let mut rows: Vec<u32> = (0..scores.len() as u32).collect();
+    let by_score = |a: &u32, b: &u32| scores[*b as usize].total_cmp(&scores[*a as usize]);
+    rows.select_nth_unstable_by(k - 1, by_score);
+    rows.truncate(k);
+    rows.sort_by(by_score);
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ pub(super) const SPREADS: [f32; 4] = [0.6, 0.8, 1.0, 1.2];
 /// level of the issue's table (measured by the peers in this bench).
 const NOISES: [f32; 2] = [3.0, 3.6];
 /// Segment layouts measured: one merged segment, and as many as a space keeps before merging.
-const LAYOUTS: [usize; 2] = [1, 8];
+pub(super) const LAYOUTS: [usize; 2] = [1, 8];
 /// Beam widths of the recall-latency curve.
 const CURVE_EFS: [usize; 7] = [16, 32, 64, 128, 256, 512, 1024];
 const K: usize = 10;
@@ -75,7 +75,10 @@ impl HardSet {
             .map(|i| clusters.near(&mut rng, &vectors[(i * 7_919) % memories], 0.3))
             .collect();
         let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
-        let truth = queries.iter().map(|q| exact_top(&flat, q, K)).collect();
+        let truth = queries
+            .iter()
+            .map(|q| util::exact_top(&flat, q, K))
+            .collect();
         HardSet {
             vectors,
             queries,
@@ -88,18 +91,6 @@ impl HardSet {
         let t = &self.truth[query];
         found.into_iter().filter(|r| t.contains(r)).count()
     }
-}
-
-/// The rows of the `k` largest dot products with `q` over packed rows.
-fn exact_top(flat: &[f32], q: &[f32], k: usize) -> Vec<u32> {
-    let mut scores = vec![0.0f32; flat.len() / q.len()];
-    engram_core::simd::dot_rows(q, flat, q.len(), &mut scores);
-    let mut rows: Vec<u32> = (0..scores.len() as u32).collect();
-    let by_score = |a: &u32, b: &u32| scores[*b as usize].total_cmp(&scores[*a as usize]);
-    rows.select_nth_unstable_by(k - 1, by_score);
-    rows.truncate(k);
-    rows.sort_by(by_score);
-    rows
 }
 
 fn row_of(id: &MemoryId) -> Result<u32> {
@@ -132,7 +123,7 @@ pub(super) fn load(
     };
     let store = Store::open_dir(dir.path(), opts)?;
     let space = SpaceId::new("hard")?;
-    store.create_space(&space, DIM as u32)?;
+    store.create_space(&space, set.vectors[0].len() as u32)?;
     let n = set.vectors.len();
     let per = n.div_ceil(segments);
     let mut rng = util::rng(5);
@@ -198,7 +189,7 @@ pub(super) fn measure(loaded: &Loaded, set: &HardSet, ef: usize) -> Result<Point
 
 /// The store's default HNSW parameters, or those of `ENGRAM_BENCH_HNSW` (`m=32,efc=200`,
 /// either part optional; `m0` is twice `m`) for exploring others.
-fn params_from_env() -> Result<HnswParams> {
+pub(super) fn params_from_env() -> Result<HnswParams> {
     let mut p = HnswParams::default();
     let Ok(spec) = std::env::var("ENGRAM_BENCH_HNSW") else {
         return Ok(p);
@@ -226,9 +217,13 @@ fn params_from_env() -> Result<HnswParams> {
 
 /// `defaults`, or the comma-separated values of environment variable `name` (to measure a
 /// part of the sweep).
-fn list_from_env<T: std::str::FromStr + Copy>(name: &str, defaults: &[T]) -> Result<Vec<T>> {
+pub(super) fn list_from_env<T: std::str::FromStr + Copy>(
+    name: &str,
+    defaults: &[T],
+) -> Result<Vec<T>> {
     match std::env::var(name) {
         Err(_) => Ok(defaults.to_vec()),
+        Ok(v) if v.trim().is_empty() => Ok(Vec::new()),
         Ok(v) => v
             .split(',')
             .map(|x| {
@@ -244,7 +239,6 @@ fn list_from_env<T: std::str::FromStr + Copy>(name: &str, defaults: &[T]) -> Res
 /// figures at the engine's default beam width.
 pub(super) fn spreads(cfg: &Config, root: &Path) -> Result<()> {
     let params = params_from_env()?;
-    let engine_ef = engram_engine::EngineOptions::default().search_ef.max(K);
     println!(
         "# hard data: {} memories x {DIM}-d, 300 clusters over 32-d subspaces, spread swept as a \
          fraction of the distance between centres; {} queries near stored points; HNSW m {}, \
@@ -277,51 +271,66 @@ pub(super) fn spreads(cfg: &Config, root: &Path) -> Result<()> {
                 (noise * 10.0).round() as u32
             )
         };
-        for &segments in &layouts {
-            let loaded = load(root, &set, segments, params)?;
+        measure_set(root, &set, &tag, params, &layouts)?;
+    }
+    Ok(())
+}
+
+/// One set measured: for each layout, build time, the recall-latency curve and the figures at
+/// the engine's default beam width (reported under `tag`); then the peers on the same vectors.
+pub(super) fn measure_set(
+    root: &Path,
+    set: &HardSet,
+    tag: &str,
+    params: HnswParams,
+    layouts: &[usize],
+) -> Result<()> {
+    let engine_ef = engram_engine::EngineOptions::default().search_ef.max(K);
+    let memories = set.vectors.len();
+    for &segments in layouts {
+        let loaded = load(root, set, segments, params)?;
+        println!(
+            "#   {segments} segment(s): indexes built in {:.1} s ({:.0} rows/s)",
+            loaded.build_time.as_secs_f64(),
+            memories as f64 / loaded.build_time.as_secs_f64()
+        );
+        // Warm the mapping and the page cache.
+        measure(&loaded, set, engine_ef)?;
+        for ef in CURVE_EFS {
+            let p = measure(&loaded, set, ef)?;
             println!(
-                "#   {segments} segment(s): indexes built in {:.1} s ({:.0} rows/s)",
-                loaded.build_time.as_secs_f64(),
-                cfg.memories as f64 / loaded.build_time.as_secs_f64()
+                "#     ef {ef:>4}: recall@10 {:.4}, p50 {:.0} us, p99 {:.0} us",
+                p.recall, p.p50_us, p.p99_us
             );
-            // Warm the mapping and the page cache.
-            measure(&loaded, &set, engine_ef)?;
-            for ef in CURVE_EFS {
-                let p = measure(&loaded, &set, ef)?;
-                println!(
-                    "#     ef {ef:>4}: recall@10 {:.4}, p50 {:.0} us, p99 {:.0} us",
-                    p.recall, p.p50_us, p.p99_us
-                );
-            }
-            let p = measure(&loaded, &set, engine_ef)?;
-            let tag = format!("{tag}_seg{segments}");
-            println!("#     the engine's default (ef {engine_ef}):");
-            report(&format!("hard_recall_at_10_{tag}"), p.recall, "ratio");
-            report(&format!("hard_p50_us_{tag}"), p.p50_us, "us");
-            report(&format!("hard_p99_us_{tag}"), p.p99_us, "us");
         }
-        if peers::wanted() {
-            match peers::run(root, &set, &CURVE_EFS) {
-                Ok(lines) => {
-                    for l in lines {
-                        match l {
-                            peers::Line::Build { system, params, build_s } => println!(
-                                "#   {system} ({params}, in memory): built in {build_s:.1} s (2 threads)"
-                            ),
-                            peers::Line::Point { system, ef, recall, p50_us, p99_us } => {
-                                println!(
-                                    "#     {system} ef {ef:>4}: recall@10 {recall:.4}, p50 {p50_us:.0} us, p99 {p99_us:.0} us"
-                                );
-                                if ef == 64 {
-                                    report(&format!("peer_{system}_recall_at_10_{tag}_ef64"), recall, "ratio");
-                                    report(&format!("peer_{system}_p99_us_{tag}_ef64"), p99_us, "us");
-                                }
+        let p = measure(&loaded, set, engine_ef)?;
+        let tag = format!("{tag}_seg{segments}");
+        println!("#     the engine's default (ef {engine_ef}):");
+        report(&format!("hard_recall_at_10_{tag}"), p.recall, "ratio");
+        report(&format!("hard_p50_us_{tag}"), p.p50_us, "us");
+        report(&format!("hard_p99_us_{tag}"), p.p99_us, "us");
+    }
+    if peers::wanted() {
+        match peers::run(root, set, &CURVE_EFS) {
+            Ok(lines) => {
+                for l in lines {
+                    match l {
+                        peers::Line::Build { system, params, build_s } => println!(
+                            "#   {system} ({params}, in memory): built in {build_s:.1} s (2 threads)"
+                        ),
+                        peers::Line::Point { system, ef, recall, p50_us, p99_us } => {
+                            println!(
+                                "#     {system} ef {ef:>4}: recall@10 {recall:.4}, p50 {p50_us:.0} us, p99 {p99_us:.0} us"
+                            );
+                            if ef == 64 {
+                                report(&format!("peer_{system}_recall_at_10_{tag}_ef64"), recall, "ratio");
+                                report(&format!("peer_{system}_p99_us_{tag}_ef64"), p99_us, "us");
                             }
                         }
                     }
                 }
-                Err(e) => println!("#   peers not measured: {e:#}"),
             }
+            Err(e) => println!("#   peers not measured: {e:#}"),
         }
     }
     Ok(())

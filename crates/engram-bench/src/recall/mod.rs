@@ -19,6 +19,7 @@ use crate::dataset::{Clusters, Shape};
 use crate::util::{self, compare, report, Better, DIM};
 
 mod hard;
+mod minilm;
 mod peers;
 
 struct Config {
@@ -73,7 +74,8 @@ pub fn run(quick: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let parts = util::selected_parts(&["kernels", "scan", "crossover", "index", "spreads"])?;
+    let parts =
+        util::selected_parts(&["kernels", "scan", "crossover", "index", "spreads", "minilm"])?;
     let on = |p: &str| parts.iter().any(|q| q == p);
 
     let started = Instant::now();
@@ -113,6 +115,9 @@ pub fn run(quick: bool) -> Result<()> {
     }
     if on("spreads") {
         hard::spreads(&cfg, root.path())?;
+    }
+    if on("minilm") {
+        minilm::minilm(&cfg, root.path())?;
     }
     println!(
         "# recall suite finished in {:.1} s",

@@ -3,6 +3,7 @@
 //! Replaced versions and deleted memories are never returned.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use engram_core::MemoryId;
@@ -40,38 +41,50 @@ impl SpaceState {
             id: id.clone(),
             similarity,
         }));
-        // An error inside a filter (a corrupt id column) fails the search, after the scan.
+        let indexed_rows: usize = self
+            .segments
+            .iter()
+            .filter(|g| g.index().is_some())
+            .map(|g| g.rows())
+            .sum();
+        let searched: Vec<usize> = (0..self.segments.len())
+            .filter(|&si| self.segments[si].info().dimension == query.len())
+            .collect();
+        let one = |si: usize| self.search_segment(si, query, k, ef, indexed_rows);
+        // An error (a corrupt id column) fails the search, after every segment is searched.
         let mut failed: Option<StorageError> = None;
-        for (si, seg) in self.segments.iter().enumerate() {
-            if seg.info().dimension != query.len() {
-                continue;
-            }
-            let filter_error = std::cell::RefCell::new(None);
-            let accept = |row: u32| match seg
-                .id(row as usize)
-                .and_then(|id| self.newest_in_segment(si, id))
-            {
-                Ok(newest) => newest,
-                Err(e) => {
-                    filter_error.borrow_mut().get_or_insert(e);
-                    false
-                }
-            };
-            let found = match seg.index() {
-                Some(h) => h.search(&**seg, query, k, ef, accept),
-                None => index::flat_search(&**seg, query, k, accept),
-            };
-            if let Some(e) = filter_error.into_inner() {
+        let mut take = |found: Result<Vec<Hit>>| match found {
+            Ok(found) => hits.extend(found),
+            Err(e) => {
                 failed.get_or_insert(e);
             }
-            for (row, similarity) in found {
-                match seg.id(row as usize).and_then(crate::op::memory_id) {
-                    Ok(id) => hits.push(Hit { id, similarity }),
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
+        };
+        let _active = ActiveSearch::enter();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores > 1
+            && searched.len() > 1
+            && indexed_rows >= PARALLEL_MIN_ROWS
+            && ActiveSearch::count() <= cores / 2
+        {
+            // Few searches in flight: the segments are shared with the search helper (every
+            // other one, so the halves are alike).
+            let (here, there): (Vec<usize>, Vec<usize>) =
+                searched.iter().partition(|&&si| si % 2 == 0);
+            match helper() {
+                Some(pool) => {
+                    let mut theirs = Vec::new();
+                    pool.in_place_scope(|scope| {
+                        scope.spawn(|_| theirs = there.iter().map(|&si| one(si)).collect());
+                        for &si in &here {
+                            take(one(si));
+                        }
+                    });
+                    theirs.into_iter().for_each(&mut take);
                 }
+                None => searched.iter().for_each(|&si| take(one(si))),
             }
+        } else {
+            searched.iter().for_each(|&si| take(one(si)));
         }
         if let Some(e) = failed {
             return Err(e);
@@ -83,6 +96,52 @@ impl SpaceState {
         });
         hits.truncate(k);
         Ok(hits)
+    }
+
+    /// The best `k` live rows of segment `si` for `query`, through its index (at the beam
+    /// width [`segment_ef`] gives it) or by an exact scan.
+    fn search_segment(
+        &self,
+        si: usize,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        indexed_rows: usize,
+    ) -> Result<Vec<Hit>> {
+        let seg = &self.segments[si];
+        let filter_error = std::cell::RefCell::new(None);
+        let accept = |row: u32| match seg
+            .id(row as usize)
+            .and_then(|id| self.newest_in_segment(si, id))
+        {
+            Ok(newest) => newest,
+            Err(e) => {
+                filter_error.borrow_mut().get_or_insert(e);
+                false
+            }
+        };
+        let found = match seg.index() {
+            Some(h) => h.search(
+                &**seg,
+                query,
+                k,
+                segment_ef(ef, k, seg.rows(), indexed_rows),
+                accept,
+            ),
+            None => index::flat_search(&**seg, query, k, accept),
+        };
+        if let Some(e) = filter_error.into_inner() {
+            return Err(e);
+        }
+        found
+            .into_iter()
+            .map(|(row, similarity)| {
+                Ok(Hit {
+                    id: seg.id(row as usize).and_then(crate::op::memory_id)?,
+                    similarity,
+                })
+            })
+            .collect()
     }
 
     /// The `k` live memories with the highest BM25 score for `terms` (distinct, from
@@ -179,6 +238,70 @@ impl SpaceState {
     }
 }
 
+/// A space whose indexed segments hold fewer rows than this is searched on one thread (the
+/// handing over costs more than it saves).
+const PARALLEL_MIN_ROWS: usize = 20_000;
+
+/// The thread that takes half of a search's segments while the node is quiet (one fewer than
+/// the cores); `None` on one core, or when it could not be started.
+fn helper() -> Option<&'static rayon_core::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon_core::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 {
+            return None;
+        }
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(cores - 1)
+            .thread_name(|_| "engram-search".into())
+            .build()
+            .map_err(
+                |e| tracing::warn!(error = %e, "no search helper thread: searches use one thread"),
+            )
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Searches in flight on this node (a search splits its segments over two threads only while
+/// few are, so that under load it costs no extra thread).
+static ACTIVE_SEARCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// One search counted in [`ACTIVE_SEARCHES`] while it lives.
+struct ActiveSearch;
+
+impl ActiveSearch {
+    fn enter() -> ActiveSearch {
+        ACTIVE_SEARCHES.fetch_add(1, Ordering::Relaxed);
+        ActiveSearch
+    }
+
+    fn count() -> usize {
+        ACTIVE_SEARCHES.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ActiveSearch {
+    fn drop(&mut self) {
+        ACTIVE_SEARCHES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The beam width of one segment's walk when the space's indexed segments hold
+/// `indexed_rows` rows: `ef` scaled by the square root of the segment's share of them (at
+/// least `k`). A walk costs about the same at a given width whatever the segment's size, and
+/// a small segment holds few of the space's best matches, each found at a narrower beam than
+/// in a large graph: with every segment at the full `ef`, eight segments of 12,500 rows took
+/// eight times the time of one of 100,000 for no better recall (`engram-bench recall`, part
+/// `spreads`). One segment, or one holding nearly every row, keeps the full `ef`.
+pub(crate) fn segment_ef(ef: usize, k: usize, rows: usize, indexed_rows: usize) -> usize {
+    if indexed_rows == 0 || rows >= indexed_rows {
+        return ef.max(k);
+    }
+    let share = rows as f64 / indexed_rows as f64;
+    ((ef as f64 * share.sqrt()).ceil() as usize).max(k)
+}
+
 /// A lexical search result: a live memory and its BM25 score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LexHit {
@@ -191,4 +314,24 @@ pub struct LexHit {
 pub struct Hit {
     pub id: MemoryId,
     pub similarity: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment_ef;
+
+    #[test]
+    fn a_segments_beam_follows_its_share_of_the_rows() {
+        // Alone, or holding every row: the full width, at least k.
+        assert_eq!(segment_ef(32, 10, 100_000, 100_000), 32);
+        assert_eq!(segment_ef(32, 10, 5, 0), 32);
+        assert_eq!(segment_ef(4, 10, 100, 100), 10);
+        // One of eight equal segments: sqrt(1/8) of 32, rounded up.
+        assert_eq!(segment_ef(32, 10, 12_500, 100_000), 12);
+        assert_eq!(segment_ef(256, 10, 12_500, 100_000), 91);
+        // Never below k.
+        assert_eq!(segment_ef(32, 10, 1_000, 100_000), 10);
+        // A large segment beside small ones keeps most of the width.
+        assert_eq!(segment_ef(32, 10, 90_000, 100_000), 31);
+    }
 }
