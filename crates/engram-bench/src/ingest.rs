@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use engram_core::{MemoryId, SpaceId};
 use engram_engine::{Engine, EngineOptions, NewMemory};
+use engram_storage::index::HnswParams;
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -122,12 +123,15 @@ fn over_http(
     })
 }
 
-/// The same batches through `Engine::remember_batch` from [`IN_FLIGHT`] threads.
-fn in_process(data: &Data, auto_link: bool) -> Result<Rates> {
+/// The same batches through `Engine::remember_batch` from [`IN_FLIGHT`] threads, the
+/// background indexer building `hnsw` indexes meanwhile.
+fn in_process(data: &Data, auto_link: bool, hnsw: HnswParams) -> Result<Rates> {
     let dir = tempfile::Builder::new()
         .prefix("engram-bench-ingest-")
         .tempdir_in(util::bench_root())?;
-    let engine = Engine::open(dir.path(), EngineOptions::default())?;
+    let mut opts = EngineOptions::default();
+    opts.store.hnsw = hnsw;
+    let engine = Engine::open(dir.path(), opts)?;
     let space = SpaceId::new("ingest")?;
     let batches = data.vectors.len().div_ceil(BATCH);
     let made: Vec<Vec<NewMemory>> = (0..batches)
@@ -195,9 +199,24 @@ pub fn run(quick: bool) -> Result<()> {
     println!(
         "# ingest: {n} memories x {DIM}-d, batches of {BATCH}, {IN_FLIGHT} in flight from one client (bodies encoded in advance); each run on a fresh server"
     );
+    // The index's build strength against durable ingest (the indexer runs in the background
+    // at idle priority): ef_construction 100 (before) and the default.
+    let default = HnswParams::default();
+    let weaker = in_process(
+        &data,
+        false,
+        HnswParams {
+            ef_construction: 100,
+            ..default
+        },
+    )?;
+    println!(
+        "# ingest in-process, auto-link off, indexes built meanwhile with ef_construction 100: {:.0}/s at {EARLY}, {:.0}/s at {n}",
+        weaker.early, weaker.all
+    );
     let mut ceiling = [None, None];
     for auto_link in [false, true] {
-        let r = in_process(&data, auto_link)?;
+        let r = in_process(&data, auto_link, default)?;
         println!(
             "# ingest in-process (Engine::remember_batch, {IN_FLIGHT} threads), auto-link {}: {:.0}/s at {EARLY}, {:.0}/s at {n}",
             if auto_link { "on" } else { "off" },
@@ -206,6 +225,13 @@ pub fn run(quick: bool) -> Result<()> {
         );
         let tag = if auto_link { "autolink" } else { "nolink" };
         report(&format!("ingest_inprocess_{tag}_per_s"), r.all, "1/s");
+        if !auto_link {
+            println!(
+                "# ingest in-process with ef_construction {} against 100: {:.0}% at {n}",
+                default.ef_construction,
+                100.0 * r.all / weaker.all
+            );
+        }
         ceiling[usize::from(auto_link)] = Some(r);
     }
     let mut http = std::collections::HashMap::new();

@@ -332,6 +332,9 @@ pub fn run(quick: bool) -> Result<()> {
         graceful.full_speed_s,
         "s",
     );
+    let r = recall_at_10(&client, &server.base, &stored, &clusters, 200)?;
+    print_recall("after the graceful stop and start", r);
+    report("restart_http_recall_at_10_after_stop", r.0, "ratio");
 
     // SIGKILL of the settled server.
     let mut server = server;

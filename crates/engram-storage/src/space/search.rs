@@ -60,7 +60,7 @@ impl SpaceState {
             }
         };
         let _active = ActiveSearch::enter();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         if cores > 1
             && searched.len() > 1
             && indexed_rows >= PARALLEL_MIN_ROWS
@@ -247,7 +247,7 @@ const PARALLEL_MIN_ROWS: usize = 20_000;
 fn helper() -> Option<&'static rayon_core::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon_core::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores();
         if cores < 2 {
             return None;
         }
@@ -261,6 +261,13 @@ fn helper() -> Option<&'static rayon_core::ThreadPool> {
             .ok()
     })
     .as_ref()
+}
+
+/// The cores this process may use, read once (`available_parallelism` reads cgroup files on
+/// every call: tens of microseconds, a third of a search).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Searches in flight on this node (a search splits its segments over two threads only while
