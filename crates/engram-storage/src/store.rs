@@ -361,7 +361,9 @@ impl Store {
     }
 
     /// The `k` live memories of `space` most similar to `query` (unit length, the space's
-    /// dimension), best first. `ef` is the HNSW beam width (at least `k` is used).
+    /// dimension), best first. `ef` is the HNSW beam width of a space held in one indexed
+    /// segment (at least `k` is used); with several, each segment's beam is `ef` scaled by the
+    /// square root of its share of the indexed rows (at least `k`).
     pub fn search(&self, space: &SpaceId, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>> {
         let s = self.inner.catalog.require(space)?;
         let dim = s.meta.dimension as usize;
@@ -474,9 +476,9 @@ impl Store {
         self.inner.compact_pass(true)
     }
 
-    /// Merges every space with more than one segment into one.
+    /// Merges every space with more than one segment into one. A space whose background merge
+    /// is in flight is merged once that one is done (without holding up flushes meanwhile).
     pub fn merge_all(&self) -> Result<()> {
-        let _pass = self.inner.compaction.lock();
         for space in self.inner.catalog.loaded_spaces() {
             let n = merge::merge_all(&*self.inner.disk, &self.inner.wal, &space)?;
             if n > 0 {

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::compaction::load::LoadMeter;
+use crate::compaction::merge::Indexing;
 use crate::disk::Disk;
 use crate::error::Result;
 use crate::index::{self, index_path, Hnsw, HnswParams, SegmentBinding};
@@ -72,12 +73,24 @@ impl Node {
             self.opts.max_segments_per_space
         };
         let pace = self.opts.background_pace();
-        let index = Some((self.opts.hnsw, self.opts.index_min_rows));
-        for space in self.catalog.loaded_spaces() {
-            if *self.shutdown.lock() {
+        let stop = || *self.shutdown.lock();
+        // Only the spaces due a merge are held meanwhile (a held space is not released).
+        let due: Vec<Arc<Space>> = self
+            .catalog
+            .loaded_spaces()
+            .into_iter()
+            .filter(|s| s.state.read().segments.len() > most)
+            .collect();
+        for space in due {
+            if stop() {
                 return;
             }
-            self.merge_if_due(&space, most, &pace, index);
+            let index = Indexing {
+                params: self.opts.hnsw,
+                min_rows: self.opts.index_min_rows,
+                stop: &stop,
+            };
+            self.merge_if_due(&space, most, &pace, Some(index));
         }
     }
 

@@ -36,39 +36,60 @@ pub(crate) fn merge_all(disk: &dyn Disk, wal: &GroupCommit, space: &Space) -> Re
     }
 }
 
+/// How a background merge indexes its output, and when it gives up.
+pub(crate) struct Indexing<'a> {
+    pub params: HnswParams,
+    /// Outputs with fewer rows get no index (they are scanned).
+    pub min_rows: usize,
+    /// Asked before the index is built: `true` (the node is stopping) drops the merge.
+    pub stop: &'a dyn Fn() -> bool,
+}
+
 /// Merges the space's newest segments, size-tiered: the run of newest segments starting at the
 /// oldest segment no larger than everything newer than it together (at least the two newest).
 /// A large old segment is left alone (with its index) until the newer ones add up to its size,
 /// so each row is rewritten about log2(rows) times over the space's life instead of at every
-/// merge. The merged segment is written at `pace`. Unless `index` is `None`, the merged
-/// segment gets its HNSW index (when it has at least `index_min_rows` rows) before it
-/// replaces its inputs, so a search never scans what the inputs' indexes served. Returns the
-/// bytes written.
+/// merge. The merged segment is written at `pace`.
+///
+/// With `index` (the background merge), the merged segment gets its HNSW index (when it has
+/// at least `min_rows` rows) before it replaces its inputs, so a search never scans what the
+/// inputs' indexes served; a build that fails is logged and the segment published without
+/// one (the indexer tries again). Without it (an explicit compaction) a space whose background
+/// merge is in flight is left alone, so that the caller never waits for an index build.
+/// Returns the bytes written.
 pub(crate) fn merge_tiered(
     disk: &dyn Disk,
     wal: &GroupCommit,
     space: &Space,
     pace: &WritePace,
-    index: Option<(HnswParams, usize)>,
+    index: Option<Indexing<'_>>,
     stats: &StoreStats,
 ) -> Result<u64> {
-    let _merging = space.merging.lock();
+    let _merging = match &index {
+        Some(_) => space.merging.lock(),
+        None => match space.merging.try_lock() {
+            Some(guard) => guard,
+            None => return Ok(0),
+        },
+    };
     let Some(p) = prepare(disk, wal, space, false, pace)? else {
         return Ok(0);
     };
     let graph = match index {
-        Some((params, min_rows)) if p.merged.rows() >= min_rows => {
-            match index::build(&p.merged, params) {
-                Ok(g) => {
-                    stats.index_builds.fetch_add(1, Ordering::Relaxed);
-                    Some(g)
-                }
-                Err(e) => {
-                    discard(disk, space, &p.pending);
-                    return Err(e);
-                }
-            }
+        Some(ix) if (ix.stop)() => {
+            discard(disk, space, &p.pending);
+            return Ok(0);
         }
+        Some(ix) if p.merged.rows() >= ix.min_rows => match index::build(&p.merged, ix.params) {
+            Ok(g) => {
+                stats.index_builds.fetch_add(1, Ordering::Relaxed);
+                Some(g)
+            }
+            Err(e) => {
+                tracing::warn!(space = %space.id, error = %e, "building a merged segment's index failed; it is published without one and indexed later");
+                None
+            }
+        },
         _ => None,
     };
     publish(disk, space, p, graph)
@@ -244,26 +265,44 @@ fn publish(disk: &dyn Disk, space: &Space, p: Prepared, graph: Option<HnswGraph>
         discard(disk, space, &p.pending);
         return Ok(0);
     }
-    if let Some(graph) = &graph {
-        index::write_index(
-            disk,
-            &index_path(&p.path),
-            graph,
-            &SegmentBinding::of(&p.merged),
-        )?;
-    }
+    let index_file = index_path(&p.path);
     let lex_file = lex_path(&p.path);
-    if let Err(e) = write_file_atomic(disk, &lex_file, p.lex.bytes()) {
-        tracing::warn!(path = %lex_file.display(), error = %e, "could not write a lexical index; it is rebuilt at the next open");
+    let placed = (|| -> Result<()> {
+        if let Some(graph) = &graph {
+            index::write_index(disk, &index_file, graph, &SegmentBinding::of(&p.merged))?;
+        }
+        if let Err(e) = write_file_atomic(disk, &lex_file, p.lex.bytes()) {
+            tracing::warn!(path = %lex_file.display(), error = %e, "could not write a lexical index; it is rebuilt at the next open");
+        }
+        disk.rename(&p.pending, &p.path).at(&p.pending)
+    })();
+    if let Err(e) = placed {
+        // Nothing was published: the inputs stand; remove what this merge wrote (derived
+        // files at the final name belong to no segment there, unless an input has that name).
+        if !p.inputs.iter().any(|i| i.path() == p.path) {
+            for f in [&index_file, &lex_file] {
+                if disk.exists(f) {
+                    let _ = disk.remove_file(f);
+                }
+            }
+        }
+        drop(_files);
+        discard(disk, space, &p.pending);
+        return Err(e);
     }
-    disk.rename(&p.pending, &p.path).at(&p.pending)?;
     disk.sync_dir(&space.dir).at(&space.dir)?;
     // The same file under its final name (the inode, and so the mapping, is the same).
     drop(p.merged);
     let merged = Segment::open(disk, &p.path)?;
     merged.set_lex(Arc::new(p.lex));
     if graph.is_some() {
-        merged.set_index(Arc::new(Hnsw::open(disk, &index_path(&p.path), &merged)?));
+        match Hnsw::open(disk, &index_file, &merged) {
+            Ok(h) => merged.set_index(Arc::new(h)),
+            // Published without it: the indexer builds it again.
+            Err(e) => {
+                tracing::warn!(path = %index_file.display(), error = %e, "a merged segment's index did not open; it is built again")
+            }
+        }
     }
     {
         // The inputs are a contiguous run; segments flushed since come after it.

@@ -100,13 +100,14 @@ impl Node {
     }
 
     /// Merges `space` (size-tiered) if it has more than `most` segments and its merges are not
-    /// suspended; `index` as in [`merge::merge_tiered`]. Returns whether it merged.
+    /// suspended; `index` as in [`merge::merge_tiered`] (without it, a space whose background
+    /// merge is in flight is skipped). Returns whether it merged.
     pub(crate) fn merge_if_due(
         &self,
         space: &Space,
         most: usize,
         pace: &WritePace,
-        index: Option<(crate::index::HnswParams, usize)>,
+        index: Option<merge::Indexing<'_>>,
     ) -> bool {
         let many = space.state.read().segments.len() > most;
         if !many || space.merge_blocked.load(Ordering::Relaxed) {
