@@ -24,8 +24,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+#[path = "format_fixtures/index_v1.rs"]
+mod index_v1;
+
+use index_v1::{check_index_files, INDEX_FIXTURE_FILES};
+
 use engram_core::{Link, Memory, MemoryId, SpaceId};
-use engram_storage::index::{flat_search, Hnsw};
 use engram_storage::segment::{parse_segment_file_name, Lookup, Segment, SEGMENT_FORMAT_VERSION};
 use engram_storage::wal::{
     decode_record, encode_record, parse_wal_file_name, scan_wal_file, WalFileHeader,
@@ -37,18 +41,6 @@ use engram_storage::{SpaceMeta, SPACE_META_FILE};
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
 }
-
-fn index_fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/index-v1")
-}
-
-/// The version 1 index files, relative to `index-v1/`: one per segment of alpha and beta.
-const INDEX_FIXTURE_FILES: &[&str] = &[
-    "alpha/00000000000000000001-00000000000000000017.hnsw",
-    "alpha/00000000000000000020-00000000000000000021.hnsw",
-    "beta/00000000000000000002-00000000000000000019.hnsw",
-    "beta/00000000000000000022-00000000000000000022.hnsw",
-];
 
 fn sid(s: &str) -> SpaceId {
     SpaceId::new(s).unwrap()
@@ -319,6 +311,19 @@ fn generate_v1_fixtures() {
     }
 }
 
+/// Every file below `dir`, relative to it with `/` separators, sorted.
+fn relative_files(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .iter()
+        .map(|p| {
+            p.strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect()
+}
+
 /// Every file below `dir`, sorted.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -415,15 +420,7 @@ const FIRST_WAL_SEQUENCE: u64 = 23;
 #[test]
 fn reads_v1_fixtures() {
     let src = fixture_dir();
-    let rel: Vec<String> = walk(&src)
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/")
-        })
-        .collect();
+    let rel = relative_files(&src);
     assert_eq!(rel, FIXTURE_FILES, "the v1 fixture files");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("v1");
@@ -522,45 +519,6 @@ fn reads_v1_fixtures() {
                 assert!((h.similarity - dot).abs() < 1e-4, "{space}: {}", h.id);
             }
         }
-    }
-}
-
-/// Every version 1 index file: opened against its segment (version 1 accepted, no codes), and a
-/// search through it gives exactly what a scan of the segment gives. Then copied beside its
-/// segment, for the store to load.
-fn check_index_files(root: &Path) {
-    let src = index_fixture_dir();
-    let rel: Vec<String> = walk(&src)
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/")
-        })
-        .collect();
-    assert_eq!(rel, INDEX_FIXTURE_FILES, "the version 1 index files");
-    for name in INDEX_FIXTURE_FILES {
-        let from = src.join(name);
-        let bytes = std::fs::read(&from).unwrap();
-        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
-        let to = root.join("spaces").join(name);
-        let seg_path = to.with_extension("seg");
-        let seg = Segment::open(&RealDisk, &seg_path).unwrap();
-        let index = Hnsw::open(&RealDisk, &from, &seg).unwrap();
-        assert!(index.codes().is_none(), "{name}: version 1 has no codes");
-        let info = index.info();
-        assert_eq!(info.rows, seg.info().rows, "{name}");
-        assert_eq!(info.dimension, seg.info().dimension, "{name}");
-        let rows = info.rows;
-        for row in 0..rows {
-            let query = seg.memory(row).unwrap().embedding;
-            let found = index.search(&seg, &query, rows, 64, |_| true);
-            let exact = flat_search(&seg, &query, rows, |_| true);
-            let ids = |v: &[(u32, f32)]| v.iter().map(|(r, _)| *r).collect::<Vec<_>>();
-            assert_eq!(ids(&found), ids(&exact), "{name}: row {row}");
-        }
-        std::fs::copy(&from, &to).unwrap();
     }
 }
 
