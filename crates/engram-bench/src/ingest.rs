@@ -3,7 +3,10 @@
 //! connections in flight, bodies encoded in advance, embeddings as JSON numbers or as base64
 //! (`embedding_b64`), with and without auto-linking; each run on a fresh server and data
 //! directory. The ceiling is the same batches written in-process through `Engine` (durable,
-//! the same defaults) by as many threads. Rates are reported at 20,000 and at the end.
+//! the same defaults) by as many threads. Rates are reported at 20,000 and at the end; with
+//! auto-linking (made after the acknowledgement), also how long after the last
+//! acknowledgement every automatic link was made, and in-process what share of the memories
+//! got links.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,11 +35,36 @@ struct Data {
     vectors: Vec<Vec<f32>>,
 }
 
-/// Memories per second at [`EARLY`] and at the end.
+/// Memories per second at [`EARLY`] and at the end, and when every automatic link was made
+/// (after the last acknowledgement).
 #[derive(Clone, Copy)]
 struct Rates {
     early: f64,
     all: f64,
+    linked_after: Duration,
+}
+
+/// Waits until `pending()` says no automatic link is owed; how long that took.
+fn until_linked(mut pending: impl FnMut() -> Result<usize>) -> Result<Duration> {
+    let t = Instant::now();
+    while pending()? > 0 {
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!("automatic links still owed after 15 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t.elapsed())
+}
+
+/// `engram_space_pending_links` of the space `ingest` from the server's metrics.
+fn pending_over_http(client: &reqwest::blocking::Client, base: &str) -> Result<usize> {
+    let text = client.get(format!("{base}/metrics")).send()?.text()?;
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("engram_space_pending_links{space=\"ingest\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as usize)
 }
 
 fn body(data: &Data, batch: usize, b64: bool, auto_link: bool) -> String {
@@ -117,9 +145,12 @@ fn over_http(
     let all = t0.elapsed();
     let early = early_at.lock().unwrap_or(all);
     let stored = done.load(Ordering::Relaxed);
+    let client = reqwest::blocking::Client::new();
+    let linked_after = until_linked(|| pending_over_http(&client, base))?;
     Ok(Rates {
         early: EARLY.min(stored) as f64 / early.as_secs_f64(),
         all: stored as f64 / all.as_secs_f64(),
+        linked_after,
     })
 }
 
@@ -176,10 +207,30 @@ fn in_process(data: &Data, auto_link: bool, hnsw: HnswParams) -> Result<Rates> {
     })?;
     let all = t0.elapsed();
     let early = early_at.lock().unwrap_or(all);
+    let linked_after = until_linked(|| Ok(engine.pending_links(&space)?))?;
+    if auto_link {
+        // What the links came to: every 100th memory.
+        let (mut with, mut links, mut sampled) = (0, 0, 0);
+        for i in (0..data.vectors.len()).step_by(100) {
+            let m = engine
+                .get(&space, &format!("m{i}"))?
+                .context("a stored memory")?;
+            sampled += 1;
+            links += m.links.len();
+            with += usize::from(!m.links.is_empty());
+        }
+        println!(
+            "# ingest in-process, auto-link on: every link made {:.2} s after the last acknowledgement; {:.0}% of {sampled} sampled memories have links, {:.2} on average",
+            linked_after.as_secs_f64(),
+            100.0 * with as f64 / sampled as f64,
+            links as f64 / sampled as f64
+        );
+    }
     engine.close();
     Ok(Rates {
         early: EARLY as f64 / early.as_secs_f64(),
         all: data.vectors.len() as f64 / all.as_secs_f64(),
+        linked_after,
     })
 }
 
@@ -257,6 +308,12 @@ pub fn run(quick: bool) -> Result<()> {
             r.all,
             100.0 * r.all / ceil.all
         );
+        if auto_link {
+            println!(
+                "# ingest over HTTP, {form}, auto-link on: every link made {:.2} s after the last acknowledgement",
+                r.linked_after.as_secs_f64()
+            );
+        }
         let tag = if auto_link { "autolink" } else { "nolink" };
         report(&format!("ingest_http_{form}_{tag}_per_s"), r.all, "1/s");
         http.insert((b64, auto_link), r);

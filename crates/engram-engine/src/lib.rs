@@ -28,7 +28,7 @@ use std::sync::Arc;
 use engram_core::embed::{Embedder, HashingEmbedder};
 use engram_core::{limits, Confidence, Link, Memory, MemoryId, SpaceId};
 use engram_storage::Store;
-use link_index::LinkIndex;
+use linking::Linking;
 use parking_lot::Mutex;
 
 pub use engram_storage::{
@@ -163,9 +163,9 @@ pub struct Engine {
     store: Store,
     opts: EngineOptions,
     embedders: Mutex<HashMap<usize, Arc<dyn Embedder>>>,
-    /// Per space, the in-memory index behind auto-linking ([`link_index`]), made the first
-    /// time a write to the space asks for automatic links.
-    link_indexes: Mutex<HashMap<SpaceId, Arc<LinkIndex>>>,
+    /// Per space, the in-memory index behind auto-linking ([`link_index`]), and the rules of
+    /// automatic links; the store asks it for the links of pending memories.
+    linking: Arc<Linking>,
 }
 
 impl Engine {
@@ -194,11 +194,15 @@ impl Engine {
             )));
         }
         let store = Store::open_dir(dir, opts.store.clone())?;
+        let linking = Arc::new(Linking::new(&opts));
+        // From here on the store links what recovery brought back pending, and every write
+        // that asks for automatic links.
+        store.set_auto_linker(linking.clone())?;
         let engine = Engine {
             store,
             opts,
             embedders: Mutex::new(HashMap::new()),
-            link_indexes: Mutex::new(HashMap::new()),
+            linking,
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
         if !engine.store.space_exists(&default)? {
@@ -344,9 +348,9 @@ impl Engine {
             ));
         }
         // Before (no write plans on it meanwhile) and after (one registered meanwhile).
-        self.link_indexes.lock().remove(id);
+        self.linking.forget_space(id);
         self.store.drop_space(id)?;
-        self.link_indexes.lock().remove(id);
+        self.linking.forget_space(id);
         Ok(())
     }
 
@@ -383,10 +387,9 @@ impl Engine {
     pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
         let forgotten = self.store.forget(space, id)?;
         if forgotten {
-            let index = self.link_indexes.lock().get(space).cloned();
-            if let Some(index) = index {
+            if let Some(index) = self.linking.get(space) {
                 index.remove(id);
-                self.retire_if_worn(space, &index);
+                self.linking.retire_if_worn(space, &index);
             }
         }
         Ok(forgotten)

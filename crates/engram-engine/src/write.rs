@@ -1,13 +1,13 @@
-//! Writes: a caller's memory turned into the one stored (id, embedding, defaults, checks,
-//! automatic links), committed one at a time or as an all-or-nothing batch, and the first
-//! write to a missing space, which creates the space with it.
+//! Writes: a caller's memory turned into the one stored (id, embedding, defaults, checks),
+//! committed one at a time or as an all-or-nothing batch, and the first write to a missing
+//! space, which creates the space with it. Automatic links are made after the
+//! acknowledgement (see `linking.rs`), except among the members of a space's first write.
 
 use std::sync::Arc;
 
 use engram_core::embed::Embedder;
 use engram_core::{limits, simd, Confidence, Memory, MemoryId, SpaceId};
 
-use crate::linking::Planned;
 use crate::{Engine, EngineError, NewMemory, Result, Stored};
 
 impl Engine {
@@ -16,7 +16,7 @@ impl Engine {
     pub fn prepare(&self, space: &SpaceId, m: NewMemory) -> Result<Memory> {
         let target = self.existing(space)?;
         let (mut prepared, _) = self.prepare_batch(space, &target, vec![m])?;
-        Ok(prepared.remove(0))
+        Ok(prepared.remove(0).0)
     }
 
     /// The target of a write to a space that exists.
@@ -81,6 +81,7 @@ impl Engine {
         };
         let retry = batch.clone();
         let (memories, _) = self.prepare_batch(space, &target, batch)?;
+        let memories: Vec<Memory> = memories.into_iter().map(|(m, _)| m).collect();
         let out: Vec<Stored> = memories.iter().map(|m| stored(m, self.now_us())).collect();
         match self.store.create_space_with_batch(
             space,
@@ -109,14 +110,14 @@ impl Engine {
         })
     }
 
-    /// The memories to store, and per memory the link index insertion planned while
-    /// auto-linking it (applied once it is committed, see [`Engine::indexed`]).
+    /// The memories to store, each with whether its automatic links are still to be made
+    /// (after the acknowledgement), and whether any is.
     fn prepare_batch(
         &self,
         space: &SpaceId,
         target: &Target,
         batch: Vec<NewMemory>,
-    ) -> Result<(Vec<Memory>, Vec<Option<Planned>>)> {
+    ) -> Result<(Vec<(Memory, bool)>, bool)> {
         let (dim, new_space) = match target {
             Target::Existing { dim } => (*dim, false),
             Target::New { dim, .. } => (*dim, true),
@@ -214,52 +215,50 @@ impl Engine {
             auto.push(n.auto_link);
             out.push(memory);
         }
-        // Automatic links: against what is stored, and against the batch's earlier members
-        // (stored in the same record, before it).
-        let mut plans = Vec::with_capacity(out.len());
-        for (i, &auto) in auto.iter().enumerate() {
-            let mut plan = None;
-            if auto && self.opts.auto_link_max > 0 {
-                let (earlier, rest) = out.split_at_mut(i);
-                plan = self.auto_link(space, new_space, &mut rest[0], earlier)?;
+        let wanted = self.opts.auto_link_max > 0;
+        if new_space {
+            // The first write: nothing else is stored, its members link to the ones before.
+            if wanted {
+                for (i, &auto) in auto.iter().enumerate() {
+                    if auto {
+                        let (earlier, rest) = out.split_at_mut(i);
+                        self.link_within_batch(&mut rest[0], earlier);
+                    }
+                }
             }
-            plans.push(plan);
+            return Ok((out.into_iter().map(|m| (m, false)).collect(), false));
         }
-        Ok((out, plans))
+        let any = wanted && auto.iter().any(|&a| a);
+        if any {
+            // Ready (or being built) before the linker needs it.
+            self.ensure_link_index(space, dim)?;
+        }
+        Ok((
+            out.into_iter()
+                .zip(auto)
+                .map(|(m, a)| (m, a && wanted))
+                .collect(),
+            any,
+        ))
     }
 
     /// Stores one memory; returns once it is durable (fsync'd). A space that does not exist
-    /// is created with it (see [`Engine::remember_batch`]).
+    /// is created with it (see [`Engine::remember_batch`]). Its automatic links are made after
+    /// this returns (see `linking.rs`).
     pub fn remember(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        let w = match self.prepare_write(space, vec![m])? {
-            Ok(w) => w,
-            Err(mut created) => return Ok(created.remove(0)),
-        };
-        let memory = w.memories.into_iter().next().expect("one memory");
-        self.store.remember(space, memory)?;
-        self.indexed(space, w.vectors, w.plans);
-        Ok(w.stored.into_iter().next().expect("one memory"))
+        let mut stored = self.remember_batch(space, vec![m])?;
+        Ok(stored.remove(0))
     }
 
     /// [`Engine::remember`] for async callers: no thread blocks while the group commit runs.
     pub async fn remember_async(&self, space: &SpaceId, m: NewMemory) -> Result<Stored> {
-        // A first write (rare) creates its space synchronously, as `create_space` does.
-        let w = match self.prepare_write(space, vec![m])? {
-            Ok(w) => w,
-            Err(mut created) => return Ok(created.remove(0)),
-        };
-        let memory = w.memories.into_iter().next().expect("one memory");
-        let committed = self.store.remember_async(space, memory)?;
-        // Recorded before the wait, so a request dropped meanwhile (its client gone) still
-        // records a memory the group commit will write. Until it is durable it is not linked
-        // to: candidates are scored against the store.
-        self.indexed(space, w.vectors, w.plans);
-        committed.await?;
-        Ok(w.stored.into_iter().next().expect("one memory"))
+        let mut stored = self.remember_batch_async(space, vec![m]).await?;
+        Ok(stored.remove(0))
     }
 
     /// Stores memories all or nothing: every one is checked before any is written, and they
-    /// share one WAL record.
+    /// share one WAL record. Their automatic links are made after this returns, in write
+    /// order (see `linking.rs`).
     ///
     /// A space that does not exist is created by its first write, in the same group commit:
     /// its dimension is the length of the first embedding in the write, else the text
@@ -269,8 +268,15 @@ impl Engine {
             Ok(w) => w,
             Err(created) => return Ok(created),
         };
-        self.store.remember_batch(space, w.memories)?;
-        self.indexed(space, w.vectors, w.plans);
+        if w.pending {
+            while self.links_backlogged(space) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.store.remember_auto_link(space, w.memories)?;
+        } else {
+            self.store.remember_batch(space, plain(w.memories))?;
+        }
+        self.indexed(space, &w.vectors);
         Ok(w.stored)
     }
 
@@ -280,13 +286,20 @@ impl Engine {
         space: &SpaceId,
         batch: Vec<NewMemory>,
     ) -> Result<Vec<Stored>> {
+        // A first write (rare) creates its space synchronously, as `create_space` does.
         let w = match self.prepare_write(space, batch)? {
             Ok(w) => w,
             Err(created) => return Ok(created),
         };
-        let committed = self.store.remember_batch_async(space, w.memories)?;
-        // Recorded before the wait (see `remember_async`).
-        self.indexed(space, w.vectors, w.plans);
+        let committed = if w.pending {
+            self.store.remember_auto_link_async(space, w.memories)?
+        } else {
+            self.store.remember_batch_async(space, plain(w.memories))?
+        };
+        // Recorded before the wait, so a request dropped meanwhile (its client gone) still
+        // records a memory the group commit will write. Until it is durable it is not linked
+        // to: candidates are scored against the store.
+        self.indexed(space, &w.vectors);
         committed.await?;
         Ok(w.stored)
     }
@@ -304,16 +317,23 @@ impl Engine {
             Err(batch) => batch,
         };
         let target = self.existing(space)?;
-        let (memories, plans) = self.prepare_batch(space, &target, batch)?;
+        let (memories, pending) = self.prepare_batch(space, &target, batch)?;
         let now = self.now_us();
-        Ok(Ok(Prepared {
-            stored: memories.iter().map(|m| stored(m, now)).collect(),
-            vectors: memories
+        // The link index (if the space has one) records at once the memories with no links
+        // owed; the linker records the others as it links them.
+        let vectors = match self.linking.get(space).is_some() {
+            true => memories
                 .iter()
-                .map(|m| (m.id.clone(), m.embedding.clone()))
+                .filter(|(_, p)| !p)
+                .map(|(m, _)| (m.id.clone(), m.embedding.clone()))
                 .collect(),
+            false => Vec::new(),
+        };
+        Ok(Ok(Prepared {
+            stored: memories.iter().map(|(m, _)| stored(m, now)).collect(),
+            vectors,
             memories,
-            plans,
+            pending,
         }))
     }
 }
@@ -359,13 +379,19 @@ fn check_batch(batch: &[NewMemory]) -> Result<()> {
     Ok(())
 }
 
-/// A write ready for the ordinary path: the memories to commit, what the caller is told, and
-/// what the link index records once they are committed ([`Engine::indexed`]).
+/// A write ready for the ordinary path: the memories to commit (each with whether its
+/// automatic links are owed), whether any is, what the caller is told, and what the link
+/// index records once they are committed ([`Engine::indexed`]).
 struct Prepared {
-    memories: Vec<Memory>,
+    memories: Vec<(Memory, bool)>,
+    pending: bool,
     stored: Vec<Stored>,
     vectors: Vec<(MemoryId, Vec<f32>)>,
-    plans: Vec<Option<Planned>>,
+}
+
+/// The memories of a write that owes no automatic links.
+fn plain(memories: Vec<(Memory, bool)>) -> Vec<Memory> {
+    memories.into_iter().map(|(m, _)| m).collect()
 }
 
 fn stored(m: &Memory, stored_at_us: i64) -> Stored {

@@ -178,11 +178,14 @@ fn auto_links_connect_similar_memories_with_their_similarity() {
             },
         )
         .unwrap();
-    assert_eq!(stored.links.len(), 1, "{:?}", stored.links);
-    assert_eq!(stored.links[0].to.as_str(), "first");
-    assert!((stored.links[0].weight - 1.0 / 1.09f32.sqrt()).abs() < 1e-4);
+    // Acknowledged before its automatic links are made (the answer has the explicit ones).
+    assert!(stored.links.is_empty(), "{:?}", stored.links);
+    engine.link_pending(&s).unwrap();
+    assert_eq!(engine.pending_links(&s).unwrap(), 0);
     let got = engine.get(&s, "second").unwrap().unwrap();
-    assert_eq!(got.links, stored.links, "stored durably with the memory");
+    assert_eq!(got.links.len(), 1, "{:?}", got.links);
+    assert_eq!(got.links[0].to.as_str(), "first");
+    assert!((got.links[0].weight - 1.0 / 1.09f32.sqrt()).abs() < 1e-4);
     // Text memories are embedded by the space's embedder and auto-linked the same way.
     engine
         .remember(
@@ -196,7 +199,59 @@ fn auto_links_connect_similar_memories_with_their_similarity() {
             NewMemory::text("the user prefers dark mode in the editor!"),
         )
         .unwrap();
+    engine.link_pending(&s).unwrap();
+    let t = engine.get(&s, t.id.as_str()).unwrap().unwrap();
     assert_eq!(t.links.len(), 1);
+    drop(engine);
+    // Durable: the links are in the WAL (a record of their own), read back after a restart.
+    let engine = Engine::open(dir.path(), options(8)).unwrap();
+    assert_eq!(engine.get(&s, "second").unwrap().unwrap().links, got.links);
+    assert_eq!(engine.pending_links(&s).unwrap(), 0);
+}
+
+#[test]
+fn links_owed_at_a_crash_are_made_after_it_and_a_flush_makes_them_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("default");
+    // No background threads (the tests' options): nothing links these memories before the
+    // "crash".
+    let still = options;
+    {
+        let engine = Engine::open(dir.path(), still(8)).unwrap();
+        engine.remember(&s, auto("a", axis(8, 0))).unwrap();
+        engine.remember(&s, auto("b", near(8, 0, 1, 0.1))).unwrap();
+        assert_eq!(engine.pending_links(&s).unwrap(), 2);
+        assert!(engine.get(&s, "b").unwrap().unwrap().links.is_empty());
+        // Dropped without a flush: only the WAL holds them, marked pending.
+    }
+    {
+        let engine = Engine::open(dir.path(), still(8)).unwrap();
+        assert_eq!(engine.pending_links(&s).unwrap(), 2, "the marks come back");
+        assert_eq!(link_targets(&engine, &s, "b"), Vec::<String>::new());
+        // A flush writes no memory whose links are owed: it makes them first.
+        engine.remember(&s, auto("c", near(8, 0, 2, 0.1))).unwrap();
+        engine.compact().unwrap();
+        assert_eq!(engine.pending_links(&s).unwrap(), 0);
+        assert_eq!(link_targets(&engine, &s, "b"), ["a"]);
+        assert_eq!(link_targets(&engine, &s, "c"), ["a", "b"]);
+    }
+    // With its background threads, the engine links what a restart brings back by itself.
+    {
+        let engine = Engine::open(dir.path(), still(8)).unwrap();
+        engine.remember(&s, auto("d", near(8, 0, 3, 0.1))).unwrap();
+    }
+    let mut busy = options(8);
+    busy.store.background_compaction = true;
+    let engine = Engine::open(dir.path(), busy).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while engine.pending_links(&s).unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the linker did not link d"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(link_targets(&engine, &s, "d"), ["a", "b", "c"]);
 }
 
 #[test]
@@ -420,8 +475,11 @@ fn self_links_are_refused_and_batches_link_to_earlier_members() {
             ],
         )
         .unwrap();
-    assert_eq!(stored[1].links.len(), 1, "{:?}", stored[1].links);
-    assert_eq!(stored[1].links[0].to.as_str(), "x");
+    assert!(stored[1].links.is_empty());
+    engine.link_pending(&s).unwrap();
+    let y = engine.get(&s, "y").unwrap().unwrap();
+    assert_eq!(y.links.len(), 1, "{:?}", y.links);
+    assert_eq!(y.links[0].to.as_str(), "x");
 }
 
 /// A unit vector close to axis `i` (similarity about 0.995 to it), tilted towards axis `j`.
@@ -463,12 +521,14 @@ fn the_link_index_is_rebuilt_after_a_restart_and_follows_forgets() {
         assert_eq!(engine.link_index_memories(&s), None);
         engine.remember(&s, auto("a", axis(8, 0))).unwrap();
         engine.remember(&s, auto("b", near(8, 0, 1, 0.1))).unwrap();
+        engine.link_pending(&s).unwrap();
         assert_eq!(link_targets(&engine, &s, "b"), ["a"]);
         assert_eq!(engine.link_index_memories(&s), Some(2));
         // Forgotten: never linked to again, and gone from the index.
         engine.forget(&s, &mid("a")).unwrap();
         assert_eq!(engine.link_index_memories(&s), Some(1));
         engine.remember(&s, auto("c", near(8, 0, 2, 0.1))).unwrap();
+        engine.link_pending(&s).unwrap();
         assert_eq!(link_targets(&engine, &s, "c"), ["b"]);
         // Written without auto-linking, still a link target.
         engine
@@ -479,6 +539,7 @@ fn the_link_index_is_rebuilt_after_a_restart_and_follows_forgets() {
     let engine = Engine::open(dir.path(), options(8)).unwrap();
     assert_eq!(engine.link_index_memories(&s), None);
     engine.remember(&s, auto("e", near(8, 0, 4, 0.1))).unwrap();
+    engine.link_pending(&s).unwrap();
     assert_eq!(link_targets(&engine, &s, "e"), ["b", "c", "d"]);
     assert_eq!(engine.link_index_memories(&s), Some(4));
     // Replaced with a far vector: the old version is not linked to.
@@ -486,18 +547,20 @@ fn the_link_index_is_rebuilt_after_a_restart_and_follows_forgets() {
         .remember(&s, vector_memory("b", axis(8, 7), vec![]))
         .unwrap();
     engine.remember(&s, auto("f", near(8, 0, 5, 0.1))).unwrap();
+    engine.link_pending(&s).unwrap();
     assert_eq!(link_targets(&engine, &s, "f"), ["c", "d", "e"]);
     // A dropped space takes its index with it.
     engine.drop_space(&s).unwrap();
     assert_eq!(engine.link_index_memories(&s), None);
     engine.create_space(&s, Some(8)).unwrap();
     engine.remember(&s, auto("g", axis(8, 0))).unwrap();
+    engine.link_pending(&s).unwrap();
     assert!(link_targets(&engine, &s, "g").is_empty());
     assert_eq!(engine.link_index_memories(&s), Some(1));
 }
 
 #[test]
-fn a_large_space_builds_its_link_index_in_the_background_and_links_meanwhile() {
+fn a_large_space_builds_its_link_index_in_the_background_and_links_once_built() {
     let dir = tempfile::tempdir().unwrap();
     let s = sid("big");
     let dim = 16;
@@ -523,12 +586,13 @@ fn a_large_space_builds_its_link_index_in_the_background_and_links_meanwhile() {
         }
     }
     let target = engine.get(&s, "m1234").unwrap().unwrap().embedding;
-    // The first auto-linking write starts the build and links through the store's search;
-    // the ones after the build through the index: the same nearest memory either way.
+    // The first auto-linking write starts the build and is acknowledged at once; its links
+    // wait for the index (a flush meanwhile would make them through the store's search).
     for round in 0..50 {
         let mut v = target.clone();
         v[round % dim] += 0.01;
         engine.remember(&s, auto(&format!("q{round}"), v)).unwrap();
+        engine.link_pending(&s).unwrap();
         let links = engine.get(&s, &format!("q{round}")).unwrap().unwrap().links;
         assert!(
             links.iter().any(|l| l.to.as_str() == "m1234"),

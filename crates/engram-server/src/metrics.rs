@@ -91,6 +91,7 @@ pub async fn render(State(st): State<AppState>, q: crate::routes::Params) -> Res
             metrics::gauge!("engram_space_memories", &labels).set(s.memories as f64);
             metrics::gauge!("engram_space_segment_bytes", &labels).set(s.segment_bytes as f64);
             metrics::gauge!("engram_space_memtable_bytes", &labels).set(s.memtable_bytes as f64);
+            metrics::gauge!("engram_space_pending_links", &labels).set(s.pending_links as f64);
         }
     }
     let body = handle().map_or_else(String::new, |h| h.render());

@@ -203,6 +203,14 @@ pub async fn drop_space(
     Ok((StatusCode::OK, Json(json!({ "dropped": id.as_str() }))))
 }
 
+/// A write asking for automatic links waits while its space owes links to as many memories
+/// as the linker may hold back ([`engram_engine::Engine::links_backlogged`]).
+async fn wait_for_linker(st: &AppState, space: &SpaceId, auto_link: bool) {
+    while auto_link && st.engine.links_backlogged(space) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 pub async fn remember(
     State(st): State<AppState>,
     Extension(grant): Extension<Grant>,
@@ -218,6 +226,7 @@ pub async fn remember(
     let mut one = [new];
     embed_missing(&st, &space, &mut one).await?;
     let [new] = one;
+    wait_for_linker(&st, &space, new.auto_link).await;
     let stored = st.engine.remember_async(&space, new).await?;
     Ok((
         StatusCode::CREATED,
@@ -260,6 +269,7 @@ pub async fn batch(
         })?);
     }
     embed_missing(&st, &space, &mut batch).await?;
+    wait_for_linker(&st, &space, batch.iter().any(|m| m.auto_link)).await;
     let stored = st.engine.remember_batch_async(&space, batch).await?;
     let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
     Ok((StatusCode::CREATED, Json(json!({ "memory_ids": ids }))))

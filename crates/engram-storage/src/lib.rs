@@ -27,6 +27,7 @@
 //! - `disk.rs`, `clock.rs`, `fault.rs`, `quarantine.rs`, `numa.rs`, `process.rs`, `options.rs`,
 //!   `stats.rs`, `error.rs`, `codec.rs`: the machinery around them.
 
+mod autolink;
 mod catalog;
 mod clock;
 mod codec;
@@ -51,6 +52,7 @@ mod stats;
 mod store;
 pub mod wal;
 
+pub use autolink::{AutoLinker, LinkReader};
 pub use clock::{now_us, Clock, ManualClock, RealClock};
 pub use disk::{Disk, DiskFile, Mapped, RealDisk};
 pub use error::{Result, StorageError};

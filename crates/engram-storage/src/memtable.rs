@@ -1,6 +1,6 @@
 //! A space's records that are in the WAL but not yet in a segment.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::lexical::DocTerms;
@@ -23,6 +23,10 @@ pub struct Memtable {
     pub max_seq: u64,
     /// Approximate heap bytes held.
     pub bytes: usize,
+    /// The live entries stored with their automatic links still to be made, in write order
+    /// (record sequence, place in the record), and the same keyed by id.
+    pending: BTreeMap<(u64, u32), MemoryId>,
+    pending_at: HashMap<MemoryId, (u64, u32)>,
     /// Lexical terms of live entries, computed when first searched ([`Memtable::doc_terms`])
     /// and dropped when the entry is replaced.
     lex: parking_lot::Mutex<HashMap<MemoryId, Arc<DocTerms>>>,
@@ -42,14 +46,58 @@ impl Memtable {
     pub fn put(&mut self, memory: Memory) {
         self.bytes += memory_bytes(&memory);
         self.forget_terms(&memory.id);
-        self.entries
-            .insert(memory.id.clone(), Entry::Live(Arc::new(memory)));
+        self.unpend(&memory.id);
+        if let Some(Entry::Live(old)) = self
+            .entries
+            .insert(memory.id.clone(), Entry::Live(Arc::new(memory)))
+        {
+            // The version replaced (a memory linked after its write, a memory stored again).
+            self.bytes = self.bytes.saturating_sub(memory_bytes(&old));
+        }
+    }
+
+    /// Puts `memory` with its automatic links still to be made; `key` orders it (the record's
+    /// sequence and the memory's place in the record).
+    pub fn put_pending(&mut self, memory: Memory, key: (u64, u32)) {
+        let id = memory.id.clone();
+        self.put(memory);
+        self.pending.insert(key, id.clone());
+        self.pending_at.insert(id, key);
     }
 
     pub fn tombstone(&mut self, id: MemoryId) {
         self.bytes += 64 + id.as_str().len();
         self.forget_terms(&id);
+        self.unpend(&id);
         self.entries.insert(id, Entry::Tombstone);
+    }
+
+    fn unpend(&mut self, id: &MemoryId) {
+        if let Some(key) = self.pending_at.remove(id) {
+            self.pending.remove(&key);
+        }
+    }
+
+    /// Whether `id` is live here with its automatic links still to be made.
+    pub fn is_pending(&self, id: &MemoryId) -> bool {
+        self.pending_at.contains_key(id)
+    }
+
+    /// How many live entries wait for their automatic links.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Up to `n` of the entries waiting for their automatic links, oldest first.
+    pub fn pending_memories(&self, n: usize) -> Vec<Arc<Memory>> {
+        self.pending
+            .values()
+            .take(n)
+            .filter_map(|id| match self.entries.get(id) {
+                Some(Entry::Live(m)) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Drops the cached terms of `id` (replaced or deleted). Free when nothing was searched:

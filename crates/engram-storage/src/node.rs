@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engram_core::SpaceId;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::autolink::AutoLinker;
 
 use crate::catalog::Catalog;
 use crate::compaction::load::LoadMeter;
@@ -45,6 +47,11 @@ pub(crate) struct Node {
     pub(crate) shutdown: Mutex<bool>,
     pub(crate) shutdown_cv: Condvar,
     pub(crate) recovery: Mutex<RecoveryReport>,
+    /// Makes the automatic links of pending memories (set by the engine).
+    pub(crate) auto_linker: RwLock<Option<Arc<dyn AutoLinker>>>,
+    /// The spaces where writes left memories pending: the linker thread's work.
+    pub(crate) link_work: Mutex<crate::autolink::LinkWork>,
+    pub(crate) link_cv: Condvar,
 }
 
 impl Node {
@@ -52,6 +59,11 @@ impl Node {
     /// applied under one write lock, so readers and writers of that space are held up once per
     /// batch rather than once per record.
     pub(crate) fn apply_batch(&self, batch: Vec<Pending>) -> Result<()> {
+        let wake: Vec<SpaceId> = batch
+            .iter()
+            .filter(|p| matches!(p.op, Op::RememberAutoLink(_)))
+            .map(|p| p.space.clone())
+            .collect();
         let mut iter = batch.into_iter().peekable();
         while let Some(p) = iter.next() {
             let plain = !matches!(p.op, Op::SpaceCreate { .. } | Op::SpaceDrop);
@@ -77,6 +89,9 @@ impl Node {
                     next = iter.next();
                 }
             }
+        }
+        if !wake.is_empty() {
+            self.wake_linker(wake);
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The operations a WAL record carries, and their payload encoding (format version 1, see
-//! `docs/format.md`).
+//! The operations a WAL record carries, and their payload encoding (WAL format version 2,
+//! see `docs/format.md`; version 1 has every operation but the automatic-link pair).
 
 use std::collections::BTreeMap;
 
@@ -36,6 +36,14 @@ pub enum Op {
     },
     /// Drop the space and everything in it.
     SpaceDrop,
+    /// Store several memories, all or nothing, each marked whether its automatic links are
+    /// still to be made (after the acknowledgement: by the store's linker, or as its
+    /// memtable is flushed). Format version 2.
+    RememberAutoLink(Vec<(Memory, bool)>),
+    /// The automatic links made for memories stored with links pending: each memory still
+    /// pending in the active memtable gets these links added and is no longer pending.
+    /// Format version 2.
+    AutoLinks(Vec<(MemoryId, Vec<Link>)>),
 }
 
 /// Operation codes, the `op` byte of a record header.
@@ -47,6 +55,8 @@ pub mod code {
     pub const UNLINK: u8 = 5;
     pub const SPACE_CREATE: u8 = 6;
     pub const SPACE_DROP: u8 = 7;
+    pub const REMEMBER_AUTO_LINK: u8 = 8;
+    pub const AUTO_LINKS: u8 = 9;
 }
 
 impl Op {
@@ -59,6 +69,8 @@ impl Op {
             Op::Unlink { .. } => code::UNLINK,
             Op::SpaceCreate { .. } => code::SPACE_CREATE,
             Op::SpaceDrop => code::SPACE_DROP,
+            Op::RememberAutoLink(_) => code::REMEMBER_AUTO_LINK,
+            Op::AutoLinks(_) => code::AUTO_LINKS,
         }
     }
 
@@ -66,6 +78,8 @@ impl Op {
     pub fn changes(&self) -> usize {
         match self {
             Op::RememberBatch(ms) => ms.len(),
+            Op::RememberAutoLink(ms) => ms.len(),
+            Op::AutoLinks(ls) => ls.len(),
             _ => 1,
         }
     }
@@ -102,6 +116,20 @@ impl Op {
                 }
             }
             Op::SpaceDrop => {}
+            Op::RememberAutoLink(ms) => {
+                put_u32(out, ms.len() as u32);
+                for (m, _) in ms {
+                    encode_memory(m, out);
+                }
+                out.extend(ms.iter().map(|(_, pending)| u8::from(*pending)));
+            }
+            Op::AutoLinks(ls) => {
+                put_u32(out, ls.len() as u32);
+                for (id, links) in ls {
+                    put_str16(out, id.as_str());
+                    encode_links(links, out);
+                }
+            }
         }
     }
 
@@ -110,17 +138,7 @@ impl Op {
         let mut r = Reader::new(payload);
         let op = match code {
             code::REMEMBER => Op::Remember(decode_memory(&mut r)?),
-            code::REMEMBER_BATCH => {
-                let n = r.u32("batch count")? as usize;
-                if n > MAX_BATCH {
-                    return corrupted(format!("batch of {n} memories exceeds {MAX_BATCH}"));
-                }
-                let mut ms = Vec::with_capacity(n);
-                for _ in 0..n {
-                    ms.push(decode_memory(&mut r)?);
-                }
-                Op::RememberBatch(ms)
-            }
+            code::REMEMBER_BATCH => Op::RememberBatch(decode_batch(&mut r)?),
             code::FORGET => Op::Forget(memory_id(r.str16("memory id")?)?),
             code::LINK => Op::Link {
                 from: memory_id(r.str16("link from")?)?,
@@ -145,6 +163,32 @@ impl Op {
                 },
             },
             code::SPACE_DROP => Op::SpaceDrop,
+            code::REMEMBER_AUTO_LINK => {
+                let ms = decode_batch(&mut r)?;
+                let n = ms.len();
+                let flags = r.take(n, "auto-link flags")?;
+                let mut out = Vec::with_capacity(n);
+                for (m, f) in ms.into_iter().zip(flags) {
+                    match f {
+                        0 | 1 => out.push((m, *f == 1)),
+                        other => return corrupted(format!("auto-link flag {other}")),
+                    }
+                }
+                Op::RememberAutoLink(out)
+            }
+            code::AUTO_LINKS => {
+                let n = r.u32("auto-link count")? as usize;
+                // Each entry takes at least 4 bytes: a bound before allocating.
+                if n > r.remaining() / 4 {
+                    return corrupted(format!("{n} auto-link entries in a shorter payload"));
+                }
+                let mut ls = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = memory_id(r.str16("memory id")?)?;
+                    ls.push((id, decode_links(&mut r)?));
+                }
+                Op::AutoLinks(ls)
+            }
             other => return corrupted(format!("unknown operation code {other}")),
         };
         r.finish("operation payload")?;
@@ -193,6 +237,19 @@ pub(crate) fn encode_links(links: &[Link], out: &mut Vec<u8>) {
         put_str16(out, l.to.as_str());
         put_f32(out, l.weight);
     }
+}
+
+/// `u32` count (at most [`MAX_BATCH`]), then that many memories.
+fn decode_batch(r: &mut Reader<'_>) -> Result<Vec<Memory>> {
+    let n = r.u32("batch count")? as usize;
+    if n > MAX_BATCH {
+        return corrupted(format!("batch of {n} memories exceeds {MAX_BATCH}"));
+    }
+    let mut ms = Vec::with_capacity(n);
+    for _ in 0..n {
+        ms.push(decode_memory(r)?);
+    }
+    Ok(ms)
 }
 
 pub(crate) fn decode_memory(r: &mut Reader<'_>) -> Result<Memory> {
@@ -312,6 +369,29 @@ mod tests {
                 }
             }),
             Just(Op::SpaceDrop),
+            proptest::collection::vec((arb_memory(), any::<bool>()), 0..4)
+                .prop_map(Op::RememberAutoLink),
+            proptest::collection::vec(
+                (
+                    "[a-z0-9]{1,30}",
+                    proptest::collection::vec(("[a-z0-9]{1,20}", 0.01f32..=1.0), 0..4)
+                ),
+                0..4
+            )
+            .prop_map(|ls| Op::AutoLinks(
+                ls.into_iter()
+                    .map(|(id, links)| (
+                        MemoryId::new(id).unwrap(),
+                        links
+                            .into_iter()
+                            .map(|(to, weight)| Link {
+                                to: MemoryId::new(to).unwrap(),
+                                weight
+                            })
+                            .collect()
+                    ))
+                    .collect()
+            )),
         ]
     }
 
@@ -325,7 +405,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(code in 0u8..10, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn decode_never_panics(code in 0u8..12, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Op::decode_payload(code, &bytes);
         }
     }

@@ -28,6 +28,11 @@ pub struct StoreOptions {
     /// such limit). Memtables are searched exactly, so an engine that recalls sets this to
     /// bound the scan (`engram-engine` uses 4,096); the storage engine alone needs no limit.
     pub memtable_max_rows: usize,
+    /// While the active memtable holds memories waiting for their automatic links (made in
+    /// the background after the acknowledgement), `memtable_max_rows` waits for the linker, up
+    /// to this many entries: a burst of writes is linked in the memtable, not re-written once
+    /// linked. Past it the flush makes the links itself (on the compactor's thread).
+    pub memtable_pending_max_rows: usize,
     /// Flush dirty spaces once no write has come for this long (the "low load" trigger).
     pub idle_flush_after: Duration,
     /// Merge a space's segments once it has more than this many.
@@ -97,6 +102,7 @@ impl Default for StoreOptions {
             wal_flush_bytes: 1 << 30,
             memtable_flush_bytes: 1 << 30,
             memtable_max_rows: 0,
+            memtable_pending_max_rows: 131_072,
             idle_flush_after: Duration::from_secs(2),
             max_segments_per_space: 8,
             merge_defer_records_per_s: 1000,

@@ -44,6 +44,8 @@ pub struct SpaceStatus {
     pub segment_bytes: u64,
     pub memtable_entries: usize,
     pub memtable_bytes: usize,
+    /// Memories whose automatic links are still to be made (see `autolink.rs`).
+    pub pending_links: usize,
     pub flushed_seq: u64,
     pub durable_seq: u64,
     pub quarantined_records: usize,

@@ -34,6 +34,8 @@ pub struct Store {
     inner: Arc<Node>,
     compactor: Mutex<Option<JoinHandle<()>>>,
     indexer: Mutex<Option<JoinHandle<()>>>,
+    /// The thread making automatic links ([`Store::set_auto_linker`]).
+    linker: Mutex<Option<JoinHandle<()>>>,
     /// The commit pipeline's threads.
     committer: Mutex<Option<JoinHandle<()>>>,
     waker: Mutex<Option<JoinHandle<()>>>,
@@ -81,6 +83,9 @@ impl Store {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             recovery: Mutex::new(RecoveryReport::default()),
+            auto_linker: parking_lot::RwLock::new(None),
+            link_work: Mutex::new(Default::default()),
+            link_cv: Condvar::new(),
         });
         // Replay in sequence order.
         let mut report = recovered.report;
@@ -136,6 +141,7 @@ impl Store {
             inner,
             compactor: Mutex::new(None),
             indexer: Mutex::new(None),
+            linker: Mutex::new(None),
             committer: Mutex::new(Some(committer)),
             waker: Mutex::new(Some(waker)),
         };
@@ -284,6 +290,107 @@ impl Store {
     pub fn remember_batch(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<u64> {
         self.check_batch(space, &memories)?;
         self.inner.wal.submit(space, Op::RememberBatch(memories))
+    }
+
+    /// Stores memories all or nothing (one WAL record), each marked whether its automatic
+    /// links are still to be made: the [`AutoLinker`](crate::AutoLinker) set with
+    /// [`Store::set_auto_linker`] makes them after this returns (see `autolink.rs`). Durable
+    /// when the returned future resolves.
+    pub fn remember_auto_link_async(
+        &self,
+        space: &SpaceId,
+        memories: Vec<(Memory, bool)>,
+    ) -> Result<Commit> {
+        self.check_auto_link(space, &memories)?;
+        self.submit_async(space, Op::RememberAutoLink(memories))
+    }
+
+    /// [`Store::remember_auto_link_async`], durable when this returns.
+    pub fn remember_auto_link(
+        &self,
+        space: &SpaceId,
+        memories: Vec<(Memory, bool)>,
+    ) -> Result<u64> {
+        self.check_auto_link(space, &memories)?;
+        self.inner.wal.submit(space, Op::RememberAutoLink(memories))
+    }
+
+    fn check_auto_link(&self, space: &SpaceId, memories: &[(Memory, bool)]) -> Result<()> {
+        let dim = self.inner.catalog.require(space)?.meta.dimension as usize;
+        if memories.len() > engram_core::limits::MAX_BATCH {
+            return Err(StorageError::Invalid(format!(
+                "a batch of {} memories (at most {})",
+                memories.len(),
+                engram_core::limits::MAX_BATCH
+            )));
+        }
+        for (m, _) in memories {
+            m.validate(dim)
+                .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Sets what makes the automatic links of memories stored with links pending, and starts
+    /// the linker thread (idle class), which first links what recovery brought back pending.
+    /// Once per store; a second call is refused.
+    pub fn set_auto_linker(&self, linker: Arc<dyn crate::AutoLinker>) -> Result<()> {
+        {
+            let mut slot = self.inner.auto_linker.write();
+            if slot.is_some() {
+                return Err(StorageError::Invalid(
+                    "the auto-linker is already set".into(),
+                ));
+            }
+            *slot = Some(linker.clone());
+        }
+        if !self.inner.opts.background_compaction {
+            // No background threads: flushes (and `link_pending`) make the links.
+            return Ok(());
+        }
+        let node = self.inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("engram-linker".into())
+            .spawn(move || {
+                if !(node.opts.indexer_idle_class
+                    && crate::process::set_current_thread_idle_class())
+                {
+                    crate::process::set_current_thread_nice(node.opts.indexer_nice);
+                }
+                crate::process::abort_on_panic("engram-linker", || node.linker_loop(linker))
+            })
+            .map_err(|e| StorageError::Io {
+                path: self.inner.root.clone(),
+                source: e,
+            })?;
+        *self.linker.lock() = Some(handle);
+        Ok(())
+    }
+
+    /// Makes the automatic links still pending in `space`'s active memtable now, on this
+    /// thread (what the linker thread does in the background). Returns how many memories
+    /// were linked; a memtable frozen meanwhile is linked by its flush.
+    pub fn link_pending(&self, space: &SpaceId) -> Result<usize> {
+        let Some(linker) = self.inner.auto_linker.read().clone() else {
+            return Ok(0);
+        };
+        let s = self.inner.catalog.require(space)?;
+        let mut total = 0;
+        loop {
+            match self.inner.link_round(&s, &*linker)? {
+                Some(0) => return Ok(total),
+                Some(n) => total += n,
+                // Not possible now (an index being built): wait a little.
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Memories of `space` whose automatic links are still to be made.
+    pub fn pending_links(&self, space: &SpaceId) -> Result<usize> {
+        let s = self.inner.catalog.require(space)?;
+        let st = s.state.read();
+        Ok(st.active.pending_count() + st.frozen.as_ref().map_or(0, |f| f.pending_count()))
     }
 
     /// Deletes a memory. `Ok(false)` if it was not there (nothing written).
@@ -440,6 +547,8 @@ impl Store {
             memtable_entries: st.active.entries.len()
                 + st.frozen.as_ref().map_or(0, |f| f.entries.len()),
             memtable_bytes: st.active.bytes + st.frozen.as_ref().map_or(0, |f| f.bytes),
+            pending_links: st.active.pending_count()
+                + st.frozen.as_ref().map_or(0, |f| f.pending_count()),
             flushed_seq: st.flushed_seq,
             durable_seq,
             quarantined_records: self.inner.quarantine.count_for_space(id.as_str()),
@@ -498,6 +607,11 @@ impl Store {
         self.inner.wal.refuse_writes();
         *self.inner.shutdown.lock() = true;
         self.inner.shutdown_cv.notify_all();
+        self.inner.wake_linker([]);
+        // The linker stops after its round (its record is refused: the flush links instead).
+        if let Some(h) = self.linker.lock().take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.compactor.lock().take() {
             let _ = h.join();
         }

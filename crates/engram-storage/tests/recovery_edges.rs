@@ -125,8 +125,9 @@ fn a_newer_wal_version_is_refused_not_truncated() {
         .unwrap()
         .path();
     let mut bytes = fs::read(&wal).unwrap();
-    // Version 2 with a valid header checksum.
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    // A version after this build's, with a valid header checksum.
+    let newer = engram_storage::wal::WAL_FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&newer.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..28]);
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     fs::write(&wal, &bytes).unwrap();
@@ -134,7 +135,10 @@ fn a_newer_wal_version_is_refused_not_truncated() {
         .err()
         .expect("refused");
     assert!(matches!(err, StorageError::UnsupportedVersion(_)), "{err}");
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("version {newer}")),
+        "{err}"
+    );
     assert_eq!(fs::read(&wal).unwrap(), bytes, "the file is left as it was");
     assert!(
         !dir.path().join("quarantine").exists()

@@ -1,11 +1,14 @@
 //! Flushing one space: its active memtable (or a frozen one left by a failed flush) becomes a
 //! new sealed segment, with its lexical index beside it; `space.meta` is written first if the
-//! space has none on disk yet. Reads and writes of the space go on meanwhile.
+//! space has none on disk yet. Reads and writes of the space go on meanwhile. Memories still
+//! waiting for their automatic links get them first ([`crate::autolink`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use engram_core::Memory;
+use engram_core::{Memory, MemoryId};
 
+use crate::autolink::{links_for_flush, AutoLinker};
 use crate::disk::{write_file_atomic, Disk};
 use crate::error::{IoContext, Result};
 use crate::lexical::SegmentLex;
@@ -19,11 +22,13 @@ use crate::wal::commit::GroupCommit;
 /// Flushes the space's active memtable (or a frozen one left by a failed flush) into a new
 /// segment, written at `pace`. Reads and writes go on meanwhile. Returns the bytes written.
 /// Every record in the memtable is durable in `wal` (applied only once durable): asserted.
+/// `linker` makes the links of memories pending in the memtable.
 pub(crate) fn flush(
     disk: &dyn Disk,
     wal: &GroupCommit,
     space: &Space,
     pace: &WritePace,
+    linker: Option<&dyn AutoLinker>,
 ) -> Result<u64> {
     let _files = space.files.lock();
     let (frozen, meta, meta_persisted, has_segments) = {
@@ -54,11 +59,26 @@ pub(crate) fn flush(
     }
     let mut new_segment = None;
     if !frozen.entries.is_empty() {
+        // The memories still owed their automatic links, linked now (without the state lock).
+        let linked: HashMap<MemoryId, Memory> = match linker {
+            Some(linker) if frozen.pending_count() > 0 => {
+                let pending = frozen.pending_memories(usize::MAX);
+                links_for_flush(linker, space, &pending)
+                    .into_iter()
+                    .map(|(m, links)| {
+                        let mut m = Memory::clone(&m);
+                        crate::space::add_links(&mut m, links);
+                        (m.id.clone(), m)
+                    })
+                    .collect()
+            }
+            _ => HashMap::new(),
+        };
         let mut live: Vec<&Memory> = Vec::new();
         let mut tombs: Vec<&str> = Vec::new();
         for (id, e) in &frozen.entries {
             match e {
-                Entry::Live(m) => live.push(m),
+                Entry::Live(m) => live.push(linked.get(id).unwrap_or(m)),
                 // Tombstones only matter when an older segment may hold the id.
                 Entry::Tombstone if has_segments => tombs.push(id.as_str()),
                 Entry::Tombstone => {}

@@ -77,7 +77,13 @@ impl Node {
             } else if self.opts.memtable_max_rows > 0 {
                 let full: Vec<Arc<Space>> = dirty
                     .iter()
-                    .filter(|s| s.state.read().active.entries.len() >= self.opts.memtable_max_rows)
+                    .filter(|s| {
+                        let st = s.state.read();
+                        let rows = st.active.entries.len();
+                        rows >= self.opts.memtable_max_rows
+                            && (st.active.pending_count() == 0
+                                || rows >= self.opts.memtable_pending_max_rows)
+                    })
                     .cloned()
                     .collect();
                 if !full.is_empty() {
@@ -141,7 +147,8 @@ impl Node {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(space) = dirty.get(i) else { break };
-                    match flush::flush(&*self.disk, &self.wal, space, pace) {
+                    let linker = self.auto_linker.read().clone();
+                    match flush::flush(&*self.disk, &self.wal, space, pace, linker.as_deref()) {
                         Ok(n) => {
                             self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                             self.stats.compaction_bytes.fetch_add(n, Ordering::Relaxed);

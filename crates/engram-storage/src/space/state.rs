@@ -386,6 +386,29 @@ impl SpaceState {
                     }
                 }
             }
+            Op::RememberAutoLink(ms) => {
+                for (i, (m, pending)) in ms.into_iter().enumerate() {
+                    if pending {
+                        self.active.put_pending(m, (seq, i as u32));
+                    } else {
+                        self.active.put(m);
+                    }
+                }
+            }
+            Op::AutoLinks(made) => {
+                // Only a memory still waiting in the active memtable takes them: one frozen
+                // since gets its links as it is flushed, one replaced or deleted needs none.
+                for (id, links) in made {
+                    if !self.active.is_pending(&id) {
+                        continue;
+                    }
+                    if let Some(Entry::Live(m)) = self.active.entries.get(&id) {
+                        let mut m = Memory::clone(m);
+                        add_links(&mut m, links);
+                        self.active.put(m);
+                    }
+                }
+            }
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
         }
         Ok(())
@@ -400,4 +423,17 @@ impl SpaceState {
 /// The directory of a space below the node's root.
 pub(crate) fn space_dir(root: &Path, id: &SpaceId) -> PathBuf {
     root.join("spaces").join(id.as_str())
+}
+
+/// Adds automatic `links` to `m`: never to itself, never a second link to the same memory
+/// (an explicit one stays as it is), at most [`MAX_LINKS`](engram_core::limits::MAX_LINKS).
+pub(crate) fn add_links(m: &mut Memory, links: Vec<Link>) {
+    for l in links {
+        if m.links.len() >= engram_core::limits::MAX_LINKS {
+            break;
+        }
+        if l.to != m.id && !m.links.iter().any(|e| e.to == l.to) {
+            m.links.push(l);
+        }
+    }
 }

@@ -15,7 +15,11 @@ use crate::codec::Reader;
 use crate::error::{corrupted, Result, StorageError};
 
 pub const WAL_FILE_MAGIC: [u8; 8] = *b"ENGRWAL\0";
-pub const WAL_FORMAT_VERSION: u32 = 1;
+/// The version this build writes: 2 adds the automatic-link operations (codes 8 and 9) to
+/// version 1, whose files it reads too.
+pub const WAL_FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const WAL_FORMAT_VERSION_MIN: u32 = 1;
 pub const WAL_FILE_HEADER_LEN: usize = 32;
 
 /// The header of a WAL segment file.
@@ -26,9 +30,14 @@ pub struct WalFileHeader {
 
 impl WalFileHeader {
     pub fn encode(&self) -> [u8; WAL_FILE_HEADER_LEN] {
+        self.encode_version(WAL_FORMAT_VERSION)
+    }
+
+    /// The header as format `version` writes it (the fixtures of older versions).
+    pub fn encode_version(&self, version: u32) -> [u8; WAL_FILE_HEADER_LEN] {
         let mut b = [0u8; WAL_FILE_HEADER_LEN];
         b[0..8].copy_from_slice(&WAL_FILE_MAGIC);
-        b[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[16..24].copy_from_slice(&self.first_sequence.to_le_bytes());
         let crc = crc32c::crc32c(&b[0..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
@@ -46,9 +55,9 @@ impl WalFileHeader {
             return corrupted("WAL file header checksum mismatch");
         }
         let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if version != WAL_FORMAT_VERSION {
+        if !(WAL_FORMAT_VERSION_MIN..=WAL_FORMAT_VERSION).contains(&version) {
             return Err(StorageError::UnsupportedVersion(format!(
-                "WAL format version {version} is not supported (this build reads {WAL_FORMAT_VERSION})"
+                "WAL format version {version} is not supported (this build reads {WAL_FORMAT_VERSION_MIN} to {WAL_FORMAT_VERSION})"
             )));
         }
         let mut s = [0u8; 8];
@@ -84,6 +93,13 @@ mod tests {
         bad[17] ^= 1;
         assert!(WalFileHeader::decode(&bad).is_err());
         assert!(WalFileHeader::decode(&bad[..10]).is_err());
+        // Version 1 (no automatic-link operations) still reads; an unknown one is refused.
+        assert_eq!(WalFileHeader::decode(&h.encode_version(1)).unwrap(), h);
+        assert!(matches!(
+            WalFileHeader::decode(&h.encode_version(3)),
+            Err(StorageError::UnsupportedVersion(_))
+        ));
+        assert!(WalFileHeader::decode(&h.encode_version(0)).is_err());
         assert_eq!(wal_file_name(42), "00000000000000000042.wal");
         assert_eq!(parse_wal_file_name(&wal_file_name(42)), Some(42));
         assert_eq!(parse_wal_file_name("42.wal"), None);
