@@ -193,11 +193,15 @@ impl Engine {
                 opts.auto_link_threshold
             )));
         }
-        let store = Store::open_dir(dir, opts.store.clone())?;
         let linking = Arc::new(Linking::new(&opts));
-        // From here on the store links what recovery brought back pending, and every write
-        // that asks for automatic links.
-        store.set_auto_linker(linking.clone())?;
+        // The store links what recovery brings back pending, and every write that asks for
+        // automatic links.
+        let store = Store::open_with_linker(
+            Arc::new(engram_storage::RealDisk),
+            dir,
+            opts.store.clone(),
+            Some(linking.clone()),
+        )?;
         let engine = Engine {
             store,
             opts,

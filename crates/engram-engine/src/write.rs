@@ -319,16 +319,13 @@ impl Engine {
         let target = self.existing(space)?;
         let (memories, pending) = self.prepare_batch(space, &target, batch)?;
         let now = self.now_us();
-        // The link index (if the space has one) records at once the memories with no links
-        // owed; the linker records the others as it links them.
-        let vectors = match self.linking.get(space).is_some() {
-            true => memories
-                .iter()
-                .filter(|(_, p)| !p)
-                .map(|(m, _)| (m.id.clone(), m.embedding.clone()))
-                .collect(),
-            false => Vec::new(),
-        };
+        // The link index (if the space has one once they are committed) records at once the
+        // memories with no links owed; the linker records the others as it links them.
+        let vectors = memories
+            .iter()
+            .filter(|(_, p)| !p)
+            .map(|(m, _)| (m.id.clone(), m.embedding.clone()))
+            .collect();
         Ok(Ok(Prepared {
             stored: memories.iter().map(|(m, _)| stored(m, now)).collect(),
             vectors,

@@ -16,11 +16,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engram_core::{Link, Memory, MemoryId, SpaceId};
+use engram_core::{Link, Memory, SpaceId};
 
 use crate::error::Result;
 use crate::node::Node;
-use crate::op::Op;
+use crate::op::{AutoLinked, Op};
 use crate::space::{EmbeddingSnapshot, Hit, Space, SpaceView};
 
 /// What an [`AutoLinker`] may read of a space. Each call takes the space's read lock for
@@ -163,13 +163,18 @@ impl Node {
             }
             st.active.pending_memories(ROUND)
         };
-        let Some(links) = linker.link(&space.id, &**space, &pending, false) else {
+        let memories: Vec<Arc<Memory>> = pending.iter().map(|(_, m)| m.clone()).collect();
+        let Some(links) = linker.link(&space.id, &**space, &memories, false) else {
             return Ok(None);
         };
-        let made: Vec<(MemoryId, Vec<Link>)> = pending
-            .iter()
+        let made: Vec<AutoLinked> = pending
+            .into_iter()
             .zip(links)
-            .map(|(m, l)| (m.id.clone(), l))
+            .map(|((key, m), links)| AutoLinked {
+                id: m.id.clone(),
+                key,
+                links,
+            })
             .collect();
         let n = made.len();
         self.wal.submit(&space.id, Op::AutoLinks(made))?;

@@ -59,7 +59,7 @@ pub use error::{Result, StorageError};
 pub use fault::FaultDisk;
 pub use lexical::{lex_path, SegmentLex, MAX_QUERY_TERMS};
 pub use meta::{SpaceMeta, SPACE_META_FILE};
-pub use op::Op;
+pub use op::{AutoLinked, Op};
 pub use options::StoreOptions;
 pub use quarantine::QuarantineReport;
 pub use recovery::RecoveryReport;

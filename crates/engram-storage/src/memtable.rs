@@ -78,9 +78,10 @@ impl Memtable {
         }
     }
 
-    /// Whether `id` is live here with its automatic links still to be made.
-    pub fn is_pending(&self, id: &MemoryId) -> bool {
-        self.pending_at.contains_key(id)
+    /// The key (record sequence, place in the record) of `id` if it is live here with its
+    /// automatic links still to be made.
+    pub fn pending_key(&self, id: &MemoryId) -> Option<(u64, u32)> {
+        self.pending_at.get(id).copied()
     }
 
     /// How many live entries wait for their automatic links.
@@ -88,13 +89,14 @@ impl Memtable {
         self.pending.len()
     }
 
-    /// Up to `n` of the entries waiting for their automatic links, oldest first.
-    pub fn pending_memories(&self, n: usize) -> Vec<Arc<Memory>> {
+    /// Up to `n` of the entries waiting for their automatic links, oldest first, with their
+    /// keys.
+    pub fn pending_memories(&self, n: usize) -> Vec<((u64, u32), Arc<Memory>)> {
         self.pending
-            .values()
+            .iter()
             .take(n)
-            .filter_map(|id| match self.entries.get(id) {
-                Some(Entry::Live(m)) => Some(m.clone()),
+            .filter_map(|(key, id)| match self.entries.get(id) {
+                Some(Entry::Live(m)) => Some((*key, m.clone())),
                 _ => None,
             })
             .collect()

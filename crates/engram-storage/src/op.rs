@@ -40,10 +40,20 @@ pub enum Op {
     /// still to be made (after the acknowledgement: by the store's linker, or as its
     /// memtable is flushed). Format version 2.
     RememberAutoLink(Vec<(Memory, bool)>),
-    /// The automatic links made for memories stored with links pending: each memory still
-    /// pending in the active memtable gets these links added and is no longer pending.
-    /// Format version 2.
-    AutoLinks(Vec<(MemoryId, Vec<Link>)>),
+    /// The automatic links made for memories stored with links pending, each named by its id
+    /// and its pending key (the sequence of the record that stored it and its place in that
+    /// record): a memory still pending in the active memtable under that key gets these links
+    /// added and is no longer pending. Format version 2.
+    AutoLinks(Vec<AutoLinked>),
+}
+
+/// One memory's entry in [`Op::AutoLinks`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoLinked {
+    pub id: MemoryId,
+    /// The sequence of the record that stored the version linked, and its place in it.
+    pub key: (u64, u32),
+    pub links: Vec<Link>,
 }
 
 /// Operation codes, the `op` byte of a record header.
@@ -125,9 +135,11 @@ impl Op {
             }
             Op::AutoLinks(ls) => {
                 put_u32(out, ls.len() as u32);
-                for (id, links) in ls {
-                    put_str16(out, id.as_str());
-                    encode_links(links, out);
+                for a in ls {
+                    put_str16(out, a.id.as_str());
+                    put_u64(out, a.key.0);
+                    put_u32(out, a.key.1);
+                    encode_links(&a.links, out);
                 }
             }
         }
@@ -178,14 +190,19 @@ impl Op {
             }
             code::AUTO_LINKS => {
                 let n = r.u32("auto-link count")? as usize;
-                // Each entry takes at least 4 bytes: a bound before allocating.
-                if n > r.remaining() / 4 {
+                // Each entry takes at least 17 bytes: a bound before allocating.
+                if n > r.remaining() / 17 {
                     return corrupted(format!("{n} auto-link entries in a shorter payload"));
                 }
                 let mut ls = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = memory_id(r.str16("memory id")?)?;
-                    ls.push((id, decode_links(&mut r)?));
+                    let key = (r.u64("pending sequence")?, r.u32("pending place")?);
+                    ls.push(AutoLinked {
+                        id,
+                        key,
+                        links: decode_links(&mut r)?,
+                    });
                 }
                 Op::AutoLinks(ls)
             }
@@ -374,22 +391,24 @@ mod tests {
             proptest::collection::vec(
                 (
                     "[a-z0-9]{1,30}",
+                    any::<(u64, u32)>(),
                     proptest::collection::vec(("[a-z0-9]{1,20}", 0.01f32..=1.0), 0..4)
                 ),
                 0..4
             )
             .prop_map(|ls| Op::AutoLinks(
                 ls.into_iter()
-                    .map(|(id, links)| (
-                        MemoryId::new(id).unwrap(),
-                        links
+                    .map(|(id, key, links)| AutoLinked {
+                        id: MemoryId::new(id).unwrap(),
+                        key,
+                        links: links
                             .into_iter()
                             .map(|(to, weight)| Link {
                                 to: MemoryId::new(to).unwrap(),
                                 weight
                             })
                             .collect()
-                    ))
+                    })
                     .collect()
             )),
         ]

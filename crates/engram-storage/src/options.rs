@@ -28,10 +28,12 @@ pub struct StoreOptions {
     /// such limit). Memtables are searched exactly, so an engine that recalls sets this to
     /// bound the scan (`engram-engine` uses 4,096); the storage engine alone needs no limit.
     pub memtable_max_rows: usize,
-    /// While the active memtable holds memories waiting for their automatic links (made in
-    /// the background after the acknowledgement), `memtable_max_rows` waits for the linker, up
-    /// to this many entries: a burst of writes is linked in the memtable, not re-written once
-    /// linked. Past it the flush makes the links itself (on the compactor's thread).
+    /// How many memories a space may owe their automatic links (made in the background after
+    /// the acknowledgement) before writes asking for more wait (the engine's
+    /// `links_backlogged`). While the active memtable holds such memories the
+    /// `memtable_max_rows` flush waits for the linker, so a burst is linked in the memtable;
+    /// the other flushes (memory, WAL size, idleness, an explicit compaction) make the links
+    /// still owed themselves.
     pub memtable_pending_max_rows: usize,
     /// Flush dirty spaces once no write has come for this long (the "low load" trigger).
     pub idle_flush_after: Duration,

@@ -49,6 +49,19 @@ impl Store {
 
     /// Opens (or creates) the store in `root`: recovers the WAL and starts the compactor.
     pub fn open(disk: Arc<dyn Disk>, root: &Path, opts: StoreOptions) -> Result<Store> {
+        Self::open_with_linker(disk, root, opts, None)
+    }
+
+    /// [`Store::open`] with the [`AutoLinker`](crate::AutoLinker) that makes the automatic
+    /// links of memories stored with links pending (see [`Store::set_auto_linker`]), in place
+    /// before any background work starts: what recovery brings back pending is linked by the
+    /// linker thread or by a flush, never flushed without its links.
+    pub fn open_with_linker(
+        disk: Arc<dyn Disk>,
+        root: &Path,
+        opts: StoreOptions,
+        linker: Option<Arc<dyn crate::AutoLinker>>,
+    ) -> Result<Store> {
         opts.validate().map_err(StorageError::Invalid)?;
         let started = Instant::now();
         let wal_dir = root.join("wal");
@@ -83,7 +96,7 @@ impl Store {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             recovery: Mutex::new(RecoveryReport::default()),
-            auto_linker: parking_lot::RwLock::new(None),
+            auto_linker: parking_lot::RwLock::new(linker.clone()),
             link_work: Mutex::new(Default::default()),
             link_cv: Condvar::new(),
         });
@@ -157,6 +170,9 @@ impl Store {
                 source: e,
             })?;
             *store.indexer.lock() = Some(handle);
+            if let Some(linker) = linker {
+                store.spawn_linker(linker)?;
+            }
         }
         Ok(store)
     }
@@ -348,6 +364,11 @@ impl Store {
             // No background threads: flushes (and `link_pending`) make the links.
             return Ok(());
         }
+        self.spawn_linker(linker)
+    }
+
+    /// Starts the linker thread (idle class).
+    fn spawn_linker(&self, linker: Arc<dyn crate::AutoLinker>) -> Result<()> {
         let node = self.inner.clone();
         let handle = std::thread::Builder::new()
             .name("engram-linker".into())

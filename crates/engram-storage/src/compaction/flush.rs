@@ -62,7 +62,11 @@ pub(crate) fn flush(
         // The memories still owed their automatic links, linked now (without the state lock).
         let linked: HashMap<MemoryId, Memory> = match linker {
             Some(linker) if frozen.pending_count() > 0 => {
-                let pending = frozen.pending_memories(usize::MAX);
+                let pending: Vec<_> = frozen
+                    .pending_memories(usize::MAX)
+                    .into_iter()
+                    .map(|(_, m)| m)
+                    .collect();
                 links_for_flush(linker, space, &pending)
                     .into_iter()
                     .map(|(m, links)| {
@@ -71,6 +75,11 @@ pub(crate) fn flush(
                         (m.id.clone(), m)
                     })
                     .collect()
+            }
+            None if frozen.pending_count() > 0 => {
+                // A store used without an engine: nothing can make them.
+                tracing::warn!(space = %space.id, memories = frozen.pending_count(), "flushing memories owed automatic links without a linker: they will have none");
+                HashMap::new()
             }
             _ => HashMap::new(),
         };

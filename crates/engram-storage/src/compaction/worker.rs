@@ -78,11 +78,11 @@ impl Node {
                 let full: Vec<Arc<Space>> = dirty
                     .iter()
                     .filter(|s| {
+                        // Memories owed their links wait for the linker (writes asking for
+                        // more wait past `memtable_pending_max_rows`, see the engine).
                         let st = s.state.read();
-                        let rows = st.active.entries.len();
-                        rows >= self.opts.memtable_max_rows
-                            && (st.active.pending_count() == 0
-                                || rows >= self.opts.memtable_pending_max_rows)
+                        st.active.entries.len() >= self.opts.memtable_max_rows
+                            && st.active.pending_count() == 0
                     })
                     .cloned()
                     .collect();

@@ -374,7 +374,7 @@ impl SpaceState {
                     } else if m.links.len() < engram_core::limits::MAX_LINKS {
                         m.links.push(Link { to, weight });
                     }
-                    self.active.put(m);
+                    self.put_keeping_pending(m);
                 }
             }
             Op::Unlink { from, to } => {
@@ -382,7 +382,7 @@ impl SpaceState {
                     let before = m.links.len();
                     m.links.retain(|l| l.to != to);
                     if m.links.len() != before {
-                        self.active.put(m);
+                        self.put_keeping_pending(m);
                     }
                 }
             }
@@ -396,15 +396,16 @@ impl SpaceState {
                 }
             }
             Op::AutoLinks(made) => {
-                // Only a memory still waiting in the active memtable takes them: one frozen
-                // since gets its links as it is flushed, one replaced or deleted needs none.
-                for (id, links) in made {
-                    if !self.active.is_pending(&id) {
+                // Only the version linked, still waiting in the active memtable, takes them:
+                // one frozen since gets its links as it is flushed, one replaced or deleted
+                // needs none (a newer version owed links has a key of its own).
+                for a in made {
+                    if self.active.pending_key(&a.id) != Some(a.key) {
                         continue;
                     }
-                    if let Some(Entry::Live(m)) = self.active.entries.get(&id) {
+                    if let Some(Entry::Live(m)) = self.active.entries.get(&a.id) {
                         let mut m = Memory::clone(m);
-                        add_links(&mut m, links);
+                        add_links(&mut m, a.links);
                         self.active.put(m);
                     }
                 }
@@ -412,6 +413,20 @@ impl SpaceState {
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
         }
         Ok(())
+    }
+
+    /// Puts `m` (the newest version with an explicit link added or removed) in the active
+    /// memtable, still owed its automatic links if the version it changes was (under the same
+    /// key: the links are made for the same embedding).
+    fn put_keeping_pending(&mut self, m: Memory) {
+        let key = self
+            .active
+            .pending_key(&m.id)
+            .or_else(|| self.frozen.as_ref().and_then(|f| f.pending_key(&m.id)));
+        match key {
+            Some(key) => self.active.put_pending(m, key),
+            None => self.active.put(m),
+        }
     }
 
     /// Bytes in sealed segments.

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use super::file::{wal_file_name, WalFileHeader, WAL_FILE_HEADER_LEN};
+use super::file::{wal_file_name, WalFileHeader, WAL_FILE_HEADER_LEN, WAL_FORMAT_VERSION};
 use crate::disk::{Disk, DiskFile};
 use crate::error::{IoContext, Result};
 
@@ -61,7 +61,9 @@ pub fn is_spare_file_name(name: &str) -> bool {
 impl WalWriter {
     /// Opens the writer on the newest of `files` (verified by recovery, its torn tail erased),
     /// or creates a new file starting at `next_sequence` when there
-    /// is none.
+    /// is none. A newest file of an older format version is not written to: an empty one gets
+    /// this version's header, one with records is followed by a new file (so an older build
+    /// never meets an operation its version does not have in a file of its version).
     pub fn open(
         disk: Arc<dyn Disk>,
         dir: &Path,
@@ -70,9 +72,28 @@ impl WalWriter {
         segment_bytes: u64,
         preallocate: bool,
     ) -> Result<Self> {
+        let mut older_with_records = false;
         let (file, path, pos, first_sequence) = match files.last() {
             Some(last) => {
-                let file = disk.open_write(&last.path).at(&last.path)?;
+                let version = {
+                    let m = disk.map(&last.path).at(&last.path)?;
+                    m.get(8..12).map_or(WAL_FORMAT_VERSION, |b| {
+                        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                    })
+                };
+                let mut file = disk.open_write(&last.path).at(&last.path)?;
+                if version < WAL_FORMAT_VERSION {
+                    if last.valid_end <= WAL_FILE_HEADER_LEN as u64 {
+                        let header = WalFileHeader {
+                            first_sequence: last.first_sequence,
+                        }
+                        .encode();
+                        file.write_at(0, &header).at(&last.path)?;
+                        file.sync().at(&last.path)?;
+                    } else {
+                        older_with_records = true;
+                    }
+                }
                 (file, last.path.clone(), last.valid_end, last.first_sequence)
             }
             None => {
@@ -100,6 +121,10 @@ impl WalWriter {
             preparing: None,
             generation: 0,
         };
+        let mut w = w;
+        if older_with_records {
+            w.roll(next_sequence)?;
+        }
         Ok(w)
     }
 

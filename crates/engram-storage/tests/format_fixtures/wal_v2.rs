@@ -10,13 +10,15 @@
 //! The history: space `links` (dimension 4) is created; `a` is stored plainly and `b` with its
 //! links pending (one `RememberAutoLink` record); the linker links `b` to `a` (an `AutoLinks`
 //! record); `c` is stored pending and never linked (the "crash").
+//!
+//! Below the fixture's test, the rules of those operations as the store applies them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::{Link, Memory, MemoryId, SpaceId};
 use engram_storage::wal::{decode_record, scan_wal_file, WalFileHeader};
-use engram_storage::{AutoLinker, LinkReader, Op, Store, StoreOptions};
+use engram_storage::{AutoLinked, AutoLinker, LinkReader, Op, Store, StoreOptions};
 
 use super::relative_files;
 
@@ -138,13 +140,15 @@ fn reads_wal_v2_fixture() {
     );
     assert_eq!(
         ops[2],
-        &Op::AutoLinks(vec![(
-            MemoryId::new("b").unwrap(),
-            vec![Link {
+        &Op::AutoLinks(vec![AutoLinked {
+            id: MemoryId::new("b").unwrap(),
+            // The record that stored b (the space's creation is sequence 1), b second in it.
+            key: (2, 1),
+            links: vec![Link {
                 to: MemoryId::new("a").unwrap(),
                 weight: 0.5
             }]
-        )])
+        }])
     );
     assert_eq!(ops[3], &Op::RememberAutoLink(vec![(memory("c", 2), true)]));
     assert_eq!(ops.len(), 4);
@@ -212,4 +216,151 @@ fn a_flush_links_what_is_owed_and_later_writes_cancel_it() {
     let store = Store::open_dir(dir.path(), options()).unwrap();
     assert_eq!(store.get(&s, "b").unwrap().unwrap().links.len(), 1);
     assert_eq!(store.pending_links(&s).unwrap(), 0);
+}
+
+/// An explicit link added to a memory still owed its automatic links keeps it owed; links
+/// made for one version never land on a newer one (which is owed its own).
+#[test]
+fn explicit_links_keep_the_debt_and_links_follow_their_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = space();
+    let store = Store::open_dir(dir.path(), options()).unwrap();
+    store.create_space(&s, 4).unwrap();
+    store
+        .remember_auto_link(&s, vec![(memory("a", 0), false), (memory("b", 1), true)])
+        .unwrap();
+    store
+        .link(
+            &s,
+            &MemoryId::new("b").unwrap(),
+            &MemoryId::new("a").unwrap(),
+            0.9,
+        )
+        .unwrap();
+    assert_eq!(
+        store.pending_links(&s).unwrap(),
+        1,
+        "still owed after the explicit link"
+    );
+    let linker = Arc::new(ToA(Default::default()));
+    store.set_auto_linker(linker).unwrap();
+    assert_eq!(store.link_pending(&s).unwrap(), 1);
+    let b = store.get(&s, "b").unwrap().unwrap();
+    // The explicit link stays as it was; the automatic one to the same memory is not added.
+    assert_eq!(b.links.len(), 1);
+    assert_eq!(b.links[0].weight, 0.9);
+    assert_eq!(store.pending_links(&s).unwrap(), 0);
+}
+
+/// Stores a new version of `c` (owed its links too) while the links of the old one are being
+/// made, once; links everything to `a`.
+struct Replacing {
+    store: std::sync::OnceLock<std::sync::Weak<Store>>,
+    asked: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl AutoLinker for Replacing {
+    fn link(
+        &self,
+        space: &SpaceId,
+        reader: &dyn LinkReader,
+        memories: &[Arc<Memory>],
+        must: bool,
+    ) -> Option<Vec<Vec<Link>>> {
+        let first = {
+            let mut asked = self.asked.lock().unwrap();
+            let first = asked.is_empty();
+            asked.extend(memories.iter().map(|m| m.embedding.clone()));
+            first
+        };
+        if first {
+            let store = self.store.get().and_then(|w| w.upgrade()).unwrap();
+            store
+                .remember_auto_link(space, vec![(memory("c", 3), true)])
+                .unwrap();
+        }
+        ToA(Default::default()).link(space, reader, memories, must)
+    }
+}
+
+#[test]
+fn links_made_for_one_version_do_not_settle_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = space();
+    let store = Arc::new(Store::open_dir(dir.path(), options()).unwrap());
+    store.create_space(&s, 4).unwrap();
+    store
+        .remember_auto_link(&s, vec![(memory("a", 0), false), (memory("c", 2), true)])
+        .unwrap();
+    let linker = Arc::new(Replacing {
+        store: Default::default(),
+        asked: Default::default(),
+    });
+    linker.store.set(Arc::downgrade(&store)).unwrap();
+    store.set_auto_linker(linker.clone()).unwrap();
+    // The first round's links were made for c's first version, stored again meanwhile: they
+    // are not applied to the second, which a second round links.
+    assert_eq!(store.link_pending(&s).unwrap(), 2);
+    let asked = linker.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        vec![memory("c", 2).embedding, memory("c", 3).embedding]
+    );
+    let c = store.get(&s, "c").unwrap().unwrap();
+    assert_eq!(c.embedding, memory("c", 3).embedding);
+    assert_eq!(c.links.len(), 1);
+    assert_eq!(store.pending_links(&s).unwrap(), 0);
+}
+
+/// A data directory of WAL version 1 opened by this build: version 2 operations are never
+/// written into a version 1 file (its records stay as they were; writing goes on in a file
+/// of version 2).
+#[test]
+fn a_version_1_wal_is_not_written_with_version_2_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    super::copy_dir(&super::fixture_dir(), dir.path());
+    let before: Vec<(String, Vec<u8>)> = relative_files(&dir.path().join("wal"))
+        .into_iter()
+        .map(|n| {
+            let b = std::fs::read(dir.path().join("wal").join(&n)).unwrap();
+            (n, b)
+        })
+        .collect();
+    {
+        let store = Store::open_dir(dir.path(), options()).unwrap();
+        let s = SpaceId::new("alpha").unwrap();
+        let dim = store.space_meta(&s).unwrap().dimension as usize;
+        let mut m = memory("new", 0);
+        m.embedding = vec![0.0; dim];
+        m.embedding[0] = 1.0;
+        store.remember_auto_link(&s, vec![(m, true)]).unwrap();
+    }
+    for name in relative_files(&dir.path().join("wal")) {
+        let bytes = std::fs::read(dir.path().join("wal").join(&name)).unwrap();
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+        let out = scan_wal_file(&bytes, false, 1 << 20);
+        let new_ops = out
+            .records
+            .iter()
+            .filter(|r| matches!(r.op, Op::RememberAutoLink(_) | Op::AutoLinks(_)))
+            .count();
+        if version == 1 {
+            assert_eq!(new_ops, 0, "{name}: a version 1 file");
+            // A file that had records keeps them as they were.
+            if let Some((_, old)) = before.iter().find(|(n, _)| n == &name) {
+                if old.len() > 32 {
+                    assert_eq!(&bytes[..old.len()], &old[..], "{name}");
+                }
+            }
+        } else {
+            assert_eq!(version, 2, "{name}");
+        }
+    }
+    let store = Store::open_dir(dir.path(), options()).unwrap();
+    assert_eq!(
+        store
+            .pending_links(&SpaceId::new("alpha").unwrap())
+            .unwrap(),
+        1
+    );
 }
