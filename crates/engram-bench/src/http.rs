@@ -315,6 +315,7 @@ pub fn run(quick: bool) -> Result<()> {
         "recall",
         "restart",
         "ingest",
+        "spreads",
     ])?;
     let exe = engram_binary()?;
     let root = tempfile::Builder::new()
@@ -325,6 +326,13 @@ pub fn run(quick: bool) -> Result<()> {
         if quick { "quick" } else { "full" },
         util::machine_description()
     );
+    // Parts that start servers of their own need no shared one.
+    if parts
+        .iter()
+        .all(|p| ["restart", "ingest", "spreads"].contains(&p.as_str()))
+    {
+        return after_recall(&parts, quick);
+    }
     let server = start_server(&exe, root.path())?;
     println!(
         "# server {} ({}), data in {}",
@@ -541,6 +549,9 @@ fn after_recall(parts: &[String], quick: bool) -> Result<()> {
     }
     if parts.iter().any(|p| p == "ingest") {
         crate::ingest::run(quick)?;
+    }
+    if parts.iter().any(|p| p == "spreads") {
+        crate::spreads::run(quick)?;
     }
     Ok(())
 }

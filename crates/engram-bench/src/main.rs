@@ -9,6 +9,7 @@ mod ingest;
 mod placement;
 mod recall;
 mod restart;
+mod spreads;
 mod storage;
 mod text;
 mod util;

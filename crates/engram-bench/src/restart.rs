@@ -30,7 +30,7 @@ const WITHIN: f64 = 1.2;
 /// How long a restart may take to reach full speed before the measurement gives up.
 const GIVE_UP: Duration = Duration::from_secs(300);
 
-fn b64(v: &[f32]) -> String {
+pub(crate) fn b64(v: &[f32]) -> String {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -68,6 +68,15 @@ fn load(
 
 /// Waits until the server has flushed the space and built every index.
 fn settle(client: &reqwest::blocking::Client, base: &str) -> Result<Duration> {
+    settle_space(client, base, SPACE)
+}
+
+/// Waits until the server has flushed `space` and built every index.
+pub(crate) fn settle_space(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    space: &str,
+) -> Result<Duration> {
     let wait = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -75,7 +84,7 @@ fn settle(client: &reqwest::blocking::Client, base: &str) -> Result<Duration> {
         let pending = metric(&text, "engram_index_pending_segments").unwrap_or(0.0);
         let memtable = text
             .lines()
-            .find(|l| l.starts_with(&format!("engram_space_memtable_bytes{{space=\"{SPACE}\"}}")))
+            .find(|l| l.starts_with(&format!("engram_space_memtable_bytes{{space=\"{space}\"}}")))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);

@@ -27,7 +27,7 @@ use crate::dataset::{Clusters, Shape};
 use crate::util::{self, report, DIM};
 
 /// Within-cluster spread as a fraction of the distance between centres.
-pub(super) const SPREADS: [f32; 4] = [0.6, 0.8, 1.0, 1.2];
+pub(crate) const SPREADS: [f32; 4] = [0.6, 0.8, 1.0, 1.2];
 /// Isotropic noise of the extra sets, at the widest spread: with noise 3.0 hnswlib (M 16,
 /// ef_construction 200) needs ef 64 for recall@10 0.97; at 3.6 it has 0.81 at ef 64, the
 /// level of the table (measured by the peers in this bench).
@@ -48,7 +48,7 @@ pub(super) struct Point {
 
 /// The data of one spread: unit vectors, queries near some of them, and the exact top 10 of
 /// each query.
-pub(super) struct HardSet {
+pub(crate) struct HardSet {
     pub vectors: Vec<Vec<f32>>,
     pub queries: Vec<Vec<f32>>,
     pub truth: Vec<Vec<u32>>,
@@ -217,7 +217,7 @@ pub(super) fn params_from_env() -> Result<HnswParams> {
 
 /// `defaults`, or the comma-separated values of environment variable `name` (to measure a
 /// part of the sweep).
-pub(super) fn list_from_env<T: std::str::FromStr + Copy>(
+pub(crate) fn list_from_env<T: std::str::FromStr + Copy>(
     name: &str,
     defaults: &[T],
 ) -> Result<Vec<T>> {

@@ -18,7 +18,7 @@ use engram_storage::RealDisk;
 use crate::dataset::{Clusters, Shape};
 use crate::util::{self, compare, report, Better, DIM};
 
-mod hard;
+pub(crate) mod hard;
 mod minilm;
 mod peers;
 
