@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -251,9 +253,25 @@ struct Bad {
     reason: String,
 }
 
-/// Imports a JSON-lines file, one memory per line (the body of `remember`), in batches. A bad
-/// line is reported (line number and reason) and skipped; the good ones are stored. Returns
-/// whether every line was imported.
+/// Batches `engram import` keeps in flight at once, each on a keep-alive connection of the
+/// shared client: the server commits one while the next is on the wire.
+const IN_FLIGHT: usize = 4;
+
+/// What the import's senders share.
+struct Sent {
+    /// Batches sent, and batches answered.
+    counts: Mutex<(usize, usize)>,
+    answered: Condvar,
+    stored: AtomicUsize,
+    bad: Mutex<Vec<Bad>>,
+    /// The first error that stops the import (the server unreachable, a 5xx, a refused key).
+    failed: Mutex<Option<anyhow::Error>>,
+}
+
+/// Imports a JSON-lines file, one memory per line (the body of `remember`), in batches, up to
+/// [`IN_FLIGHT`] of them on the wire at once. A batch with explicit links waits until every
+/// batch before it is stored (its targets may be in them). A bad line is reported (line number
+/// and reason) and skipped; the good ones are stored. Returns whether every line was imported.
 pub fn import(api: &Api, path: &Path, space: &Option<String>, batch: usize) -> Result<bool> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -270,44 +288,109 @@ pub fn import(api: &Api, path: &Path, space: &Option<String>, batch: usize) -> R
         bar: bar.clone(),
     });
     let path_q = space_query(space);
-    let mut pending: Vec<(usize, Value)> = Vec::with_capacity(batch);
-    let mut bad: Vec<Bad> = Vec::new();
-    let mut stored = 0usize;
+    let sent = Sent {
+        counts: Mutex::new((0, 0)),
+        answered: Condvar::new(),
+        stored: AtomicUsize::new(0),
+        bad: Mutex::new(Vec::new()),
+        failed: Mutex::new(None),
+    };
     let started = std::time::Instant::now();
-    let mut line_no = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Value)>>(IN_FLIGHT);
+    let rx = Mutex::new(rx);
+    let read: Result<()> = std::thread::scope(|scope| {
+        for _ in 0..IN_FLIGHT {
+            let (rx, sent, bar, path_q) = (&rx, &sent, &bar, &path_q);
+            scope.spawn(move || loop {
+                let job = rx.lock().expect("the queue's lock").recv();
+                let Ok(mut pending) = job else { return };
+                let mut bad = Vec::new();
+                // After a failure the batches still queued are not sent.
+                let result = if sent.failed.lock().expect("the error's lock").is_some() {
+                    Ok(0)
+                } else {
+                    flush(api, path_q, &mut pending, &mut bad)
+                };
+                match result {
+                    Ok(n) => {
+                        let stored = sent.stored.fetch_add(n, Ordering::Relaxed) + n;
+                        let mut all_bad = sent.bad.lock().expect("the bad lines' lock");
+                        all_bad.extend(bad);
+                        let rate = stored as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        bar.set_message(format!(
+                            "{stored} stored, {} bad, {rate:.0}/s",
+                            all_bad.len()
+                        ));
+                    }
+                    Err(e) => {
+                        sent.failed
+                            .lock()
+                            .expect("the error's lock")
+                            .get_or_insert(e);
+                    }
+                }
+                sent.counts.lock().expect("the counts' lock").1 += 1;
+                sent.answered.notify_all();
+            });
         }
-        line_no += 1;
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
+        // Sends a batch; false once the import has failed.
+        let send = |pending: Vec<(usize, Value)>| -> bool {
+            if pending.is_empty() {
+                return true;
+            }
+            let linked = pending
+                .iter()
+                .any(|(_, v)| v["links"].as_array().is_some_and(|l| !l.is_empty()));
+            let mut counts = sent.counts.lock().expect("the counts' lock");
+            while linked && counts.1 < counts.0 {
+                counts = sent.answered.wait(counts).expect("the counts' lock");
+            }
+            counts.0 += 1;
+            drop(counts);
+            sent.failed.lock().expect("the error's lock").is_none() && tx.send(pending).is_ok()
+        };
+        let mut pending: Vec<(usize, Value)> = Vec::with_capacity(batch);
+        let mut line_no = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(text) {
+                Ok(v) if v.is_object() => pending.push((line_no, v)),
+                Ok(_) => sent.bad.lock().expect("the bad lines' lock").push(Bad {
+                    line: line_no,
+                    reason: "not a JSON object".into(),
+                }),
+                Err(e) => sent.bad.lock().expect("the bad lines' lock").push(Bad {
+                    line: line_no,
+                    reason: format!("invalid JSON: {e}"),
+                }),
+            }
+            if pending.len() >= batch && !send(std::mem::take(&mut pending)) {
+                break;
+            }
         }
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) if v.is_object() => pending.push((line_no, v)),
-            Ok(_) => bad.push(Bad {
-                line: line_no,
-                reason: "not a JSON object".into(),
-            }),
-            Err(e) => bad.push(Bad {
-                line: line_no,
-                reason: format!("invalid JSON: {e}"),
-            }),
-        }
-        if pending.len() >= batch {
-            stored += flush(api, &path_q, &mut pending, &mut bad)?;
-            let rate = stored as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{stored} stored, {} bad, {rate:.0}/s", bad.len()));
-        }
-    }
-    stored += flush(api, &path_q, &mut pending, &mut bad)?;
+        send(pending);
+        drop(tx);
+        Ok(())
+    });
     bar.finish_and_clear();
+    if let Some(e) = sent.failed.into_inner().expect("the error's lock") {
+        return Err(e);
+    }
+    read?;
+    let stored = sent.stored.into_inner();
+    let mut bad = sent.bad.into_inner().expect("the bad lines' lock");
     let secs = started.elapsed().as_secs_f64();
     println!(
         "imported {stored} memories from {} in {secs:.1} s ({:.0}/s); {} bad line(s)",

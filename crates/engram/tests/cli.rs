@@ -167,3 +167,51 @@ fn an_unreachable_server_is_a_clear_error() {
         "{o:?}"
     );
 }
+
+/// Several batches in flight: a line linking to a memory of an earlier batch is stored after
+/// that batch (never refused for a target still on the wire), and every line arrives.
+#[test]
+fn import_keeps_batches_in_flight_and_links_reach_earlier_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"));
+    let file = dir.path().join("linked.jsonl");
+    let mut lines: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"id": "n{i}", "content": "note number {i}", "auto_link": false}}"#))
+        .collect();
+    // In the last batch (of 4): links to the first and a middle batch.
+    lines.push(
+        r#"{"id": "hub", "content": "the hub", "links": [{"to": "n0", "weight": 0.5}, {"to": "n21", "weight": 0.7}]}"#
+            .into(),
+    );
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let o = engram(
+        &s,
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--space",
+            "many",
+            "--batch",
+            "4",
+        ],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains("imported 41 memories"),
+        "{}",
+        stdout(&o)
+    );
+    let got: serde_json::Value =
+        reqwest::blocking::get(format!("{}/api/v1/memories/hub?space=many", s.base))
+            .unwrap()
+            .json()
+            .unwrap();
+    let mut to: Vec<&str> = got["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["to"].as_str().unwrap())
+        .collect();
+    to.sort();
+    assert_eq!(to, ["n0", "n21"], "{got}");
+}
