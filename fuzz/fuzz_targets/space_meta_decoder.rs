@@ -1,10 +1,11 @@
-//! The `space.meta` decoder (`SpaceMeta::decode`) must never panic on arbitrary bytes, and what
-//! it accepts must encode back to the same bytes. Each input is tried as it is and with its
+//! The decoders of a space's small state files, `space.meta` (`SpaceMeta::decode`) and a
+//! replicated space's `raft.state` (`RaftApplied::decode`), must never panic on arbitrary
+//! bytes, and what they accept must encode back to the same bytes. Each input is tried as it is and with its
 //! checksum recomputed (the last 4 bytes, a crc32c of everything before), so the fuzzer
 //! reaches the checks behind the CRC.
 #![no_main]
 
-use engram_storage::SpaceMeta;
+use engram_storage::{RaftApplied, SpaceMeta};
 use libfuzzer_sys::fuzz_target;
 
 fn exercise(bytes: &[u8]) {
@@ -14,6 +15,9 @@ fn exercise(bytes: &[u8]) {
             bytes,
             "decode then encode gives the bytes back"
         );
+    }
+    if let Ok(state) = RaftApplied::decode(bytes) {
+        assert_eq!(state.encode(), bytes, "raft.state: decode then encode");
     }
 }
 

@@ -69,6 +69,7 @@ impl Catalog {
             tracing::warn!(error = %e, "could not read the NUMA topology; assuming one node");
             NumaTopology::read_from(Path::new("/nonexistent")).unwrap_or_else(|_| unreachable!())
         });
+        crate::store::replicated::finish_installs(&*disk, &spaces_dir)?;
         let mut spaces = HashMap::new();
         for name in disk.list_dir(&spaces_dir).at(&spaces_dir)? {
             match SpaceId::new(name.clone()) {
@@ -150,6 +151,15 @@ impl Catalog {
                         self.stats.spaces_loaded.fetch_add(1, Ordering::Relaxed);
                         Ok(Some(space))
                     }
+                    None if self
+                        .disk
+                        .exists(&space_dir(&self.root, id).join(crate::raft::RAFT_STATE_FILE)) =>
+                    {
+                        // A raft group whose space is not created yet keeps its applied
+                        // state here: not a space, but not to be removed.
+                        map.remove(id);
+                        Ok(None)
+                    }
                     None => {
                         // A directory without space.meta holds no segment (a flush writes the
                         // meta first; a drop removes it last): a creation that never reached a
@@ -216,6 +226,12 @@ impl Catalog {
         self.spaces
             .write()
             .insert(space.id.clone(), Slot::Loaded(Arc::new(space)));
+    }
+
+    /// Adds a space whose directory was just put in place (a snapshot installed): loaded on
+    /// first use, as at open.
+    pub(crate) fn insert_on_disk(&self, id: &SpaceId) {
+        self.spaces.write().insert(id.clone(), Slot::OnDisk);
     }
 
     /// Forgets a dropped space.

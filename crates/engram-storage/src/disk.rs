@@ -69,6 +69,14 @@ pub trait Disk: Send + Sync + fmt::Debug + 'static {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes the names in a directory durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Makes `to` name the same bytes as `from` (a hard link where the file system has
+    /// them; here, by default, a copy, synced). `to` must not exist.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let bytes = self.read(from)?;
+        let mut f = self.create(to)?;
+        f.write_all(&bytes)?;
+        f.sync()
+    }
 }
 
 /// Read-only bytes of a whole file, starting 64-byte aligned: a memory map for [`RealDisk`], an
@@ -298,6 +306,10 @@ impl Disk for RealDisk {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
     }
 }
 

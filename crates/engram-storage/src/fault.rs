@@ -95,6 +95,12 @@ impl FaultDisk {
         self.shared.lock().failing_syncs = n;
     }
 
+    /// After `n` more syncs succeed, every sync fails (a crash point for a test that then
+    /// cuts the power); `None` lifts it.
+    pub fn fail_syncs_after(&self, n: Option<u64>) {
+        self.shared.lock().sync_budget = n;
+    }
+
     /// After `bytes` more bytes have been written through [`DiskFile::write_all`] or
     /// [`DiskFile::write_at`] (over all files), writes fail with an error. A write crossing the limit writes the bytes before the
     /// limit and then fails: a torn write. `None` (the default) lifts the limit.
@@ -107,6 +113,7 @@ impl FaultDisk {
         let mut st = self.shared.lock();
         st.torn_tail = None;
         st.failing_syncs = 0;
+        st.sync_budget = None;
         st.write_budget = None;
     }
 

@@ -45,6 +45,7 @@ mod op;
 mod options;
 pub mod process;
 mod quarantine;
+mod raft;
 mod recovery;
 pub mod segment;
 mod space;
@@ -59,11 +60,16 @@ pub use error::{Result, StorageError};
 pub use fault::FaultDisk;
 pub use lexical::{lex_path, SegmentLex, MAX_QUERY_TERMS};
 pub use meta::{SpaceMeta, SPACE_META_FILE};
-pub use op::{AutoLinked, Op};
+pub use op::{code as op_code, AutoLinked, Op};
 pub use options::StoreOptions;
 pub use quarantine::QuarantineReport;
+pub use raft::{
+    Command, EntryBody, GroupMeta, LogEntry, LogPos, RaftApplied, RaftMembership, RaftNode,
+    RaftVote, MAX_MEMBERSHIP_CONFIGS, MAX_MEMBERSHIP_NODES, MAX_REQUEST_KEY, RAFT_STATE_FILE,
+};
 pub use recovery::RecoveryReport;
 pub use space::{EmbeddingSnapshot, Hit, LexHit, SpaceView};
 pub use stats::{SpaceStatus, StoreStats, StoreStatus};
+pub use store::raft::{RaftRecord, RaftRetention};
 pub use store::Store;
-pub use wal::commit::Commit;
+pub use wal::commit::{Commit, DurableCallback};

@@ -52,6 +52,8 @@ pub(crate) struct Node {
     /// The spaces where writes left memories pending: the linker thread's work.
     pub(crate) link_work: Mutex<crate::autolink::LinkWork>,
     pub(crate) link_cv: Condvar,
+    /// Raft records recovered for the replication layer, and what it retains of the WAL.
+    pub(crate) raft: crate::store::raft::RaftHold,
 }
 
 impl Node {
@@ -66,6 +68,10 @@ impl Node {
             .collect();
         let mut iter = batch.into_iter().peekable();
         while let Some(p) = iter.next() {
+            if p.op.is_raft() {
+                // The replication layer holds its log; durability is all it waits for.
+                continue;
+            }
             let plain = !matches!(p.op, Op::SpaceCreate { .. } | Op::SpaceDrop);
             let space = if plain {
                 self.catalog.space(&p.space)?
@@ -83,7 +89,9 @@ impl Node {
                     st.apply(p.seq, p.op)?;
                 }
                 let same = iter.peek().is_some_and(|q| {
-                    q.space == space.id && !matches!(q.op, Op::SpaceCreate { .. } | Op::SpaceDrop)
+                    q.space == space.id
+                        && !q.op.is_raft()
+                        && !matches!(q.op, Op::SpaceCreate { .. } | Op::SpaceDrop)
                 });
                 if same {
                     next = iter.next();
@@ -105,6 +113,12 @@ impl Node {
         op: Op,
         replaying: bool,
     ) -> Result<bool> {
+        if op.is_raft() {
+            if replaying {
+                self.raft.recovered(seq, space_id, op);
+            }
+            return Ok(true);
+        }
         if let Op::SpaceCreate {
             dimension,
             created_at_us,
@@ -119,6 +133,7 @@ impl Node {
                 created_at_us,
                 created_seq: seq,
                 embedder,
+                replicated: false,
             };
             let space =
                 Space::new_in_memory(space_id.clone(), space_dir(&self.root, &space_id), meta);

@@ -1,5 +1,6 @@
-//! The operations a WAL record carries, and their payload encoding (WAL format version 2,
-//! see `docs/format.md`; version 1 has every operation but the automatic-link pair).
+//! The operations a WAL record carries, and their payload encoding (WAL format version 3,
+//! see `docs/format.md`; version 2 has every operation but the raft records (codes 10 to 12),
+//! version 1 neither those nor the automatic-link pair).
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use engram_core::{Link, Memory, MemoryId};
 
 use crate::codec::*;
 use crate::error::{corrupted, Result};
+use crate::raft::{decode_truncate, encode_truncate, EntryBody, GroupMeta, LogEntry, LogPos};
 
 /// What a WAL record does to its space.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +47,13 @@ pub enum Op {
     /// record): a memory still pending in the active memtable under that key gets these links
     /// added and is no longer pending. Format version 2.
     AutoLinks(Vec<AutoLinked>),
+    /// One entry of the space's raft log (a replicated space). Format version 3.
+    RaftEntry(Box<LogEntry>),
+    /// The space's raft group state: vote, commit and purge points. Format version 3.
+    RaftMeta(GroupMeta),
+    /// The space's raft log entries after this one are void (all of them when `None`).
+    /// Format version 3.
+    RaftTruncate(Option<LogPos>),
 }
 
 /// One memory's entry in [`Op::AutoLinks`].
@@ -67,6 +76,9 @@ pub mod code {
     pub const SPACE_DROP: u8 = 7;
     pub const REMEMBER_AUTO_LINK: u8 = 8;
     pub const AUTO_LINKS: u8 = 9;
+    pub const RAFT_ENTRY: u8 = 10;
+    pub const RAFT_META: u8 = 11;
+    pub const RAFT_TRUNCATE: u8 = 12;
 }
 
 impl Op {
@@ -81,7 +93,18 @@ impl Op {
             Op::SpaceDrop => code::SPACE_DROP,
             Op::RememberAutoLink(_) => code::REMEMBER_AUTO_LINK,
             Op::AutoLinks(_) => code::AUTO_LINKS,
+            Op::RaftEntry(_) => code::RAFT_ENTRY,
+            Op::RaftMeta(_) => code::RAFT_META,
+            Op::RaftTruncate(_) => code::RAFT_TRUNCATE,
         }
+    }
+
+    /// Whether the record belongs to a raft log (applied through the group, not at commit).
+    pub fn is_raft(&self) -> bool {
+        matches!(
+            self,
+            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_)
+        )
     }
 
     /// How many changes the operation carries: the memories of a batch, else one.
@@ -90,6 +113,11 @@ impl Op {
             Op::RememberBatch(ms) => ms.len(),
             Op::RememberAutoLink(ms) => ms.len(),
             Op::AutoLinks(ls) => ls.len(),
+            Op::RaftEntry(e) => match &e.body {
+                EntryBody::Normal(c) => c.op.changes(),
+                _ => 0,
+            },
+            Op::RaftMeta(_) | Op::RaftTruncate(_) => 0,
             _ => 1,
         }
     }
@@ -142,6 +170,9 @@ impl Op {
                     encode_links(&a.links, out);
                 }
             }
+            Op::RaftEntry(e) => e.encode(out),
+            Op::RaftMeta(m) => m.encode(out),
+            Op::RaftTruncate(after) => encode_truncate(after, out),
         }
     }
 
@@ -206,6 +237,9 @@ impl Op {
                 }
                 Op::AutoLinks(ls)
             }
+            code::RAFT_ENTRY => Op::RaftEntry(Box::new(LogEntry::decode(&mut r)?)),
+            code::RAFT_META => Op::RaftMeta(GroupMeta::decode(&mut r)?),
+            code::RAFT_TRUNCATE => Op::RaftTruncate(decode_truncate(&mut r)?),
             other => return corrupted(format!("unknown operation code {other}")),
         };
         r.finish("operation payload")?;

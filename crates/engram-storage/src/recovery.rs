@@ -235,6 +235,13 @@ fn max_persisted_seq(disk: &dyn Disk, spaces_dir: &Path) -> Result<u64> {
         let Ok(entries) = disk.list_dir(&dir) else {
             continue;
         };
+        // A replicated space's files are sequenced by its raft log's indexes.
+        let meta = dir.join(crate::meta::SPACE_META_FILE);
+        if let Ok(Ok(m)) = disk.read(&meta).map(|b| SpaceMeta::decode(&b)) {
+            if m.replicated {
+                continue;
+            }
+        }
         for e in entries {
             if let Some((_, hi)) = crate::segment::parse_segment_file_name(&e) {
                 max = max.max(hi);

@@ -29,6 +29,9 @@ use crate::stats::{SpaceStatus, StoreStats, StoreStatus};
 use crate::wal::commit::{Commit, GroupCommit};
 use crate::wal::WalWriter;
 
+pub(crate) mod raft;
+pub(crate) mod replicated;
+
 /// The storage engine of one node.
 pub struct Store {
     inner: Arc<Node>,
@@ -99,6 +102,7 @@ impl Store {
             auto_linker: parking_lot::RwLock::new(linker.clone()),
             link_work: Mutex::new(Default::default()),
             link_cv: Condvar::new(),
+            raft: raft::RaftHold::new(),
         });
         // Replay in sequence order.
         let mut report = recovered.report;

@@ -28,6 +28,8 @@ use std::sync::atomic::Ordering;
 mod index_v1;
 #[path = "format_fixtures/wal_v2.rs"]
 mod wal_v2;
+#[path = "format_fixtures/wal_v3.rs"]
+mod wal_v3;
 
 use index_v1::{check_index_files, INDEX_FIXTURE_FILES};
 
@@ -266,6 +268,9 @@ fn run(store: &Store, steps: Vec<Step>) {
             Op::RememberAutoLink(_) | Op::AutoLinks(_) => {
                 unreachable!("version 1 has no automatic-link operations")
             }
+            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {
+                unreachable!("version 1 has no raft records")
+            }
         }
     }
 }
@@ -317,6 +322,15 @@ fn generate_v1_fixtures() {
 }
 
 /// Every file below `dir`, relative to it with `/` separators, sorted.
+/// Stops a fixture generator unless `ENGRAM_WRITE_FIXTURES=1` asks to overwrite fixtures.
+fn require_fixture_writes() {
+    assert_eq!(
+        std::env::var("ENGRAM_WRITE_FIXTURES").as_deref(),
+        Ok("1"),
+        "set ENGRAM_WRITE_FIXTURES=1 to overwrite the checked-in fixture"
+    );
+}
+
 fn relative_files(dir: &Path) -> Vec<String> {
     walk(dir)
         .iter()
@@ -543,8 +557,8 @@ fn check_wal_files(root: &Path) {
         assert_eq!(&bytes[0..8], b"ENGRWAL\0");
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
         assert_eq!(
-            WAL_FORMAT_VERSION, 2,
-            "this build writes version 2 and reads 1"
+            WAL_FORMAT_VERSION, 3,
+            "this build writes version 3 and reads 1 and 2"
         );
         let header = WalFileHeader::decode(&bytes).unwrap();
         assert_eq!(header.first_sequence, first, "{name}");

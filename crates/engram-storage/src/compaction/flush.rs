@@ -14,6 +14,7 @@ use crate::error::{IoContext, Result};
 use crate::lexical::SegmentLex;
 use crate::memtable::Entry;
 use crate::meta::SPACE_META_FILE;
+use crate::raft::{RaftApplied, RAFT_STATE_FILE};
 use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use crate::space::{attach_lex, Space};
 use crate::wal::check::check_segment_durable;
@@ -38,10 +39,19 @@ pub(crate) fn flush(
         }
         if st.frozen.is_none() {
             if st.active.is_clean() {
+                // A replicated space may have applied entries that changed no memory (a
+                // leader's blank entry, a membership): everything it applied is in segments.
+                if st.meta_persisted && st.raft.is_some() && st.raft != st.raft_persisted {
+                    let raft = st.raft.clone().expect("checked above");
+                    drop(st);
+                    write_raft_state(disk, space, &raft)?;
+                    space.state.write().raft_persisted = Some(raft);
+                }
                 return Ok(0);
             }
             let table = std::mem::take(&mut st.active);
             st.frozen = Some(Arc::new(table));
+            st.frozen_raft = st.raft.clone();
         }
         let frozen = st.frozen.clone().expect("frozen memtable set above");
         (
@@ -97,8 +107,11 @@ pub(crate) fn flush(
         tombs.sort_unstable();
         if !live.is_empty() || !tombs.is_empty() {
             let min = frozen.min_seq.unwrap_or(frozen.max_seq);
-            // Read after the memtable was frozen: it holds no record applied since.
-            check_segment_durable(frozen.max_seq, wal.durable_seq());
+            // Read after the memtable was frozen: it holds no record applied since. (A
+            // replicated space's sequences are log indexes, applied once committed.)
+            if !meta.replicated {
+                check_segment_durable(frozen.max_seq, wal.durable_seq());
+            }
             let path = space.dir.join(segment_file_name(min, frozen.max_seq));
             written = write_memories(
                 disk,
@@ -118,6 +131,11 @@ pub(crate) fn flush(
             new_segment = Some(Arc::new(seg));
         }
     }
+    // What the replicated space had applied when the memtable froze, now all in segments.
+    let frozen_raft = space.state.read().frozen_raft.clone();
+    if let Some(raft) = &frozen_raft {
+        write_raft_state(disk, space, raft)?;
+    }
     let mut st = space.state.write();
     if let Some(seg) = new_segment {
         st.segments.push(seg);
@@ -125,5 +143,15 @@ pub(crate) fn flush(
     st.meta_persisted = true;
     st.flushed_seq = st.flushed_seq.max(frozen.max_seq);
     st.frozen = None;
+    if let Some(raft) = st.frozen_raft.take() {
+        st.raft_persisted = Some(raft);
+    }
     Ok(written)
+}
+
+/// Writes a replicated space's `raft.state` (atomically, synced). Called only once everything
+/// it says is applied is in durable segments.
+fn write_raft_state(disk: &dyn Disk, space: &Space, raft: &RaftApplied) -> Result<()> {
+    let p = space.dir.join(RAFT_STATE_FILE);
+    write_file_atomic(disk, &p, &raft.encode()).at(&p)
 }

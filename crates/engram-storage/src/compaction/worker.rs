@@ -60,7 +60,11 @@ impl Node {
             .iter()
             .filter(|s| {
                 let st = s.state.read();
-                (!st.active.is_clean() || st.frozen.is_some()) && !dropping.contains(&s.id)
+                // A replicated space that applied entries changing no memory has its
+                // `raft.state` to write.
+                let raft_behind = st.meta_persisted && st.raft != st.raft_persisted;
+                (!st.active.is_clean() || st.frozen.is_some() || raft_behind)
+                    && !dropping.contains(&s.id)
             })
             .cloned()
             .collect();
@@ -177,7 +181,7 @@ impl Node {
         self.disk.sync_dir(&self.spaces_dir).at(&self.spaces_dir)?;
         self.pending_drops
             .lock()
-            .retain(|(seq, _)| !drops.iter().any(|(s, _)| s == seq));
+            .retain(|(_, s)| !drops.iter().any(|(_, d)| Arc::ptr_eq(s, d)));
         Ok(())
     }
 
@@ -185,6 +189,10 @@ impl Node {
     fn checkpoint(&self) -> Result<()> {
         let mut cp = self.wal.applied_seq() + 1;
         for space in self.catalog.loaded_spaces() {
+            if space.meta.replicated {
+                // Sequenced by log index; its log's records are what the raft groups retain.
+                continue;
+            }
             let st = space.state.read();
             for m in [
                 st.active.min_seq,
@@ -199,7 +207,10 @@ impl Node {
         for (seq, _) in self.pending_drops.lock().iter() {
             cp = cp.min(*seq);
         }
+        // What the raft groups still need of their logs.
+        cp = cp.min(self.raft.min_needed_seq());
         let mut guard = self.wal.writer();
+        let mut newest = None;
         let n = match guard.as_mut() {
             Some(w) => {
                 // Every record written so far is in a segment: start a fresh file so that the
@@ -208,11 +219,17 @@ impl Node {
                 if cp > written && w.current_has_records() {
                     w.roll(written + 1)?;
                 }
-                w.delete_before(cp)?
+                let n = w.delete_before(cp)?;
+                newest = Some(w.current_first_sequence());
+                n
             }
             None => 0,
         };
         drop(guard);
+        // Outside the writer lock: rewriting a state record goes through the group commit.
+        if let Some(first) = newest {
+            self.raft.refresh_below(first);
+        }
         if n > 0 {
             tracing::debug!(
                 deleted = n,

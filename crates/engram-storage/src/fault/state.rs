@@ -31,6 +31,8 @@ pub(super) struct State {
     pub(super) open_handles: HashMap<Ino, usize>,
     pub(super) torn_tail: Option<usize>,
     pub(super) failing_syncs: usize,
+    /// Syncs that succeed before every sync fails (`None`: no limit).
+    pub(super) sync_budget: Option<u64>,
     pub(super) write_budget: Option<u64>,
     pub(super) syncs: u64,
     pub(super) dir_syncs: u64,
@@ -125,9 +127,15 @@ impl State {
     pub(super) fn take_sync_fault(&mut self) -> bool {
         if self.failing_syncs > 0 {
             self.failing_syncs -= 1;
-            true
-        } else {
-            false
+            return true;
+        }
+        match &mut self.sync_budget {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::lexical::{lex_path, LEX_EXTENSION};
 use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
+use crate::raft::{RaftApplied, RAFT_STATE_FILE};
 use crate::segment::{parse_segment_file_name, segment_file_name, Lookup, Segment};
 use crate::space::derived::{open_index, open_lex};
 
@@ -34,6 +35,12 @@ pub(crate) struct SpaceState {
     pub(crate) segments: Vec<Arc<Segment>>,
     /// Every record of this space up to this sequence is in `segments` (or `space.meta`).
     pub(crate) flushed_seq: u64,
+    /// A replicated space: what it has applied of its group's log (`None` otherwise).
+    pub(crate) raft: Option<RaftApplied>,
+    /// What its `raft.state` says, as written by the last flush (or read at load).
+    pub(crate) raft_persisted: Option<RaftApplied>,
+    /// `raft` when the frozen memtable was frozen: written once that memtable is a segment.
+    pub(crate) frozen_raft: Option<RaftApplied>,
 }
 
 /// One memory space.
@@ -57,8 +64,10 @@ pub(crate) struct Space {
 }
 
 impl Space {
-    /// A space created by a WAL record, with nothing on disk yet.
+    /// A space created by a WAL record (or, replicated, by its group's log), with nothing
+    /// on disk yet.
     pub(crate) fn new_in_memory(id: SpaceId, dir: PathBuf, meta: SpaceMeta) -> Self {
+        let raft = meta.replicated.then(RaftApplied::default);
         Self {
             id,
             meta,
@@ -70,6 +79,9 @@ impl Space {
                 frozen: None,
                 segments: Vec::new(),
                 flushed_seq: 0,
+                raft,
+                raft_persisted: None,
+                frozen_raft: None,
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -94,6 +106,11 @@ impl Space {
             return Ok(None);
         }
         let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
+        let raft = if meta.replicated {
+            Some(read_raft_state(disk, &dir)?.unwrap_or_default())
+        } else {
+            None
+        };
         let mut ranges = Vec::new();
         let mut removed = false;
         let mut index_files = Vec::new();
@@ -101,6 +118,8 @@ impl Space {
             if name.ends_with(".tmp") {
                 let p = dir.join(&name);
                 disk.remove_file(&p).at(&p)?;
+                removed = true;
+            } else if crate::store::replicated::remove_uncommitted_snap(disk, &dir, &name)? {
                 removed = true;
             } else if let Some(r) = parse_segment_file_name(&name) {
                 ranges.push(r);
@@ -170,6 +189,9 @@ impl Space {
                 frozen: None,
                 segments,
                 flushed_seq,
+                raft_persisted: raft.clone(),
+                raft,
+                frozen_raft: None,
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -411,6 +433,8 @@ impl SpaceState {
                 }
             }
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
+            // The replication layer's log: the node never applies these to a space.
+            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {}
         }
         Ok(())
     }
@@ -433,6 +457,15 @@ impl SpaceState {
     pub(crate) fn segment_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.file_len() as u64).sum()
     }
+}
+
+/// A replicated space's (or group's) `raft.state` in `dir`, if it has one.
+pub(crate) fn read_raft_state(disk: &dyn Disk, dir: &Path) -> Result<Option<RaftApplied>> {
+    let p = dir.join(RAFT_STATE_FILE);
+    if !disk.exists(&p) {
+        return Ok(None);
+    }
+    Ok(Some(RaftApplied::decode(&disk.read(&p).at(&p)?)?))
 }
 
 /// The directory of a space below the node's root.

@@ -6,9 +6,11 @@
 
 use crate::wal::RECORD_HEADER_LEN;
 
-/// The most records one writer queues together: a space's creation and its first write
-/// (`GroupCommit::submit_all`); every other write is one record (a batch of memories too).
-pub(crate) const MAX_ENTRY_RECORDS: usize = 2;
+/// The most records one writer queues together: a raft group's append of log entries (one
+/// record each; `engram-replication` sends at most this many at once), a space's creation and
+/// its first write (`GroupCommit::submit_all`); every other write is one record (a batch of
+/// memories too).
+pub(crate) const MAX_ENTRY_RECORDS: usize = 4096;
 const _: () = assert!(MAX_ENTRY_RECORDS >= 1);
 
 /// One writer's entry: one record, or up to `MAX_ENTRY_RECORDS` committed together.
@@ -89,9 +91,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "a group commit entry of 3 records (1 to 2)")]
+    #[should_panic(expected = "a group commit entry of 4097 records (1 to 4096)")]
     fn an_entry_of_too_many_records_fires() {
-        check_entry(3);
+        check_entry(MAX_ENTRY_RECORDS + 1);
     }
 
     #[test]
@@ -119,9 +121,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "a WAL batch of 5 records from 2 writers")]
+    #[should_panic(expected = "a WAL batch of 8193 records from 2 writers")]
     fn too_many_records_a_writer_fires() {
-        check_batch(5 * 40, 5, 2, 64, 1024);
+        check_batch(8193 * 40, 8193, 2, 64, 1 << 20);
     }
 
     #[test]

@@ -41,7 +41,12 @@ struct Waiter {
 enum Wake {
     Thread(std::thread::Thread),
     Task(Mutex<Option<std::task::Waker>>),
+    /// Called once with whether the records are durable (raft's "log flushed").
+    Callback(Mutex<Option<DurableCallback>>),
 }
+
+/// Told, on the WAL's waker thread, whether records are durable: it must not block.
+pub type DurableCallback = Box<dyn FnOnce(bool) + Send>;
 
 impl Waiter {
     fn finish(&self, state: u8) {
@@ -51,6 +56,11 @@ impl Waiter {
             Wake::Task(w) => {
                 if let Some(w) = w.lock().take() {
                     w.wake();
+                }
+            }
+            Wake::Callback(f) => {
+                if let Some(f) = f.lock().take() {
+                    f(state == DONE);
                 }
             }
         }
@@ -272,16 +282,41 @@ impl GroupCommit {
 
     /// Queues one record; the returned future resolves once it is durable and applied.
     pub(crate) fn submit_async(self: &Arc<Self>, space: &SpaceId, op: Op) -> Result<Commit> {
+        self.submit_all_async(space, vec![op])
+    }
+
+    /// [`GroupCommit::submit_async`] of records of one space that share one group commit;
+    /// resolves to the last sequence.
+    pub(crate) fn submit_all_async(
+        self: &Arc<Self>,
+        space: &SpaceId,
+        ops: Vec<Op>,
+    ) -> Result<Commit> {
         let waiter = Arc::new(Waiter {
             wake: Wake::Task(Mutex::new(None)),
             state: AtomicU8::new(WAITING),
         });
-        let seq = self.enqueue_all(space, vec![op], &waiter)?;
+        let seq = self.enqueue_all(space, ops, &waiter)?;
         Ok(Commit {
             waiter,
             seq,
             wal: self.clone(),
         })
+    }
+
+    /// Queues records of one space that share one group commit; `done` is called (on the
+    /// waker thread) once they are durable and applied, or failed. Returns the last sequence.
+    pub(crate) fn submit_callback(
+        &self,
+        space: &SpaceId,
+        ops: Vec<Op>,
+        done: DurableCallback,
+    ) -> Result<u64> {
+        let waiter = Arc::new(Waiter {
+            wake: Wake::Callback(Mutex::new(Some(done))),
+            state: AtomicU8::new(WAITING),
+        });
+        self.enqueue_all(space, ops, &waiter)
     }
 
     /// Queues a record for the next group commit; `waiter` is told when it is durable and

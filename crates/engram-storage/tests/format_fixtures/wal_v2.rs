@@ -82,11 +82,7 @@ fn space() -> SpaceId {
 #[test]
 #[ignore = "writes tests/fixtures/wal-v2; run only to make the fixture, with ENGRAM_WRITE_FIXTURES=1"]
 fn generate_wal_v2_fixture() {
-    assert_eq!(
-        std::env::var("ENGRAM_WRITE_FIXTURES").as_deref(),
-        Ok("1"),
-        "set ENGRAM_WRITE_FIXTURES=1 to overwrite the checked-in fixture"
-    );
+    super::require_fixture_writes();
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open_dir(dir.path(), options()).unwrap();
@@ -353,7 +349,7 @@ fn a_version_1_wal_is_not_written_with_version_2_operations() {
                 }
             }
         } else {
-            assert_eq!(version, 2, "{name}");
+            assert_eq!(version, engram_storage::wal::WAL_FORMAT_VERSION, "{name}");
         }
     }
     let store = Store::open_dir(dir.path(), options()).unwrap();

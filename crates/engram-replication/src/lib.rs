@@ -1,0 +1,17 @@
+//! Engram's replication: every space is an openraft group (openraft `=0.10.0-alpha.37`, see
+//! `docs/cluster.md`) whose log is the node's WAL and whose state machine is the space.
+//!
+//! - `types.rs`: the group's raft types and their mapping to the WAL's raft records.
+//! - `log_store.rs`: the raft log of every group on the node's WAL: appends go through the
+//!   store's group commit (one fsync acknowledges the appends of every group), the log's
+//!   entries are kept in memory until purged, and the WAL keeps what the groups still need.
+//! - `state_machine.rs`: a space as its group's state machine: apply by log index, snapshots
+//!   as the space's files.
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::{GroupLog, LogStore, NodeLog};
+pub use state_machine::{SnapshotFiles, SpaceStateMachine};
+pub use types::{NodeAddr, Request, Response, TypeConfig};

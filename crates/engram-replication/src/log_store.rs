@@ -1,0 +1,368 @@
+//! Every group's raft log on the node's one WAL.
+//!
+//! - An append becomes one WAL record per entry (`RaftEntry`), queued in the store's group
+//!   commit with the appends of every other group and every unreplicated write: one fsync
+//!   makes them all durable, and openraft's "log flushed" callback fires from the WAL's waker
+//!   thread once it has.
+//! - The vote, the committed and the purged log ids are one `RaftMeta` record; the newest of a
+//!   group is its whole state. A vote waits for its record to be durable; the others do not
+//!   (the WAL is written in order, so a later durable record implies them).
+//! - A truncation is a `RaftTruncate` record.
+//! - Entries stay in memory, with the sequence of their record, until purged; recovery rebuilds
+//!   each group's log from the records in WAL order, applying the same rules.
+//! - The WAL keeps, for each group, its first entry not yet purged and its newest durable
+//!   `RaftMeta` ([`NodeLog`] is the store's [`RaftRetention`]); a group whose state record
+//!   would be all that keeps an old WAL file rewrites it ([`RaftRetention::refresh_below`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use engram_core::SpaceId;
+use engram_storage::{GroupMeta, Op, RaftRecord, RaftRetention, Store};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
+use parking_lot::Mutex;
+
+use crate::types::{
+    entry_of, io_err, log_id, log_pos, stored_entry, stored_vote, vote_of, Entry, LogId,
+    TypeConfig, Vote,
+};
+
+/// The most entries one WAL append carries (the store takes up to 4,096 records at once).
+const MAX_APPEND: usize = 1024;
+
+/// One group's log as the node holds it.
+#[derive(Default)]
+pub struct GroupLog {
+    meta: GroupMeta,
+    /// The sequence of the group's newest durable `RaftMeta` record.
+    meta_seq: Option<u64>,
+    /// Entries not purged, by index, with the sequence of their WAL record.
+    entries: BTreeMap<u64, (u64, Entry)>,
+}
+
+impl GroupLog {
+    /// The lowest WAL sequence the group needs.
+    fn min_needed_seq(&self) -> Option<u64> {
+        let first = self.entries.values().map(|(seq, _)| *seq).min();
+        match (first, self.meta_seq) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn truncate_after(&mut self, after: Option<u64>) {
+        let from = after.map_or(0, |i| i + 1);
+        self.entries.split_off(&from);
+    }
+
+    fn purge(&mut self, upto: u64) {
+        self.entries = self.entries.split_off(&(upto + 1));
+    }
+
+    /// Applies a recovered record (the same rules as the live calls).
+    fn replay(&mut self, seq: u64, op: Op) -> io::Result<()> {
+        match op {
+            Op::RaftEntry(e) => {
+                if self.meta.purged.is_some_and(|p| e.pos.index <= p.index) {
+                    return Ok(());
+                }
+                let index = e.pos.index;
+                self.entries.insert(index, (seq, entry_of(*e)?));
+            }
+            Op::RaftMeta(m) => {
+                self.meta = m;
+                self.meta_seq = Some(seq);
+                if let Some(p) = m.purged {
+                    self.purge(p.index);
+                }
+            }
+            Op::RaftTruncate(after) => self.truncate_after(after.map(|p| p.index)),
+            other => return Err(io_err(format!("op {} in a raft log", other.code()))),
+        }
+        Ok(())
+    }
+}
+
+/// The raft logs of every group on this node, on its WAL.
+pub struct NodeLog {
+    store: Arc<Store>,
+    groups: Mutex<HashMap<SpaceId, Arc<Mutex<GroupLog>>>>,
+    /// Set while the logs are rebuilt at open: the WAL keeps everything meanwhile.
+    loading: AtomicBool,
+}
+
+impl NodeLog {
+    /// Attaches to the store and rebuilds every group's log from the raft records recovery
+    /// read.
+    pub fn open(store: Arc<Store>) -> io::Result<Arc<NodeLog>> {
+        let log = Arc::new(NodeLog {
+            store: store.clone(),
+            groups: Mutex::new(HashMap::new()),
+            loading: AtomicBool::new(true),
+        });
+        let records = store.attach_raft(log.clone());
+        let result = log.rebuild(records);
+        log.loading.store(false, Ordering::SeqCst);
+        result?;
+        Ok(log)
+    }
+
+    fn rebuild(&self, records: Vec<RaftRecord>) -> io::Result<()> {
+        let mut groups = self.groups.lock();
+        for r in records {
+            let g = groups.entry(r.group.clone()).or_default();
+            g.lock()
+                .replay(r.seq, r.op)
+                .map_err(|e| io_err(format!("raft log of {} at {}: {e}", r.group, r.seq)))?;
+        }
+        Ok(())
+    }
+
+    /// The log store of `group` (an empty log for a group never seen).
+    pub fn group(self: &Arc<Self>, group: &SpaceId) -> LogStore {
+        let state = self.groups.lock().entry(group.clone()).or_default().clone();
+        LogStore {
+            node: self.clone(),
+            group: group.clone(),
+            state,
+        }
+    }
+
+    /// The groups that have a log on this node.
+    pub fn groups(&self) -> Vec<SpaceId> {
+        self.groups.lock().keys().cloned().collect()
+    }
+
+    /// Forgets a group's log (its space was dropped or moved away); its records go with the
+    /// WAL files that hold them.
+    pub fn remove(&self, group: &SpaceId) {
+        self.groups.lock().remove(group);
+    }
+
+    /// Queues `meta` as the group's state record; the group's retained sequence moves to it
+    /// once it is durable. Returns a receiver told whether it became durable.
+    fn write_meta(
+        &self,
+        group: &SpaceId,
+        state: &Arc<Mutex<GroupLog>>,
+        st: &mut GroupLog,
+    ) -> io::Result<tokio::sync::oneshot::Receiver<bool>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The callback locks the group, which the caller holds until the sequence is known.
+        let seq_cell = Arc::new(Mutex::new(None::<u64>));
+        let cell = seq_cell.clone();
+        let weak = Arc::downgrade(state);
+        let first = self
+            .store
+            .append_raft(
+                group,
+                vec![Op::RaftMeta(st.meta)],
+                Box::new(move |ok| {
+                    if ok {
+                        if let (Some(state), Some(seq)) = (weak.upgrade(), *cell.lock()) {
+                            let mut g = state.lock();
+                            g.meta_seq = Some(g.meta_seq.map_or(seq, |s| s.max(seq)));
+                        }
+                    }
+                    let _ = tx.send(ok);
+                }),
+            )
+            .map_err(io_err)?;
+        *seq_cell.lock() = Some(first);
+        Ok(rx)
+    }
+}
+
+impl RaftRetention for NodeLog {
+    fn min_needed_seq(&self) -> Option<u64> {
+        if self.loading.load(Ordering::SeqCst) {
+            return Some(0);
+        }
+        let groups: Vec<_> = self.groups.lock().values().cloned().collect();
+        groups
+            .iter()
+            .filter_map(|g| g.lock().min_needed_seq())
+            .min()
+    }
+
+    fn refresh_below(&self, seq: u64) {
+        let groups: Vec<_> = self
+            .groups
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, state) in groups {
+            let mut st = state.lock();
+            let pinned_by_meta = st.meta_seq.is_some_and(|m| m < seq);
+            let pinned_by_entries = st.entries.values().any(|(s, _)| *s < seq);
+            if pinned_by_meta && !pinned_by_entries {
+                if let Err(e) = self.write_meta(&id, &state, &mut st) {
+                    tracing::warn!(group = %id, error = %e, "could not rewrite a raft state record");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One group's raft log: openraft's [`RaftLogStorage`] (and its own reader).
+#[derive(Clone)]
+pub struct LogStore {
+    node: Arc<NodeLog>,
+    group: SpaceId,
+    state: Arc<Mutex<GroupLog>>,
+}
+
+impl LogStore {
+    pub fn group(&self) -> &SpaceId {
+        &self.group
+    }
+
+    /// The WAL sequence of the record holding entry `index`, if the log has it.
+    pub fn entry_seq(&self, index: u64) -> Option<u64> {
+        self.state.lock().entries.get(&index).map(|(s, _)| *s)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let st = self.state.lock();
+        Ok(st
+            .entries
+            .range(range)
+            .map(|(_, (_, e))| e.clone())
+            .collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.state.lock().meta.vote.map(vote_of))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let st = self.state.lock();
+        let purged = st.meta.purged.map(log_id);
+        let last = st
+            .entries
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id)
+            .or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let rx = {
+            let mut st = self.state.lock();
+            st.meta.vote = Some(stored_vote(vote));
+            self.node.write_meta(&self.group, &self.state, &mut st)?
+        };
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(io_err(
+                "the vote could not be made durable (the WAL refuses writes)",
+            )),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut st = self.state.lock();
+        st.meta.committed = committed.as_ref().map(log_pos);
+        self.node.write_meta(&self.group, &self.state, &mut st)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.state.lock().meta.committed.map(log_id))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        // In appends of at most MAX_APPEND records; the WAL makes them durable in order, so
+        // the last one's callback speaks for all.
+        let chunks: Vec<&[Entry]> = entries.chunks(MAX_APPEND).collect();
+        let mut callback = Some(callback);
+        let mut seqs = Vec::with_capacity(entries.len());
+        for (c, chunk) in chunks.iter().enumerate() {
+            let ops = chunk
+                .iter()
+                .map(|e| Op::RaftEntry(Box::new(stored_entry(e))))
+                .collect();
+            let done: engram_storage::DurableCallback = if c + 1 == chunks.len() {
+                let callback = callback.take().expect("the last chunk takes the callback");
+                Box::new(move |ok| {
+                    callback.io_completed(if ok {
+                        Ok(())
+                    } else {
+                        Err(io_err("the WAL refuses writes"))
+                    })
+                })
+            } else {
+                Box::new(|_| {})
+            };
+            let first = self
+                .node
+                .store
+                .append_raft(&self.group, ops, done)
+                .map_err(io_err)?;
+            seqs.extend((0..chunk.len() as u64).map(|i| first + i));
+        }
+        for (e, seq) in entries.into_iter().zip(seqs) {
+            st.entries.insert(e.log_id.index, (seq, e));
+        }
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let mut st = self.state.lock();
+        st.truncate_after(last_log_id.map(|l| l.index));
+        self.node
+            .store
+            .append_raft(
+                &self.group,
+                vec![Op::RaftTruncate(last_log_id.as_ref().map(log_pos))],
+                Box::new(|_| {}),
+            )
+            .map_err(io_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut st = self.state.lock();
+        st.meta.purged = Some(log_pos(&log_id));
+        st.purge(log_id.index);
+        self.node.write_meta(&self.group, &self.state, &mut st)?;
+        Ok(())
+    }
+}

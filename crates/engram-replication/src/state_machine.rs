@@ -1,0 +1,238 @@
+//! A space as its group's state machine.
+//!
+//! Applying a committed entry hands its command to the store with its log index
+//! ([`Store::apply_replicated`]), which skips what the space's segments already hold: apply
+//! is idempotent by index, so a restart re-applies from the last `raft.state` and changes
+//! nothing twice. A snapshot is the space's files as they are, linked into a directory of the
+//! node's `snapshots/<space>/`; installing one replaces the space's files atomically.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engram_core::SpaceId;
+use engram_storage::{RaftApplied, Store};
+use futures_util::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta};
+use parking_lot::Mutex;
+
+use openraft::vote::leader_id_std::CommittedLeaderId;
+
+use crate::types::{
+    io_err, log_id, log_pos, membership_of, stored_membership, NodeAddr, Response,
+    StoredMembership, TypeConfig,
+};
+
+/// A snapshot's files: a directory holding a space's state files as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    pub dir: PathBuf,
+}
+
+pub type Snapshot = openraft::Snapshot<CommittedLeaderId<u64>, u64, NodeAddr, SnapshotFiles>;
+type Meta = SnapshotMeta<CommittedLeaderId<u64>, u64, NodeAddr>;
+
+/// The newest snapshot built or installed, shared with the builders.
+type Current = Arc<Mutex<Option<(Meta, PathBuf)>>>;
+
+/// One space as its group's state machine.
+pub struct SpaceStateMachine {
+    store: Arc<Store>,
+    space: SpaceId,
+    /// What the group has applied (the space's `raft` state, or this alone while the space
+    /// does not exist).
+    applied: RaftApplied,
+    /// `snapshots/<space>/` below the node's root.
+    snapshots: PathBuf,
+    current: Current,
+}
+
+impl SpaceStateMachine {
+    /// The state machine of `space`, with what the store holds of it applied. Snapshots left
+    /// by an earlier run are removed (a new one is built when needed).
+    pub fn open(store: Arc<Store>, space: SpaceId) -> io::Result<Self> {
+        let applied = store
+            .replicated_state(&space)
+            .map_err(io_err)?
+            .unwrap_or_default();
+        let snapshots = store.root().join("snapshots").join(space.as_str());
+        if snapshots.exists() {
+            std::fs::remove_dir_all(&snapshots)?;
+        }
+        Ok(Self {
+            store,
+            space,
+            applied,
+            snapshots,
+            current: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn space(&self) -> &SpaceId {
+        &self.space
+    }
+
+    /// The last entry applied.
+    pub fn applied(&self) -> &RaftApplied {
+        &self.applied
+    }
+}
+
+fn snapshot_meta(state: &RaftApplied) -> io::Result<Meta> {
+    Ok(SnapshotMeta {
+        last_log_id: state.applied.map(log_id),
+        last_membership: StoredMembership::new(
+            state.membership_at.map(log_id),
+            membership_of(&state.membership)?,
+        ),
+    })
+}
+
+/// A name for a new snapshot directory: `what` and the clock (unique within the group).
+fn snapshot_dir_name(what: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{what}-{n}")
+}
+
+/// Makes the newest snapshot `(meta, dir)` and removes the directories of older ones.
+fn make_current(current: &Current, snapshots: &Path, meta: Meta, dir: PathBuf) {
+    let mut cur = current.lock();
+    *cur = Some((meta, dir.clone()));
+    if let Ok(entries) = std::fs::read_dir(snapshots) {
+        for e in entries.flatten() {
+            if e.path() != dir {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Builds a snapshot of the space (see [`Store::snapshot_replicated`]).
+pub struct SpaceSnapshotBuilder {
+    store: Arc<Store>,
+    space: SpaceId,
+    /// The applied state when the builder was made, for a group with no space.
+    applied: RaftApplied,
+    snapshots: PathBuf,
+    current: Current,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
+    type SnapshotData = SnapshotFiles;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let dir = self.snapshots.join(snapshot_dir_name("built"));
+        let state = self
+            .store
+            .snapshot_replicated(&self.space, &dir, &self.applied)
+            .map_err(io_err)?;
+        let meta = snapshot_meta(&state)?;
+        make_current(&self.current, &self.snapshots, meta.clone(), dir.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFiles { dir },
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
+    type SnapshotData = SnapshotFiles;
+    type SnapshotBuilder = SpaceSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<crate::types::LogId>, StoredMembership), io::Error> {
+        Ok((
+            self.applied.applied.map(log_id),
+            StoredMembership::new(
+                self.applied.membership_at.map(log_id),
+                membership_of(&self.applied.membership)?,
+            ),
+        ))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let pos = log_pos(&entry.log_id);
+            self.applied.applied = Some(pos);
+            let op = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(req) => Some(req.0.op),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership_at = Some(pos);
+                    self.applied.membership = stored_membership(&m);
+                    None
+                }
+            };
+            self.store
+                .apply_replicated(&self.space, pos.index, op, &self.applied)
+                .map_err(io_err)?;
+            if let Some(r) = responder {
+                r.send(Response { index: pos.index });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SpaceSnapshotBuilder {
+            store: self.store.clone(),
+            space: self.space.clone(),
+            applied: self.applied.clone(),
+            snapshots: self.snapshots.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: SnapshotFiles,
+    ) -> Result<(), io::Error> {
+        // The files are kept as this node's current snapshot, then put in place.
+        let dir = self.snapshots.join(snapshot_dir_name("installed"));
+        if snapshot.dir != dir {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            for e in std::fs::read_dir(&snapshot.dir)? {
+                let e = e?;
+                let to = dir.join(e.file_name());
+                if std::fs::hard_link(e.path(), &to).is_err() {
+                    std::fs::copy(e.path(), &to)?;
+                }
+            }
+        }
+        let state = self
+            .store
+            .install_replicated(&self.space, &dir)
+            .map_err(io_err)?;
+        if state.applied.map(log_id) != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the snapshot holds {:?} applied, its meta says {:?}",
+                    state.applied, meta.last_log_id
+                ),
+            ));
+        }
+        self.applied = state;
+        make_current(&self.current, &self.snapshots, meta.clone(), dir);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(self.current.lock().clone().map(|(meta, dir)| Snapshot {
+            meta,
+            snapshot: SnapshotFiles { dir },
+        }))
+    }
+}

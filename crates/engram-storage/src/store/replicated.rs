@@ -1,0 +1,314 @@
+//! Replicated spaces: a raft group's state machine. Its changes come from committed log
+//! entries ([`Store::apply_replicated`]), sequenced by log index instead of WAL sequence (the
+//! records are the group's log, which the WAL retains for it). Its `raft.state` says what it
+//! has applied, written after each flush once the flushed memtable is a durable segment. A
+//! snapshot is its files as they are ([`Store::snapshot_replicated`]); installing one
+//! ([`Store::install_replicated`]) replaces them atomically: the new files are put beside the
+//! old under `.snap` names, then a marker in `installs/` commits the swap, which recovery
+//! finishes if a crash cuts it short. Layout and rules: `docs/format.md`, "Replicated spaces".
+
+use std::path::Path;
+
+use engram_core::SpaceId;
+
+use super::Store;
+use crate::compaction::flush;
+use crate::disk::{write_file_atomic, Disk};
+use crate::error::{corrupted, IoContext, Result, StorageError};
+use crate::index::INDEX_EXTENSION;
+use crate::lexical::LEX_EXTENSION;
+use crate::meta::{SpaceMeta, SPACE_META_FILE};
+use crate::op::Op;
+use crate::raft::{RaftApplied, RAFT_STATE_FILE};
+use crate::segment::{parse_segment_file_name, WritePace};
+use crate::space::{read_raft_state, space_dir, Space};
+
+/// The suffix of a snapshot's file put beside the space's own until the install commits.
+const SNAP_SUFFIX: &str = ".snap";
+/// The directory of install markers, below the node's root.
+const INSTALLS_DIR: &str = "installs";
+
+/// Whether `name` is one of the files a space's state consists of.
+fn is_state_file(name: &str) -> bool {
+    name == SPACE_META_FILE
+        || name == RAFT_STATE_FILE
+        || parse_segment_file_name(name).is_some()
+        || name.ends_with(&format!(".{INDEX_EXTENSION}"))
+        || name.ends_with(&format!(".{LEX_EXTENSION}"))
+}
+
+impl Store {
+    /// Applies one committed entry of the group of the replicated space `space`: `op` is its
+    /// command (`None` for a blank or membership entry), `index` its log index, `state` the
+    /// group's applied state with it. Idempotent by index: a command the space's segments
+    /// already hold changes nothing. Returns whether the space changed.
+    pub fn apply_replicated(
+        &self,
+        space: &SpaceId,
+        index: u64,
+        op: Option<Op>,
+        state: &RaftApplied,
+    ) -> Result<bool> {
+        let node = &self.inner;
+        let existing = node.catalog.space(space)?;
+        if let Some(s) = &existing {
+            if !s.meta.replicated {
+                return Err(StorageError::Invalid(format!(
+                    "space {space} exists and is not replicated"
+                )));
+            }
+        }
+        let op = match op {
+            Some(op) if op.is_raft() => {
+                return Err(StorageError::Invalid(
+                    "a raft record is not a command".into(),
+                ))
+            }
+            other => other,
+        };
+        match (op, existing) {
+            (
+                Some(Op::SpaceCreate {
+                    dimension,
+                    created_at_us,
+                    embedder,
+                }),
+                None,
+            ) => {
+                let meta = SpaceMeta {
+                    dimension,
+                    created_at_us,
+                    created_seq: index,
+                    embedder,
+                    replicated: true,
+                };
+                let s = Space::new_in_memory(space.clone(), space_dir(&node.root, space), meta);
+                {
+                    let mut st = s.state.write();
+                    st.active.note(index);
+                    st.raft = Some(state.clone());
+                }
+                node.catalog.insert_new(s);
+                Ok(true)
+            }
+            (_, None) => Ok(false),
+            (op, Some(s)) => {
+                let mut st = s.state.write();
+                if st.dropped {
+                    return Ok(false);
+                }
+                st.raft = Some(state.clone());
+                let Some(op) = op else { return Ok(false) };
+                if index <= st.flushed_seq {
+                    return Ok(false);
+                }
+                match op {
+                    Op::SpaceCreate { .. } => Ok(false),
+                    Op::SpaceDrop => {
+                        st.dropped = true;
+                        drop(st);
+                        node.catalog.remove(space);
+                        // The group's log retains the entry until the space's files are gone;
+                        // the WAL sequence here holds nothing back.
+                        node.pending_drops.lock().push((u64::MAX, s));
+                        Ok(true)
+                    }
+                    Op::RememberAutoLink(ms) => {
+                        // Links made after the acknowledgement would differ between
+                        // replicas; a replicated space stores such writes without them.
+                        tracing::warn!(space = %space, memories = ms.len(), "automatic links are not made in a replicated space");
+                        st.apply(
+                            index,
+                            Op::RememberBatch(ms.into_iter().map(|(m, _)| m).collect()),
+                        )?;
+                        Ok(true)
+                    }
+                    op => {
+                        st.apply(index, op)?;
+                        Ok(true)
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the replicated space (or a group whose space is not created yet) has applied, as
+    /// this node knows it: `None` when it has nothing of the group.
+    pub fn replicated_state(&self, space: &SpaceId) -> Result<Option<RaftApplied>> {
+        if let Some(s) = self.inner.catalog.space(space)? {
+            return Ok(s.state.read().raft.clone());
+        }
+        read_raft_state(&*self.inner.disk, &space_dir(&self.inner.root, space))
+    }
+
+    /// Records the applied state of a group that has no space yet (its `raft.state`, alone in
+    /// its directory), so that a restart after its log was purged knows it.
+    pub fn save_group_state(&self, space: &SpaceId, state: &RaftApplied) -> Result<()> {
+        if self.inner.catalog.space(space)?.is_some() {
+            return Err(StorageError::Invalid(format!(
+                "space {space} exists: its flushes write its applied state"
+            )));
+        }
+        let disk = &*self.inner.disk;
+        let dir = space_dir(&self.inner.root, space);
+        disk.create_dir_all(&dir).at(&dir)?;
+        let p = dir.join(RAFT_STATE_FILE);
+        write_file_atomic(disk, &p, &state.encode()).at(&p)?;
+        disk.sync_dir(&self.inner.spaces_dir)
+            .at(&self.inner.spaces_dir)
+    }
+
+    /// Makes a snapshot of a replicated space in the empty directory `dest`: flushes it, then
+    /// links its files there (the segments, their indexes, `space.meta`, `raft.state`) as
+    /// they are. A group whose space does not exist has `no_space` applied: that is saved
+    /// ([`Store::save_group_state`]) and is the snapshot. Returns what the snapshot holds
+    /// applied.
+    pub fn snapshot_replicated(
+        &self,
+        space: &SpaceId,
+        dest: &Path,
+        no_space: &RaftApplied,
+    ) -> Result<RaftApplied> {
+        let node = &self.inner;
+        let disk = &*node.disk;
+        disk.create_dir_all(dest).at(dest)?;
+        let src = space_dir(&node.root, space);
+        let Some(s) = node.catalog.space(space)? else {
+            // A group with no space: its applied state alone.
+            self.save_group_state(space, no_space)?;
+            let p = dest.join(RAFT_STATE_FILE);
+            write_file_atomic(disk, &p, &no_space.encode()).at(&p)?;
+            return Ok(no_space.clone());
+        };
+        if !s.meta.replicated {
+            return Err(StorageError::Invalid(format!(
+                "space {space} is not replicated"
+            )));
+        }
+        let linker = node.auto_linker.read().clone();
+        flush::flush(disk, &node.wal, &s, &WritePace::UNPACED, linker.as_deref())?;
+        // Again, for what an earlier flush left frozen.
+        flush::flush(disk, &node.wal, &s, &WritePace::UNPACED, linker.as_deref())?;
+        let _files = s.files.lock();
+        let state = s.state.read().raft_persisted.clone().unwrap_or_default();
+        for name in disk.list_dir(&src).at(&src)? {
+            if is_state_file(&name) {
+                let (from, to) = (src.join(&name), dest.join(&name));
+                disk.hard_link(&from, &to).at(&to)?;
+            }
+        }
+        disk.sync_dir(dest).at(dest)?;
+        Ok(state)
+    }
+
+    /// Replaces the replicated space's state with the snapshot in `src` (made by
+    /// [`Store::snapshot_replicated`], here or on another node), atomically: a crash leaves
+    /// the old state or the new one. Returns what the snapshot holds applied.
+    pub fn install_replicated(&self, space: &SpaceId, src: &Path) -> Result<RaftApplied> {
+        let node = &self.inner;
+        let disk = &*node.disk;
+        let names: Vec<String> = disk
+            .list_dir(src)
+            .at(src)?
+            .into_iter()
+            .filter(|n| is_state_file(n))
+            .collect();
+        if !names.iter().any(|n| n == RAFT_STATE_FILE) {
+            return corrupted(format!("a snapshot without {RAFT_STATE_FILE}"));
+        }
+        let state = RaftApplied::decode(&disk.read(&src.join(RAFT_STATE_FILE)).at(src)?)?;
+        if let Some(n) = names.iter().find(|n| *n == SPACE_META_FILE) {
+            if !SpaceMeta::decode(&disk.read(&src.join(n)).at(src)?)?.replicated {
+                return corrupted("a snapshot of a space that is not replicated");
+            }
+        }
+        let dir = space_dir(&node.root, space);
+        disk.create_dir_all(&dir).at(&dir)?;
+        disk.sync_dir(&node.spaces_dir).at(&node.spaces_dir)?;
+        // 1. The new files beside the old, under their `.snap` names.
+        for name in &names {
+            let to = dir.join(format!("{name}{SNAP_SUFFIX}"));
+            if disk.exists(&to) {
+                disk.remove_file(&to).at(&to)?;
+            }
+            disk.hard_link(&src.join(name), &to).at(&to)?;
+        }
+        disk.sync_dir(&dir).at(&dir)?;
+        // The old space stops here: no flush or merge of it writes from now on.
+        let old = node.catalog.space(space)?;
+        let _merging = old.as_ref().map(|s| s.merging.lock());
+        let _files = old.as_ref().map(|s| s.files.lock());
+        if let Some(s) = &old {
+            s.state.write().dropped = true;
+        }
+        node.catalog.remove(space);
+        // 2. The commit point: the marker naming the new files.
+        let installs = node.root.join(INSTALLS_DIR);
+        disk.create_dir_all(&installs).at(&installs)?;
+        let marker = installs.join(space.as_str());
+        write_file_atomic(disk, &marker, names.join("\n").as_bytes()).at(&marker)?;
+        // 3. The swap, which recovery redoes after a crash.
+        finish_install(disk, &node.spaces_dir, &installs, space.as_str())?;
+        if names.iter().any(|n| n == SPACE_META_FILE) {
+            node.catalog.insert_on_disk(space);
+        }
+        Ok(state)
+    }
+}
+
+/// Finishes the install whose marker is `installs/<name>`: removes the space's state files
+/// that the snapshot does not have, gives the snapshot's files their names, removes the
+/// marker. Idempotent: recovery runs it again after a crash.
+fn finish_install(disk: &dyn Disk, spaces_dir: &Path, installs: &Path, name: &str) -> Result<()> {
+    let marker = installs.join(name);
+    let listed = String::from_utf8(disk.read(&marker).at(&marker)?)
+        .map_err(|_| StorageError::Corrupted(format!("install marker {name}: not UTF-8")))?;
+    let listed: Vec<&str> = listed.split('\n').filter(|n| is_state_file(n)).collect();
+    let dir = spaces_dir.join(name);
+    disk.create_dir_all(&dir).at(&dir)?;
+    for f in disk.list_dir(&dir).at(&dir)? {
+        let p = dir.join(&f);
+        if is_state_file(&f) && !listed.contains(&f.as_str()) {
+            disk.remove_file(&p).at(&p)?;
+        }
+    }
+    for f in &listed {
+        let snap = dir.join(format!("{f}{SNAP_SUFFIX}"));
+        if disk.exists(&snap) {
+            disk.rename(&snap, &dir.join(f)).at(&snap)?;
+        }
+    }
+    disk.sync_dir(&dir).at(&dir)?;
+    disk.remove_file(&marker).at(&marker)?;
+    disk.sync_dir(installs).at(installs)
+}
+
+/// At open, before the spaces are listed: finishes every install a crash cut short, and
+/// removes the `.snap` files of installs that never reached their commit point.
+pub(crate) fn finish_installs(disk: &dyn Disk, spaces_dir: &Path) -> Result<()> {
+    let root = spaces_dir.parent().unwrap_or(Path::new("."));
+    let installs = root.join(INSTALLS_DIR);
+    if disk.exists(&installs) {
+        for name in disk.list_dir(&installs).at(&installs)? {
+            if name.ends_with(".tmp") {
+                let p = installs.join(&name);
+                disk.remove_file(&p).at(&p)?;
+                continue;
+            }
+            tracing::info!(space = name, "finishing a snapshot install cut short");
+            finish_install(disk, spaces_dir, &installs, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the `.snap` files an uncommitted install left in a space's directory (called as
+/// the space loads; a committed install was finished at open).
+pub(crate) fn remove_uncommitted_snap(disk: &dyn Disk, dir: &Path, name: &str) -> Result<bool> {
+    if name.ends_with(SNAP_SUFFIX) {
+        let p = dir.join(name);
+        disk.remove_file(&p).at(&p)?;
+        return Ok(true);
+    }
+    Ok(false)
+}

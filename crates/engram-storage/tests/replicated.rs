@@ -1,0 +1,250 @@
+//! Replicated spaces (a raft group's state machine): apply by log index, `raft.state` after
+//! each flush, snapshots as files, atomic installs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{memory, mid, sid, test_options};
+use engram_storage::{
+    Disk, FaultDisk, LogPos, Op, RaftApplied, RaftMembership, RaftNode, Store, StoreOptions,
+};
+
+const DIM: usize = 8;
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        background_compaction: false,
+        ..test_options()
+    }
+}
+
+fn at(index: u64) -> RaftApplied {
+    RaftApplied {
+        applied: Some(LogPos { term: 1, index }),
+        membership_at: Some(LogPos { term: 1, index: 1 }),
+        membership: RaftMembership {
+            configs: vec![vec![1]],
+            nodes: vec![RaftNode {
+                id: 1,
+                name: "n1".into(),
+                address: "127.0.0.1:1".into(),
+            }],
+        },
+    }
+}
+
+fn create() -> Op {
+    Op::SpaceCreate {
+        dimension: DIM as u32,
+        created_at_us: 1,
+        embedder: String::new(),
+    }
+}
+
+/// Applies `ops` from index 2 on (index 1 being the membership).
+fn apply_all(store: &Store, space: &str, ops: Vec<Op>) -> u64 {
+    let s = sid(space);
+    store
+        .apply_replicated(
+            &s,
+            1,
+            None,
+            &RaftApplied {
+                applied: Some(LogPos { term: 1, index: 1 }),
+                ..at(1)
+            },
+        )
+        .unwrap();
+    let mut index = 1;
+    for op in ops {
+        index += 1;
+        store
+            .apply_replicated(&s, index, Some(op), &at(index))
+            .unwrap();
+    }
+    index
+}
+
+fn ids(store: &Store, space: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    store
+        .for_each(&sid(space), |m| {
+            out.insert(m.id.as_str().to_string());
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn apply_is_idempotent_by_index_and_raft_state_follows_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("r");
+    {
+        let store = Store::open_dir(dir.path(), opts()).unwrap();
+        let last = apply_all(
+            &store,
+            "r",
+            vec![
+                create(),
+                Op::Remember(memory("a", DIM)),
+                Op::Remember(memory("b", DIM)),
+            ],
+        );
+        assert_eq!(last, 4);
+        assert!(store.space_meta(&s).unwrap().replicated);
+        store.compact().unwrap();
+        // Applying an index the segments hold again changes nothing.
+        assert!(!store
+            .apply_replicated(&s, 3, Some(Op::Forget(mid("a"))), &at(4))
+            .unwrap());
+        assert_eq!(ids(&store, "r"), ["a", "b"].map(String::from).into());
+        // A blank entry advances what is applied, and a flush writes it though no memory
+        // changed.
+        store.apply_replicated(&s, 5, None, &at(5)).unwrap();
+        store.compact().unwrap();
+        // Applied, not flushed: a restart forgets it (the group re-applies it from its log).
+        store
+            .apply_replicated(&s, 6, Some(Op::Forget(mid("a"))), &at(6))
+            .unwrap();
+        assert_eq!(ids(&store, "r"), ["b"].map(String::from).into());
+        assert_eq!(store.replicated_state(&s).unwrap().unwrap(), at(6));
+    }
+    let store = Store::open_dir(dir.path(), opts()).unwrap();
+    assert_eq!(store.replicated_state(&s).unwrap().unwrap(), at(5));
+    assert_eq!(ids(&store, "r"), ["a", "b"].map(String::from).into());
+    // Re-applied after the restart, as the group does.
+    store
+        .apply_replicated(&s, 6, Some(Op::Forget(mid("a"))), &at(6))
+        .unwrap();
+    assert_eq!(ids(&store, "r"), ["b"].map(String::from).into());
+    // Plain writes and raft records never meet: a command that is a raft record is refused.
+    assert!(store
+        .apply_replicated(&s, 7, Some(Op::RaftTruncate(None)), &at(7))
+        .is_err());
+}
+
+#[test]
+fn a_group_without_a_space_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("g");
+    {
+        let store = Store::open_dir(dir.path(), opts()).unwrap();
+        store.save_group_state(&s, &at(3)).unwrap();
+        assert!(!store.space_exists(&s).unwrap());
+    }
+    let store = Store::open_dir(dir.path(), opts()).unwrap();
+    assert_eq!(store.replicated_state(&s).unwrap().unwrap(), at(3));
+    assert!(!store.space_exists(&s).unwrap());
+    // Its space is created later, in the same directory.
+    store
+        .apply_replicated(&s, 4, Some(create()), &at(4))
+        .unwrap();
+    store
+        .apply_replicated(&s, 5, Some(Op::Remember(memory("x", DIM))), &at(5))
+        .unwrap();
+    store.compact().unwrap();
+    drop(store);
+    let store = Store::open_dir(dir.path(), opts()).unwrap();
+    assert_eq!(store.replicated_state(&s).unwrap().unwrap(), at(5));
+    assert_eq!(ids(&store, "g"), ["x"].map(String::from).into());
+}
+
+#[test]
+fn a_snapshot_installs_on_another_store_and_replaces_its_state() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let s = sid("r");
+    let a = Store::open_dir(a_dir.path(), opts()).unwrap();
+    let mut ops = vec![create()];
+    ops.extend((0..50).map(|i| Op::Remember(memory(&format!("m{i}"), DIM))));
+    let last = apply_all(&a, "r", ops);
+    a.compact().unwrap();
+    // More after the first flush: the snapshot flushes them too.
+    a.apply_replicated(&s, last + 1, Some(Op::Forget(mid("m0"))), &at(last + 1))
+        .unwrap();
+    let state = a
+        .snapshot_replicated(&s, &snap.path().join("s"), &RaftApplied::default())
+        .unwrap();
+    assert_eq!(state, at(last + 1));
+    let want = ids(&a, "r");
+    assert_eq!(want.len(), 49);
+
+    let b = Store::open_dir(b_dir.path(), opts()).unwrap();
+    apply_all(&b, "r", vec![create(), Op::Remember(memory("old", DIM))]);
+    b.compact().unwrap();
+    b.apply_replicated(&s, 4, Some(Op::Remember(memory("older", DIM))), &at(4))
+        .unwrap();
+    let installed = b.install_replicated(&s, &snap.path().join("s")).unwrap();
+    assert_eq!(installed, at(last + 1));
+    assert_eq!(ids(&b, "r"), want);
+    assert_eq!(b.replicated_state(&s).unwrap().unwrap(), at(last + 1));
+    // Applying what follows the snapshot works on the installed state.
+    b.apply_replicated(
+        &s,
+        last + 2,
+        Some(Op::Remember(memory("next", DIM))),
+        &at(last + 2),
+    )
+    .unwrap();
+    b.compact().unwrap();
+    drop(b);
+    let b = Store::open_dir(b_dir.path(), opts()).unwrap();
+    let mut want_next = want.clone();
+    want_next.insert("next".into());
+    assert_eq!(ids(&b, "r"), want_next);
+    assert_eq!(b.replicated_state(&s).unwrap().unwrap(), at(last + 2));
+}
+
+/// A crash at every sync of an install leaves the old state or the new one, never a mix.
+#[test]
+fn an_install_cut_short_at_any_sync_leaves_old_or_new() {
+    let s = sid("r");
+    let mut k = 0u64;
+    loop {
+        let disk = FaultDisk::new();
+        let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+        let (a_root, b_root, snap) = (Path::new("/a"), Path::new("/b"), Path::new("/snap/s"));
+        let old: BTreeSet<String>;
+        let new: BTreeSet<String>;
+        {
+            let a = Store::open(shared.clone(), a_root, opts()).unwrap();
+            let mut ops = vec![create()];
+            ops.extend((0..20).map(|i| Op::Remember(memory(&format!("new{i}"), DIM))));
+            apply_all(&a, "r", ops);
+            a.snapshot_replicated(&s, snap, &RaftApplied::default())
+                .unwrap();
+            new = ids(&a, "r");
+            let b = Store::open(shared.clone(), b_root, opts()).unwrap();
+            let mut ops = vec![create()];
+            ops.extend((0..5).map(|i| Op::Remember(memory(&format!("old{i}"), DIM))));
+            apply_all(&b, "r", ops);
+            b.compact().unwrap();
+            old = ids(&b, "r");
+            disk.fail_syncs_after(Some(k));
+            let done = b.install_replicated(&s, snap).is_ok();
+            disk.power_cut();
+            disk.clear_faults();
+            let b = Store::open(shared.clone(), b_root, opts()).unwrap();
+            let got = ids(&b, "r");
+            let state = b.replicated_state(&s).unwrap().unwrap();
+            if got == new {
+                assert_eq!(state, at(22), "sync {k}");
+            } else {
+                assert_eq!(got, old, "sync {k}: neither the old state nor the new");
+                assert_eq!(state, at(7), "sync {k}");
+                assert!(!done, "sync {k}: an install that succeeded was lost");
+            }
+            if done {
+                assert_eq!(got, new);
+                break;
+            }
+        }
+        k += 1;
+        assert!(k < 1000, "the install never finished");
+    }
+    assert!(k > 3, "the install made only {k} syncs");
+}
