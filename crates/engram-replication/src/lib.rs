@@ -2,16 +2,27 @@
 //! `docs/cluster.md`) whose log is the node's WAL and whose state machine is the space.
 //!
 //! - `types.rs`: the group's raft types and their mapping to the WAL's raft records.
+//! - `runtime.rs`: tokio, with openraft's random draws seedable by a simulation.
 //! - `log_store.rs`: the raft log of every group on the node's WAL: appends go through the
 //!   store's group commit (one fsync acknowledges the appends of every group), the log's
 //!   entries are kept in memory until purged, and the WAL keeps what the groups still need.
+//! - `codec.rs`: the messages between nodes, in a versioned binary encoding (fuzzed).
+//! - `frame.rs`: length-prefixed frames of those messages on a byte stream.
+//! - `network.rs`: openraft's network traits over a frame [`network::Transport`].
+//! - `node.rs`: a node's groups, started on demand, and the handling of incoming messages.
 //! - `state_machine.rs`: a space as its group's state machine: apply by log index, snapshots
 //!   as the space's files.
 
+pub mod codec;
+pub mod frame;
 pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
-pub use log_store::{GroupLog, LogStore, NodeLog};
+pub use log_store::{GroupLog, GroupShared, LogStore, NodeLog};
+pub use node::{Group, ReplicaNode};
 pub use state_machine::{SnapshotFiles, SpaceStateMachine};
 pub use types::{NodeAddr, Request, Response, TypeConfig};

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use engram_core::SpaceId;
@@ -35,24 +35,46 @@ use crate::types::{
 /// The most entries one WAL append carries (the store takes up to 4,096 records at once).
 const MAX_APPEND: usize = 1024;
 
-/// One group's log as the node holds it.
+/// One group's log as the node holds it: the log behind a lock, and the sequence of its
+/// newest durable `RaftMeta` record apart (set by durability callbacks, which must not wait
+/// for the lock: with `inline_commit` they run inside the append that holds it).
+#[derive(Default)]
+pub struct GroupShared {
+    log: Mutex<GroupLog>,
+    /// 0: no `RaftMeta` durable yet.
+    meta_seq: AtomicU64,
+}
+
+impl GroupShared {
+    /// The lowest WAL sequence the group needs.
+    fn min_needed_seq(&self) -> Option<u64> {
+        let first = self.log.lock().first_seq();
+        match (first, self.meta_seq()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn meta_seq(&self) -> Option<u64> {
+        match self.meta_seq.load(Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+}
+
+/// One group's log entries and raft state.
 #[derive(Default)]
 pub struct GroupLog {
     meta: GroupMeta,
-    /// The sequence of the group's newest durable `RaftMeta` record.
-    meta_seq: Option<u64>,
     /// Entries not purged, by index, with the sequence of their WAL record.
     entries: BTreeMap<u64, (u64, Entry)>,
 }
 
 impl GroupLog {
-    /// The lowest WAL sequence the group needs.
-    fn min_needed_seq(&self) -> Option<u64> {
-        let first = self.entries.values().map(|(seq, _)| *seq).min();
-        match (first, self.meta_seq) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// The sequence of the oldest record holding an entry.
+    fn first_seq(&self) -> Option<u64> {
+        self.entries.values().map(|(seq, _)| *seq).min()
     }
 
     fn truncate_after(&mut self, after: Option<u64>) {
@@ -64,34 +86,35 @@ impl GroupLog {
         self.entries = self.entries.split_off(&(upto + 1));
     }
 
-    /// Applies a recovered record (the same rules as the live calls).
-    fn replay(&mut self, seq: u64, op: Op) -> io::Result<()> {
+    /// Applies a recovered record (the same rules as the live calls); returns the sequence of
+    /// a `RaftMeta`.
+    fn replay(&mut self, seq: u64, op: Op) -> io::Result<Option<u64>> {
         match op {
             Op::RaftEntry(e) => {
                 if self.meta.purged.is_some_and(|p| e.pos.index <= p.index) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 let index = e.pos.index;
                 self.entries.insert(index, (seq, entry_of(*e)?));
             }
             Op::RaftMeta(m) => {
                 self.meta = m;
-                self.meta_seq = Some(seq);
                 if let Some(p) = m.purged {
                     self.purge(p.index);
                 }
+                return Ok(Some(seq));
             }
             Op::RaftTruncate(after) => self.truncate_after(after.map(|p| p.index)),
             other => return Err(io_err(format!("op {} in a raft log", other.code()))),
         }
-        Ok(())
+        Ok(None)
     }
 }
 
 /// The raft logs of every group on this node, on its WAL.
 pub struct NodeLog {
     store: Arc<Store>,
-    groups: Mutex<HashMap<SpaceId, Arc<Mutex<GroupLog>>>>,
+    groups: Mutex<HashMap<SpaceId, Arc<GroupShared>>>,
     /// Set while the logs are rebuilt at open: the WAL keeps everything meanwhile.
     loading: AtomicBool,
 }
@@ -116,9 +139,14 @@ impl NodeLog {
         let mut groups = self.groups.lock();
         for r in records {
             let g = groups.entry(r.group.clone()).or_default();
-            g.lock()
+            let meta = g
+                .log
+                .lock()
                 .replay(r.seq, r.op)
                 .map_err(|e| io_err(format!("raft log of {} at {}: {e}", r.group, r.seq)))?;
+            if let Some(seq) = meta {
+                g.meta_seq.store(seq, Ordering::SeqCst);
+            }
         }
         Ok(())
     }
@@ -144,36 +172,30 @@ impl NodeLog {
         self.groups.lock().remove(group);
     }
 
-    /// Queues `meta` as the group's state record; the group's retained sequence moves to it
-    /// once it is durable. Returns a receiver told whether it became durable.
+    /// Queues `meta` as the group's state record (the caller holds the group's log lock, so
+    /// a group's records are queued in the order of its changes); the group's retained
+    /// sequence moves to it once it is durable. Returns a receiver told whether it became
+    /// durable.
     fn write_meta(
         &self,
         group: &SpaceId,
-        state: &Arc<Mutex<GroupLog>>,
-        st: &mut GroupLog,
+        shared: &Arc<GroupShared>,
+        meta: GroupMeta,
     ) -> io::Result<tokio::sync::oneshot::Receiver<bool>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // The callback locks the group, which the caller holds until the sequence is known.
-        let seq_cell = Arc::new(Mutex::new(None::<u64>));
-        let cell = seq_cell.clone();
-        let weak = Arc::downgrade(state);
-        let first = self
-            .store
+        let weak = Arc::downgrade(shared);
+        self.store
             .append_raft(
                 group,
-                vec![Op::RaftMeta(st.meta)],
-                Box::new(move |ok| {
-                    if ok {
-                        if let (Some(state), Some(seq)) = (weak.upgrade(), *cell.lock()) {
-                            let mut g = state.lock();
-                            g.meta_seq = Some(g.meta_seq.map_or(seq, |s| s.max(seq)));
-                        }
+                vec![Op::RaftMeta(meta)],
+                Box::new(move |durable| {
+                    if let (Some(g), Some(seq)) = (weak.upgrade(), durable) {
+                        g.meta_seq.fetch_max(seq, Ordering::SeqCst);
                     }
-                    let _ = tx.send(ok);
+                    let _ = tx.send(durable.is_some());
                 }),
             )
             .map_err(io_err)?;
-        *seq_cell.lock() = Some(first);
         Ok(rx)
     }
 }
@@ -184,10 +206,7 @@ impl RaftRetention for NodeLog {
             return Some(0);
         }
         let groups: Vec<_> = self.groups.lock().values().cloned().collect();
-        groups
-            .iter()
-            .filter_map(|g| g.lock().min_needed_seq())
-            .min()
+        groups.iter().filter_map(|g| g.min_needed_seq()).min()
     }
 
     fn refresh_below(&self, seq: u64) {
@@ -197,12 +216,12 @@ impl RaftRetention for NodeLog {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (id, state) in groups {
-            let mut st = state.lock();
-            let pinned_by_meta = st.meta_seq.is_some_and(|m| m < seq);
-            let pinned_by_entries = st.entries.values().any(|(s, _)| *s < seq);
+        for (id, shared) in groups {
+            let st = shared.log.lock();
+            let pinned_by_meta = shared.meta_seq().is_some_and(|m| m < seq);
+            let pinned_by_entries = st.first_seq().is_some_and(|s| s < seq);
             if pinned_by_meta && !pinned_by_entries {
-                if let Err(e) = self.write_meta(&id, &state, &mut st) {
+                if let Err(e) = self.write_meta(&id, &shared, st.meta) {
                     tracing::warn!(group = %id, error = %e, "could not rewrite a raft state record");
                     return;
                 }
@@ -216,7 +235,7 @@ impl RaftRetention for NodeLog {
 pub struct LogStore {
     node: Arc<NodeLog>,
     group: SpaceId,
-    state: Arc<Mutex<GroupLog>>,
+    state: Arc<GroupShared>,
 }
 
 impl LogStore {
@@ -226,7 +245,7 @@ impl LogStore {
 
     /// The WAL sequence of the record holding entry `index`, if the log has it.
     pub fn entry_seq(&self, index: u64) -> Option<u64> {
-        self.state.lock().entries.get(&index).map(|(s, _)| *s)
+        self.state.log.lock().entries.get(&index).map(|(s, _)| *s)
     }
 }
 
@@ -235,7 +254,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let st = self.state.lock();
+        let st = self.state.log.lock();
         Ok(st
             .entries
             .range(range)
@@ -244,7 +263,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.state.lock().meta.vote.map(vote_of))
+        Ok(self.state.log.lock().meta.vote.map(vote_of))
     }
 }
 
@@ -252,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let st = self.state.lock();
+        let st = self.state.log.lock();
         let purged = st.meta.purged.map(log_id);
         let last = st
             .entries
@@ -271,9 +290,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         let rx = {
-            let mut st = self.state.lock();
+            let mut st = self.state.log.lock();
             st.meta.vote = Some(stored_vote(vote));
-            self.node.write_meta(&self.group, &self.state, &mut st)?
+            self.node.write_meta(&self.group, &self.state, st.meta)?
         };
         match rx.await {
             Ok(true) => Ok(()),
@@ -284,14 +303,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let mut st = self.state.lock();
+        let mut st = self.state.log.lock();
         st.meta.committed = committed.as_ref().map(log_pos);
-        self.node.write_meta(&self.group, &self.state, &mut st)?;
+        self.node.write_meta(&self.group, &self.state, st.meta)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.state.lock().meta.committed.map(log_id))
+        Ok(self.state.log.lock().meta.committed.map(log_id))
     }
 
     async fn append<I>(
@@ -308,7 +327,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let mut st = self.state.lock();
+        let mut st = self.state.log.lock();
         // In appends of at most MAX_APPEND records; the WAL makes them durable in order, so
         // the last one's callback speaks for all.
         let chunks: Vec<&[Entry]> = entries.chunks(MAX_APPEND).collect();
@@ -321,11 +340,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .collect();
             let done: engram_storage::DurableCallback = if c + 1 == chunks.len() {
                 let callback = callback.take().expect("the last chunk takes the callback");
-                Box::new(move |ok| {
-                    callback.io_completed(if ok {
-                        Ok(())
-                    } else {
-                        Err(io_err("the WAL refuses writes"))
+                Box::new(move |durable: Option<u64>| {
+                    callback.io_completed(match durable {
+                        Some(_) => Ok(()),
+                        None => Err(io_err("the WAL refuses writes")),
                     })
                 })
             } else {
@@ -345,7 +363,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let mut st = self.state.lock();
+        let mut st = self.state.log.lock();
         st.truncate_after(last_log_id.map(|l| l.index));
         self.node
             .store
@@ -359,10 +377,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let mut st = self.state.lock();
+        let mut st = self.state.log.lock();
         st.meta.purged = Some(log_pos(&log_id));
         st.purge(log_id.index);
-        self.node.write_meta(&self.group, &self.state, &mut st)?;
+        self.node.write_meta(&self.group, &self.state, st.meta)?;
         Ok(())
     }
 }

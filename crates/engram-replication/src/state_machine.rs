@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::SpaceId;
-use engram_storage::{RaftApplied, Store};
+use engram_storage::{Disk, RaftApplied, Store};
 use futures_util::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta};
@@ -57,8 +57,9 @@ impl SpaceStateMachine {
             .map_err(io_err)?
             .unwrap_or_default();
         let snapshots = store.root().join("snapshots").join(space.as_str());
-        if snapshots.exists() {
-            std::fs::remove_dir_all(&snapshots)?;
+        let disk = store.disk();
+        if disk.exists(&snapshots) {
+            disk.remove_dir_all(&snapshots)?;
         }
         Ok(Self {
             store,
@@ -98,13 +99,14 @@ fn snapshot_dir_name(what: &str) -> String {
 }
 
 /// Makes the newest snapshot `(meta, dir)` and removes the directories of older ones.
-fn make_current(current: &Current, snapshots: &Path, meta: Meta, dir: PathBuf) {
+fn make_current(disk: &dyn Disk, current: &Current, snapshots: &Path, meta: Meta, dir: PathBuf) {
     let mut cur = current.lock();
     *cur = Some((meta, dir.clone()));
-    if let Ok(entries) = std::fs::read_dir(snapshots) {
-        for e in entries.flatten() {
-            if e.path() != dir {
-                let _ = std::fs::remove_dir_all(e.path());
+    if let Ok(names) = disk.list_dir(snapshots) {
+        for name in names {
+            let p = snapshots.join(name);
+            if p != dir {
+                let _ = disk.remove_dir_all(&p);
             }
         }
     }
@@ -130,7 +132,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
             .snapshot_replicated(&self.space, &dir, &self.applied)
             .map_err(io_err)?;
         let meta = snapshot_meta(&state)?;
-        make_current(&self.current, &self.snapshots, meta.clone(), dir.clone());
+        make_current(
+            &**self.store.disk(),
+            &self.current,
+            &self.snapshots,
+            meta.clone(),
+            dir.clone(),
+        );
         Ok(Snapshot {
             meta,
             snapshot: SnapshotFiles { dir },
@@ -198,18 +206,13 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     ) -> Result<(), io::Error> {
         // The files are kept as this node's current snapshot, then put in place.
         let dir = self.snapshots.join(snapshot_dir_name("installed"));
+        let disk = self.store.disk().clone();
         if snapshot.dir != dir {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir)?;
+            disk.create_dir_all(&dir)?;
+            for name in disk.list_dir(&snapshot.dir)? {
+                disk.hard_link(&snapshot.dir.join(&name), &dir.join(&name))?;
             }
-            std::fs::create_dir_all(&dir)?;
-            for e in std::fs::read_dir(&snapshot.dir)? {
-                let e = e?;
-                let to = dir.join(e.file_name());
-                if std::fs::hard_link(e.path(), &to).is_err() {
-                    std::fs::copy(e.path(), &to)?;
-                }
-            }
+            disk.sync_dir(&dir)?;
         }
         let state = self
             .store
@@ -225,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             ));
         }
         self.applied = state;
-        make_current(&self.current, &self.snapshots, meta.clone(), dir);
+        make_current(&*disk, &self.current, &self.snapshots, meta.clone(), dir);
         Ok(())
     }
 

@@ -56,6 +56,7 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
         Term = u64,
         LeaderId = LeaderId<u64, u64>,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 pub type LogId = openraft::LogId<CommittedLeaderId<u64>>;

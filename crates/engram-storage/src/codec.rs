@@ -1,5 +1,6 @@
-//! Little-endian byte encoding helpers. Decoding is bounds-checked and returns
-//! [`StorageError::Corrupted`] on anything malformed; it never panics.
+//! Little-endian byte encoding helpers (public: the replication layer's message codec uses
+//! them too). Decoding is bounds-checked and returns [`StorageError::Corrupted`] on anything
+//! malformed; it never panics.
 
 use crate::error::{corrupted, Result};
 
@@ -8,45 +9,45 @@ compile_error!(
     "Engram's on-disk formats are little-endian and mapped in place: little-endian targets only"
 );
 
-pub(crate) fn put_u16(out: &mut Vec<u8>, v: u16) {
+pub fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_le_bytes());
 }
-pub(crate) fn put_u32(out: &mut Vec<u8>, v: u32) {
+pub fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
-#[allow(dead_code)]
-pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
+
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
-pub(crate) fn put_f32(out: &mut Vec<u8>, v: f32) {
+pub fn put_f32(out: &mut Vec<u8>, v: f32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
-pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
+pub fn put_i64(out: &mut Vec<u8>, v: i64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 /// A string with a u16 length prefix. The caller guarantees the length fits.
-pub(crate) fn put_str16(out: &mut Vec<u8>, s: &str) {
+pub fn put_str16(out: &mut Vec<u8>, s: &str) {
     debug_assert!(s.len() <= u16::MAX as usize);
     put_u16(out, s.len() as u16);
     out.extend_from_slice(s.as_bytes());
 }
 
 /// A cursor over untrusted bytes.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    pub fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos: 0 }
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    pub fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
-    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return corrupted(format!(
                 "{what}: needs {n} bytes, {} left",
@@ -65,31 +66,31 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
+    pub fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.array::<1>(what)?[0])
     }
-    pub(crate) fn u16(&mut self, what: &str) -> Result<u16> {
+    pub fn u16(&mut self, what: &str) -> Result<u16> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u32(&mut self, what: &str) -> Result<u32> {
+    pub fn u32(&mut self, what: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn u64(&mut self, what: &str) -> Result<u64> {
+    pub fn u64(&mut self, what: &str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn i64(&mut self, what: &str) -> Result<i64> {
+    pub fn i64(&mut self, what: &str) -> Result<i64> {
         Ok(i64::from_le_bytes(self.array(what)?))
     }
-    pub(crate) fn f32(&mut self, what: &str) -> Result<f32> {
+    pub fn f32(&mut self, what: &str) -> Result<f32> {
         Ok(f32::from_le_bytes(self.array(what)?))
     }
 
-    pub(crate) fn str16(&mut self, what: &str) -> Result<&'a str> {
+    pub fn str16(&mut self, what: &str) -> Result<&'a str> {
         let n = self.u16(what)? as usize;
         self.utf8(n, what)
     }
 
-    pub(crate) fn utf8(&mut self, n: usize, what: &str) -> Result<&'a str> {
+    pub fn utf8(&mut self, n: usize, what: &str) -> Result<&'a str> {
         let b = self.take(n, what)?;
         match std::str::from_utf8(b) {
             Ok(s) => Ok(s),
@@ -97,7 +98,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn finish(&self, what: &str) -> Result<()> {
+    pub fn finish(&self, what: &str) -> Result<()> {
         if self.remaining() != 0 {
             return corrupted(format!("{what}: {} trailing bytes", self.remaining()));
         }

@@ -30,7 +30,7 @@
 mod autolink;
 mod catalog;
 mod clock;
-mod codec;
+pub mod codec;
 mod compaction;
 mod disk;
 mod error;

@@ -52,6 +52,11 @@ pub struct StoreOptions {
     pub max_open_spaces: usize,
     /// Run the background compactor thread.
     pub background_compaction: bool,
+    /// No committer or waker thread: each writer writes, fsyncs and applies what is queued
+    /// (its own records included) before its write returns, and durability callbacks run on
+    /// its thread. One commit at a time, no group forming across threads: for a deterministic
+    /// simulation, where every write comes from one thread; never for a server.
+    pub inline_commit: bool,
     /// How often the compactor looks for work.
     pub compaction_tick: Duration,
     /// Nice value of the WAL committer thread (-20..=19, 0 leaves it alone). Every
@@ -111,6 +116,7 @@ impl Default for StoreOptions {
             merge_defer_max_segments: 32,
             max_open_spaces: 4096,
             background_compaction: true,
+            inline_commit: false,
             compaction_tick: Duration::from_millis(100),
             committer_nice: -10,
             index_min_rows: 2048,

@@ -88,7 +88,7 @@ pub const MAX_REQUEST_KEY: usize = 128;
 impl RaftMembership {
     /// u32 set count (1 to 8), each a u32 count and that many u64 ids; u32 node count, each
     /// a u64 id, a u16-prefixed name and a u16-prefixed address.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut Vec<u8>) {
         put_u32(out, self.configs.len() as u32);
         for set in &self.configs {
             put_u32(out, set.len() as u32);
@@ -104,7 +104,7 @@ impl RaftMembership {
         }
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<RaftMembership> {
+    pub fn decode(r: &mut Reader<'_>) -> Result<RaftMembership> {
         let n = r.u32("membership sets")? as usize;
         if n == 0 || n > MAX_MEMBERSHIP_CONFIGS {
             return corrupted(format!("a membership of {n} voter sets"));

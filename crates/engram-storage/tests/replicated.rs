@@ -248,3 +248,37 @@ fn an_install_cut_short_at_any_sync_leaves_old_or_new() {
     }
     assert!(k > 3, "the install made only {k} syncs");
 }
+
+/// With `inline_commit` a write is durable and applied before it returns, on the writer's
+/// thread, and durability callbacks run there too: what the deterministic simulation needs.
+#[test]
+fn inline_commit_is_durable_before_the_write_returns() {
+    let disk = FaultDisk::new();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let root = Path::new("/inline");
+    let o = StoreOptions {
+        inline_commit: true,
+        ..opts()
+    };
+    let s = sid("plain");
+    {
+        let store = Store::open(shared.clone(), root, o.clone()).unwrap();
+        store.create_space(&s, DIM as u32).unwrap();
+        store.remember(&s, memory("a", DIM)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let me = std::thread::current().id();
+        store
+            .append_raft(
+                &sid("g"),
+                vec![Op::RaftTruncate(None)],
+                Box::new(move |durable| tx.send((durable, std::thread::current().id())).unwrap()),
+            )
+            .unwrap();
+        let (durable, on) = rx.try_recv().expect("called before append_raft returned");
+        assert!(durable.is_some());
+        assert_eq!(on, me);
+        disk.power_cut();
+    }
+    let store = Store::open(shared, root, o).unwrap();
+    assert_eq!(ids(&store, "plain"), ["a"].map(String::from).into());
+}

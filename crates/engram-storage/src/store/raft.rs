@@ -4,7 +4,7 @@
 //! owns the logs; the store only writes, recovers and retains their records.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use engram_core::SpaceId;
 use parking_lot::{Mutex, RwLock};
@@ -43,7 +43,8 @@ pub(crate) struct RaftHold {
     recovered: Mutex<Vec<RaftRecord>>,
     /// The lowest sequence of a recovered record not yet handed over (`u64::MAX`: none).
     recovered_min: AtomicU64,
-    retention: RwLock<Option<Arc<dyn RaftRetention>>>,
+    /// Weak: the replication layer holds the store, not the other way round.
+    retention: RwLock<Option<Weak<dyn RaftRetention>>>,
 }
 
 impl RaftHold {
@@ -64,18 +65,18 @@ impl RaftHold {
     /// The checkpoint's bound: the lowest sequence still needed (`u64::MAX`: none).
     pub(crate) fn min_needed_seq(&self) -> u64 {
         let held = self.recovered_min.load(Ordering::SeqCst);
-        let retained = self
-            .retention
-            .read()
-            .as_ref()
-            .and_then(|r| r.min_needed_seq())
-            .unwrap_or(u64::MAX);
+        let retained = match self.retention.read().as_ref().map(Weak::upgrade) {
+            None => u64::MAX,
+            Some(Some(r)) => r.min_needed_seq().unwrap_or(u64::MAX),
+            // The layer is gone (the node is shutting down): keep everything.
+            Some(None) => 0,
+        };
         held.min(retained)
     }
 
     /// See [`RaftRetention::refresh_below`].
     pub(crate) fn refresh_below(&self, seq: u64) {
-        let retention = self.retention.read().clone();
+        let retention = self.retention.read().as_ref().and_then(Weak::upgrade);
         if let Some(r) = retention {
             r.refresh_below(seq);
         }
@@ -83,12 +84,13 @@ impl RaftHold {
 }
 
 impl Store {
-    /// Registers what the replication layer retains, then hands it the raft records that
-    /// recovery read (in WAL order; empty on a second call). Until this is called the WAL
-    /// keeps every recovered raft record.
+    /// Registers what the replication layer retains (held weakly: the layer holds the store),
+    /// then hands it the raft records that recovery read (in WAL order; empty on a second
+    /// call). Until this is called the WAL keeps every recovered raft record; once the layer
+    /// is dropped, everything.
     pub fn attach_raft(&self, retention: Arc<dyn RaftRetention>) -> Vec<RaftRecord> {
         let hold = &self.inner.raft;
-        *hold.retention.write() = Some(retention);
+        *hold.retention.write() = Some(Arc::downgrade(&retention));
         let records = std::mem::take(&mut *hold.recovered.lock());
         hold.recovered_min.store(u64::MAX, Ordering::SeqCst);
         records

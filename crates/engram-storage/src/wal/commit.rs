@@ -36,6 +36,8 @@ struct Waiter {
     wake: Wake,
     /// `WAITING`, `DONE` or `FAILED`.
     state: AtomicU8,
+    /// The last sequence of the writer's records (set when they are queued).
+    seq: AtomicU64,
 }
 
 enum Wake {
@@ -45,8 +47,9 @@ enum Wake {
     Callback(Mutex<Option<DurableCallback>>),
 }
 
-/// Told, on the WAL's waker thread, whether records are durable: it must not block.
-pub type DurableCallback = Box<dyn FnOnce(bool) + Send>;
+/// Told, on the WAL's waker thread (or the writer's own, with `inline_commit`), the last
+/// sequence of records now durable, or `None` if they failed: it must not block.
+pub type DurableCallback = Box<dyn FnOnce(Option<u64>) + Send>;
 
 impl Waiter {
     fn finish(&self, state: u8) {
@@ -60,7 +63,7 @@ impl Waiter {
             }
             Wake::Callback(f) => {
                 if let Some(f) = f.lock().take() {
-                    f(state == DONE);
+                    f((state == DONE).then(|| self.seq.load(Ordering::Acquire)));
                 }
             }
         }
@@ -171,6 +174,15 @@ pub(crate) struct GroupCommit {
     clock: Arc<dyn Clock>,
     /// When (the clock's monotonic micros) the last batch was applied, or the store opened.
     last_commit_us: AtomicU64,
+    /// Set with `inline_commit`: no committer or waker thread; each writer commits.
+    inline: Option<Inline>,
+}
+
+/// The committer's state when writers commit inline (deterministic simulation).
+struct Inline {
+    apply: Mutex<Option<Arc<ApplyBatch>>>,
+    /// The committer's handle; held while a writer commits, so commits run one at a time.
+    handle: Mutex<Option<SyncHandle>>,
 }
 
 impl GroupCommit {
@@ -179,6 +191,7 @@ impl GroupCommit {
         max_pending_bytes: usize,
         stats: Arc<StoreStats>,
         clock: Arc<dyn Clock>,
+        inline_commit: bool,
     ) -> Self {
         let opened_us = clock.monotonic().as_micros() as u64;
         Self {
@@ -204,6 +217,10 @@ impl GroupCommit {
             stats,
             clock,
             last_commit_us: AtomicU64::new(opened_us),
+            inline: inline_commit.then(|| Inline {
+                apply: Mutex::new(None),
+                handle: Mutex::new(None),
+            }),
         }
     }
 
@@ -266,6 +283,7 @@ impl GroupCommit {
         let waiter = Arc::new(Waiter {
             wake: Wake::Thread(std::thread::current()),
             state: AtomicU8::new(WAITING),
+            seq: AtomicU64::new(0),
         });
         let seq = self.enqueue_all(space, ops, &waiter)?;
         loop {
@@ -295,6 +313,7 @@ impl GroupCommit {
         let waiter = Arc::new(Waiter {
             wake: Wake::Task(Mutex::new(None)),
             state: AtomicU8::new(WAITING),
+            seq: AtomicU64::new(0),
         });
         let seq = self.enqueue_all(space, ops, &waiter)?;
         Ok(Commit {
@@ -315,6 +334,7 @@ impl GroupCommit {
         let waiter = Arc::new(Waiter {
             wake: Wake::Callback(Mutex::new(Some(done))),
             state: AtomicU8::new(WAITING),
+            seq: AtomicU64::new(0),
         });
         self.enqueue_all(space, ops, &waiter)
     }
@@ -377,10 +397,20 @@ impl GroupCommit {
                 op,
             });
         }
+        waiter.seq.store(seq, Ordering::Release);
         c.waiters.push(waiter.clone());
         let wake = std::mem::take(&mut c.committer_idle);
         drop(c);
-        if wake {
+        if let Some(inline) = &self.inline {
+            // No committer thread: the writer commits what is queued, its own records
+            // included, before it returns.
+            let apply = inline.apply.lock().clone();
+            if let Some(apply) = apply {
+                let mut handle = inline.handle.lock();
+                let mut spare = Vec::new();
+                self.commit_queued(&*apply, &mut spare, &mut handle);
+            }
+        } else if wake {
             self.committer_cv.notify_one();
         }
         Ok(seq)
@@ -393,7 +423,11 @@ impl GroupCommit {
         self: &Arc<Self>,
         apply: Arc<ApplyBatch>,
         committer_nice: i32,
-    ) -> std::io::Result<(JoinHandle<()>, JoinHandle<()>)> {
+    ) -> std::io::Result<Option<(JoinHandle<()>, JoinHandle<()>)>> {
+        if let Some(inline) = &self.inline {
+            *inline.apply.lock() = Some(apply);
+            return Ok(None);
+        }
         let (tx, rx) = std::sync::mpsc::channel::<WakeList>();
         let waker = std::thread::Builder::new()
             .name("engram-wal-waker".into())
@@ -417,7 +451,7 @@ impl GroupCommit {
                 })
             });
         match committer {
-            Ok(c) => Ok((c, waker)),
+            Ok(c) => Ok(Some((c, waker))),
             Err(e) => {
                 self.waker.lock().take();
                 let _ = waker.join();
@@ -433,16 +467,34 @@ impl GroupCommit {
         let mut spare = Vec::new();
         let mut handle: Option<SyncHandle> = None;
         loop {
-            let mut c = self.commit.lock();
-            while c.pending.is_empty() && !c.stopping {
-                c.committer_idle = true;
-                self.committer_cv.wait(&mut c);
+            {
+                let mut c = self.commit.lock();
+                while c.pending.is_empty() && !c.stopping {
+                    c.committer_idle = true;
+                    self.committer_cv.wait(&mut c);
+                }
+                c.committer_idle = false;
             }
-            c.committer_idle = false;
-            if c.pending.is_empty() {
+            if !self.commit_queued(apply, &mut spare, &mut handle) {
                 return;
             }
-            let buf = std::mem::replace(&mut c.buf, std::mem::take(&mut spare));
+        }
+    }
+
+    /// Takes everything queued as one batch, writes it, fsyncs it, applies it and hands its
+    /// writers to the waker (or wakes them). False when nothing was queued.
+    fn commit_queued(
+        &self,
+        apply: &ApplyBatch,
+        spare: &mut Vec<u8>,
+        handle: &mut Option<SyncHandle>,
+    ) -> bool {
+        {
+            let mut c = self.commit.lock();
+            if c.pending.is_empty() {
+                return false;
+            }
+            let buf = std::mem::replace(&mut c.buf, std::mem::take(spare));
             let batch = std::mem::take(&mut c.pending);
             let waiters = std::mem::take(&mut c.waiters);
             check_batch(
@@ -458,9 +510,9 @@ impl GroupCommit {
             let result = if latched {
                 Err(StorageError::Latched("an earlier write failed".into()))
             } else {
-                self.write_and_sync(&buf, &batch, &mut handle)
+                self.write_and_sync(&buf, &batch, handle)
             };
-            spare = buf;
+            *spare = buf;
             spare.clear();
             self.finish_batch(
                 DurableBatch {
@@ -471,6 +523,7 @@ impl GroupCommit {
                 apply,
             );
         }
+        true
     }
 
     /// Writes a batch at the end of the WAL under the writer's lock, then fsyncs it through the

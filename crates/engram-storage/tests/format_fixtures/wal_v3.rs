@@ -156,7 +156,11 @@ fn generate_wal_v3_fixture() {
         for op in raft_history() {
             let (tx, rx) = std::sync::mpsc::channel();
             store
-                .append_raft(&rep(), vec![op], Box::new(move |ok| tx.send(ok).unwrap()))
+                .append_raft(
+                    &rep(),
+                    vec![op],
+                    Box::new(move |durable| tx.send(durable.is_some()).unwrap()),
+                )
                 .unwrap();
             assert!(rx.recv().unwrap());
         }

@@ -1,0 +1,244 @@
+//! A node's replicas: the raft groups of the spaces it holds, over its one store and WAL, and
+//! the handling of what other nodes (and clients) send it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use engram_core::SpaceId;
+use engram_storage::{Command, Store};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{Raft, ReadPolicy, SnapshotMeta};
+
+use crate::codec::{Message, ProposeOutcome, SnapshotTransfer};
+use crate::log_store::NodeLog;
+use crate::network::{NetworkFactory, Transport};
+use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
+use crate::types::{NodeAddr, Request, TypeConfig, Vote};
+
+/// One space's raft group on this node.
+pub type Group = Raft<TypeConfig, SpaceStateMachine>;
+
+/// The raft groups of one node.
+pub struct ReplicaNode {
+    id: u64,
+    store: Arc<Store>,
+    log: Arc<NodeLog>,
+    transport: Arc<dyn Transport>,
+    config: Arc<openraft::Config>,
+    groups: tokio::sync::Mutex<HashMap<SpaceId, Group>>,
+    /// Names received snapshots' directories apart.
+    received: AtomicU64,
+}
+
+impl ReplicaNode {
+    /// The node `id` over `store` (its raft logs rebuilt from the WAL), reaching the others
+    /// through `transport`.
+    pub fn open(
+        id: u64,
+        store: Arc<Store>,
+        transport: Arc<dyn Transport>,
+        config: openraft::Config,
+    ) -> io::Result<Arc<Self>> {
+        let config = config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let log = NodeLog::open(store.clone())?;
+        Ok(Arc::new(Self {
+            id,
+            store,
+            log,
+            transport,
+            config: Arc::new(config),
+            groups: tokio::sync::Mutex::new(HashMap::new()),
+            received: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The group of `space`, started if it is not running.
+    pub async fn group(&self, space: &SpaceId) -> io::Result<Group> {
+        let mut groups = self.groups.lock().await;
+        if let Some(g) = groups.get(space) {
+            return Ok(g.clone());
+        }
+        let network = NetworkFactory {
+            transport: self.transport.clone(),
+            group: space.clone(),
+            disk: self.store.disk().clone(),
+        };
+        let sm = SpaceStateMachine::open(self.store.clone(), space.clone())?;
+        let raft = Raft::new(
+            self.id,
+            self.config.clone(),
+            network,
+            self.log.group(space),
+            sm,
+        )
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        groups.insert(space.clone(), raft.clone());
+        Ok(raft)
+    }
+
+    /// The groups running on this node.
+    pub async fn running(&self) -> Vec<(SpaceId, Group)> {
+        let groups = self.groups.lock().await;
+        groups.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Makes `members` the first voters of `space`'s group (on one of them, once).
+    pub async fn initialize(
+        &self,
+        space: &SpaceId,
+        members: BTreeMap<u64, NodeAddr>,
+    ) -> io::Result<()> {
+        let g = self.group(space).await?;
+        g.initialize(members)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Proposes `command` to `space`'s group: applied once committed on a majority.
+    pub async fn propose(&self, space: &SpaceId, command: Command) -> ProposeOutcome {
+        let g = match self.group(space).await {
+            Ok(g) => g,
+            Err(e) => return ProposeOutcome::Failed(e.to_string()),
+        };
+        match g.client_write(Request(command)).await {
+            Ok(r) => ProposeOutcome::Applied(r.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                ProposeOutcome::NotLeader(f.leader_id)
+            }
+            Err(e) => ProposeOutcome::Failed(e.to_string()),
+        }
+    }
+
+    /// A linearizable read of the ids of `space`'s memories: confirmed by a quorum that this
+    /// node leads, and after everything committed before the read is applied.
+    pub async fn read_ids(&self, space: &SpaceId) -> Result<Vec<String>, ProposeOutcome> {
+        let g = self
+            .group(space)
+            .await
+            .map_err(|e| ProposeOutcome::Failed(e.to_string()))?;
+        match g.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                return Err(ProposeOutcome::NotLeader(f.leader_id))
+            }
+            Err(e) => return Err(ProposeOutcome::Failed(e.to_string())),
+        }
+        let mut ids = Vec::new();
+        match self
+            .store
+            .for_each(space, |m| ids.push(m.id.as_str().to_string()))
+        {
+            Ok(()) => {}
+            Err(engram_storage::StorageError::SpaceNotFound(_)) => {}
+            Err(e) => return Err(ProposeOutcome::Failed(e.to_string())),
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Handles a request frame from another node or a client; returns the reply frame.
+    pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
+        let (group, msg) = match Message::decode(request) {
+            Ok(d) => d,
+            Err(e) => {
+                // No group to answer for: the reply names none that exists.
+                let g = SpaceId::new("invalid").expect("a valid id");
+                tracing::warn!(error = %e, "refusing a malformed message");
+                return Message::Error(e.to_string()).encode(&g);
+            }
+        };
+        let reply = self.dispatch(&group, msg).await;
+        reply.encode(&group)
+    }
+
+    async fn dispatch(&self, space: &SpaceId, msg: Message) -> Message {
+        let fail = |e: &dyn std::fmt::Display| Message::Error(e.to_string());
+        match msg {
+            Message::Append(a) => match self.group(space).await {
+                Ok(g) => match g.append_entries(a).await {
+                    Ok(r) => Message::AppendReply(r),
+                    Err(e) => fail(&e),
+                },
+                Err(e) => fail(&e),
+            },
+            Message::Vote(v) => match self.group(space).await {
+                Ok(g) => match g.vote(v).await {
+                    Ok(r) => Message::VoteReply(r),
+                    Err(e) => fail(&e),
+                },
+                Err(e) => fail(&e),
+            },
+            Message::Snapshot { vote, snapshot } => {
+                match self.receive_snapshot(space, vote, snapshot).await {
+                    Ok(m) => m,
+                    Err(e) => fail(&e),
+                }
+            }
+            Message::Propose(c) => Message::ProposeReply(self.propose(space, c).await),
+            Message::ReadIds => Message::ReadIdsReply(self.read_ids(space).await),
+            other => Message::Error(format!(
+                "not a request: {:?}",
+                std::mem::discriminant(&other)
+            )),
+        }
+    }
+
+    /// Writes a received snapshot's files under `snapshots/<space>/` and installs it.
+    async fn receive_snapshot(
+        &self,
+        space: &SpaceId,
+        vote: Vote,
+        snapshot: SnapshotTransfer,
+    ) -> io::Result<Message> {
+        let g = self.group(space).await?;
+        let disk = self.store.disk().clone();
+        let n = self.received.fetch_add(1, Ordering::Relaxed);
+        let dir: PathBuf = self
+            .store
+            .root()
+            .join("snapshots")
+            .join(space.as_str())
+            .join(format!("received-{n}"));
+        disk.create_dir_all(&dir)?;
+        for (name, bytes) in &snapshot.files {
+            let mut f = disk.create(&dir.join(name))?;
+            f.write_all(bytes)?;
+            f.sync()?;
+        }
+        disk.sync_dir(&dir)?;
+        let snap = Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: snapshot.last_log_id,
+                last_membership: snapshot.membership,
+            },
+            snapshot: SnapshotFiles { dir },
+        };
+        let r = g
+            .install_full_snapshot(vote, snap)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Message::SnapshotReply(r))
+    }
+
+    /// Stops every group (their state is on disk).
+    pub async fn shutdown(&self) {
+        let groups: Vec<Group> = self.groups.lock().await.drain().map(|(_, g)| g).collect();
+        for g in groups {
+            let _ = g.shutdown().await;
+        }
+    }
+}
