@@ -151,3 +151,54 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         }
     }
 }
+
+/// Carries frames between nodes of one process: a call is the receiving node's `handle`,
+/// run in the caller's task. Nodes can be marked down (their calls fail, as if the network
+/// lost them). For tests and benchmarks.
+#[derive(Default)]
+pub struct LocalTransport {
+    nodes: parking_lot::RwLock<std::collections::HashMap<u64, std::sync::Weak<crate::ReplicaNode>>>,
+    down: parking_lot::RwLock<std::collections::HashSet<u64>>,
+}
+
+impl LocalTransport {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Makes `node` reachable under its id (replacing a node of that id).
+    pub fn register(&self, node: &Arc<crate::ReplicaNode>) {
+        self.nodes.write().insert(node.id(), Arc::downgrade(node));
+    }
+
+    /// Marks `id` unreachable (`true`) or reachable again.
+    pub fn set_down(&self, id: u64, down: bool) {
+        if down {
+            self.down.write().insert(id);
+        } else {
+            self.down.write().remove(&id);
+        }
+    }
+}
+
+impl Transport for LocalTransport {
+    fn call(&self, to: u64, request: Vec<u8>) -> BoxFut<io::Result<Vec<u8>>> {
+        let node = if self.down.read().contains(&to) {
+            None
+        } else {
+            self.nodes
+                .read()
+                .get(&to)
+                .and_then(std::sync::Weak::upgrade)
+        };
+        Box::pin(async move {
+            match node {
+                Some(n) => Ok(n.handle(&request).await),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("node {to} is down"),
+                )),
+            }
+        })
+    }
+}

@@ -202,7 +202,10 @@ fn prepare(
     }
     let min = inputs.iter().map(|s| s.info().min_seq).min().unwrap_or(0);
     let max = inputs.iter().map(|s| s.info().max_seq).max().unwrap_or(0);
-    check_segment_durable(max, wal.durable_seq());
+    // A replicated space's sequences are log indexes (its segments hold committed entries).
+    if !space.meta.replicated {
+        check_segment_durable(max, wal.durable_seq());
+    }
     let name = segment_file_name(min, max);
     let path = space.dir.join(&name);
     let pending = space.dir.join(format!("{name}{PENDING_SUFFIX}"));
