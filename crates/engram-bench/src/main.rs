@@ -8,6 +8,7 @@ mod http;
 mod ingest;
 mod placement;
 mod recall;
+mod replication;
 mod restart;
 mod spreads;
 mod storage;
@@ -38,7 +39,14 @@ environment:
                       error message lists them)";
 
 /// The suites this build runs.
-const SUITES: &[&str] = &["storage", "recall", "http", "placement", "text"];
+const SUITES: &[&str] = &[
+    "storage",
+    "recall",
+    "http",
+    "placement",
+    "text",
+    "replication",
+];
 
 fn main() -> ExitCode {
     // As the server does: see engram_storage::process.
@@ -48,7 +56,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         "http" => http::run(quick),
         "placement" => placement::run(quick),
         "text" => text::run(quick),
+        "replication" => replication::run(quick),
         s => {
             eprintln!(
                 "error: unknown suite {s:?} (available: {})\n{USAGE}",

@@ -14,6 +14,8 @@
 //!   as the space's files.
 
 pub mod codec;
+/// The consensus engine, at the exact version this crate pins (for its callers' configs).
+pub use openraft;
 pub mod frame;
 pub mod log_store;
 pub mod network;

@@ -234,6 +234,15 @@ impl ReplicaNode {
         Ok(Message::SnapshotReply(r))
     }
 
+    /// The last log index `space`'s group has applied on this node.
+    pub async fn last_applied(&self, space: &SpaceId) -> io::Result<u64> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let g = self.group(space).await?;
+        let m = g.metrics();
+        let applied = m.borrow_watched().last_applied.map_or(0, |l| l.index);
+        Ok(applied)
+    }
+
     /// Stops every group (their state is on disk).
     pub async fn shutdown(&self) {
         let groups: Vec<Group> = self.groups.lock().await.drain().map(|(_, g)| g).collect();
