@@ -66,6 +66,17 @@ pub enum Message {
     ReadIdsReply(Result<Vec<String>, ProposeOutcome>),
     /// The receiver could not handle the request (no such group, shut down, …).
     Error(String),
+    /// From the group's leader `from`: the group is idle and every follower has its log;
+    /// stop the group's timers until a message or a request wakes it.
+    Quiesce {
+        from: u64,
+    },
+    /// From node `from`, woken by a request: resume the group's timers (heartbeats).
+    Wake {
+        from: u64,
+    },
+    /// The reply to `Quiesce` and `Wake`.
+    Ack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +105,9 @@ mod kind {
     pub const READ_IDS: u8 = 9;
     pub const READ_IDS_REPLY: u8 = 10;
     pub const ERROR: u8 = 11;
+    pub const QUIESCE: u8 = 12;
+    pub const WAKE: u8 = 13;
+    pub const ACK: u8 = 14;
 }
 
 fn put_vote(out: &mut Vec<u8>, v: &Vote) {
@@ -290,6 +304,8 @@ impl Message {
                 }
             },
             Message::Error(why) => put_str16(&mut out, truncated(why)),
+            Message::Quiesce { from } | Message::Wake { from } => put_u64(&mut out, *from),
+            Message::Ack => {}
         }
         out
     }
@@ -307,6 +323,9 @@ impl Message {
             Message::ReadIds => kind::READ_IDS,
             Message::ReadIdsReply(_) => kind::READ_IDS_REPLY,
             Message::Error(_) => kind::ERROR,
+            Message::Quiesce { .. } => kind::QUIESCE,
+            Message::Wake { .. } => kind::WAKE,
+            Message::Ack => kind::ACK,
         }
     }
 
@@ -435,6 +454,13 @@ impl Message {
                 other => return bad(format!("read reply {other}")),
             }),
             kind::ERROR => Message::Error(r.str16("error")?.to_string()),
+            kind::QUIESCE => Message::Quiesce {
+                from: r.u64("from")?,
+            },
+            kind::WAKE => Message::Wake {
+                from: r.u64("from")?,
+            },
+            kind::ACK => Message::Ack,
             other => return bad(format!("message kind {other}")),
         };
         r.finish("message")?;
@@ -540,6 +566,9 @@ mod tests {
             Message::ReadIdsReply(Ok(vec!["a".into(), "b".into()])),
             Message::ReadIdsReply(Err(ProposeOutcome::NotLeader(None))),
             Message::Error("gone".into()),
+            Message::Quiesce { from: 3 },
+            Message::Wake { from: 2 },
+            Message::Ack,
         ]
     }
 

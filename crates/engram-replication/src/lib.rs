@@ -10,6 +10,7 @@
 //! - `frame.rs`: length-prefixed frames of those messages on a byte stream.
 //! - `network.rs`: openraft's network traits over a frame [`network::Transport`].
 //! - `node.rs`: a node's groups, started on demand, and the handling of incoming messages.
+//! - `residency.rs`: idle groups quiesce (no timers) and the resident set is bounded.
 //! - `state_machine.rs`: a space as its group's state machine: apply by log index, snapshots
 //!   as the space's files.
 
@@ -20,11 +21,13 @@ pub mod frame;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod residency;
 pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::{GroupLog, GroupShared, LogStore, NodeLog};
 pub use node::{Group, ReplicaNode};
+pub use residency::{Residency, Sweep};
 pub use state_machine::{SnapshotFiles, SpaceStateMachine};
 pub use types::{NodeAddr, Request, Response, TypeConfig};

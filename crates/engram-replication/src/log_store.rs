@@ -69,21 +69,44 @@ pub struct GroupLog {
     meta: GroupMeta,
     /// Entries not purged, by index, with the sequence of their WAL record.
     entries: BTreeMap<u64, (u64, Entry)>,
+    /// The lowest sequence in `entries` (kept as they change: the checkpoint asks every
+    /// group for it several times a second).
+    min_seq: Option<u64>,
 }
 
 impl GroupLog {
     /// The sequence of the oldest record holding an entry.
     fn first_seq(&self) -> Option<u64> {
-        self.entries.values().map(|(seq, _)| *seq).min()
+        self.min_seq
+    }
+
+    fn recompute_min(&mut self) {
+        self.min_seq = self.entries.values().map(|(seq, _)| *seq).min();
+    }
+
+    fn insert(&mut self, index: u64, seq: u64, e: Entry) {
+        let replaced = self.entries.insert(index, (seq, e));
+        match replaced {
+            // The entry replaced may have held the lowest sequence.
+            Some((old, _)) if Some(old) == self.min_seq => self.recompute_min(),
+            _ => self.min_seq = Some(self.min_seq.map_or(seq, |m| m.min(seq))),
+        }
     }
 
     fn truncate_after(&mut self, after: Option<u64>) {
         let from = after.map_or(0, |i| i + 1);
-        self.entries.split_off(&from);
+        if !self.entries.split_off(&from).is_empty() {
+            self.recompute_min();
+        }
     }
 
     fn purge(&mut self, upto: u64) {
-        self.entries = self.entries.split_off(&(upto + 1));
+        let kept = self.entries.split_off(&(upto + 1));
+        let removed = !self.entries.is_empty();
+        self.entries = kept;
+        if removed {
+            self.recompute_min();
+        }
     }
 
     /// Applies a recovered record (the same rules as the live calls); returns the sequence of
@@ -95,7 +118,7 @@ impl GroupLog {
                     return Ok(None);
                 }
                 let index = e.pos.index;
-                self.entries.insert(index, (seq, entry_of(*e)?));
+                self.insert(index, seq, entry_of(*e)?);
             }
             Op::RaftMeta(m) => {
                 self.meta = m;
@@ -205,8 +228,11 @@ impl RaftRetention for NodeLog {
         if self.loading.load(Ordering::SeqCst) {
             return Some(0);
         }
-        let groups: Vec<_> = self.groups.lock().values().cloned().collect();
-        groups.iter().filter_map(|g| g.min_needed_seq()).min()
+        self.groups
+            .lock()
+            .values()
+            .filter_map(|g| g.min_needed_seq())
+            .min()
     }
 
     fn refresh_below(&self, seq: u64) {
@@ -357,7 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             seqs.extend((0..chunk.len() as u64).map(|i| first + i));
         }
         for (e, seq) in entries.into_iter().zip(seqs) {
-            st.entries.insert(e.log_id.index, (seq, e));
+            st.insert(e.log_id.index, seq, e);
         }
         Ok(())
     }

@@ -6,15 +6,17 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use engram_core::SpaceId;
 use engram_storage::{Command, Store};
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ClientWriteError, ForwardReason, LinearizableReadError, RaftError};
 use openraft::{Raft, ReadPolicy, SnapshotMeta};
 
 use crate::codec::{Message, ProposeOutcome, SnapshotTransfer};
 use crate::log_store::NodeLog;
 use crate::network::{NetworkFactory, Transport};
+use crate::residency::{Residency, Resident, Use};
 use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
 use crate::types::{NodeAddr, Request, TypeConfig, Vote};
 
@@ -23,14 +25,18 @@ pub type Group = Raft<TypeConfig, SpaceStateMachine>;
 
 /// The raft groups of one node.
 pub struct ReplicaNode {
-    id: u64,
+    pub(crate) id: u64,
     store: Arc<Store>,
     log: Arc<NodeLog>,
-    transport: Arc<dyn Transport>,
+    pub(crate) transport: Arc<dyn Transport>,
     config: Arc<openraft::Config>,
-    groups: tokio::sync::Mutex<HashMap<SpaceId, Group>>,
+    /// The resident groups (see `residency.rs`).
+    pub(crate) groups: tokio::sync::Mutex<HashMap<SpaceId, Resident>>,
+    pub(crate) residency: parking_lot::Mutex<Residency>,
     /// Names received snapshots' directories apart.
     received: AtomicU64,
+    /// Numbers each start of a group (see `residency.rs`).
+    pub(crate) generation: AtomicU64,
 }
 
 impl ReplicaNode {
@@ -53,7 +59,9 @@ impl ReplicaNode {
             transport,
             config: Arc::new(config),
             groups: tokio::sync::Mutex::new(HashMap::new()),
+            residency: parking_lot::Mutex::new(Residency::default()),
             received: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -65,12 +73,14 @@ impl ReplicaNode {
         &self.store
     }
 
-    /// The group of `space`, started if it is not running.
+    /// The group of `space`, started if it is not resident, woken if it was quiesced (see
+    /// `residency.rs`): what every request and every message of the group goes through.
     pub async fn group(&self, space: &SpaceId) -> io::Result<Group> {
-        let mut groups = self.groups.lock().await;
-        if let Some(g) = groups.get(space) {
-            return Ok(g.clone());
-        }
+        self.resident(space, Use::Request).await
+    }
+
+    /// Starts the group of `space` (the caller holds the resident set's lock).
+    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<Group> {
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group: space.clone(),
@@ -86,14 +96,16 @@ impl ReplicaNode {
         )
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-        groups.insert(space.clone(), raft.clone());
         Ok(raft)
     }
 
-    /// The groups running on this node.
+    /// The groups resident on this node.
     pub async fn running(&self) -> Vec<(SpaceId, Group)> {
         let groups = self.groups.lock().await;
-        groups.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        groups
+            .iter()
+            .map(|(k, v)| (k.clone(), v.raft.clone()))
+            .collect()
     }
 
     /// Makes `members` the first voters of `space`'s group (on one of them, once).
@@ -114,12 +126,27 @@ impl ReplicaNode {
             Ok(g) => g,
             Err(e) => return ProposeOutcome::Failed(e.to_string()),
         };
-        match g.client_write(Request(command)).await {
-            Ok(r) => ProposeOutcome::Applied(r.log_id.index),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                ProposeOutcome::NotLeader(f.leader_id)
+        // A leader woken from quiescence renews its lease with one heartbeat round before it
+        // takes writes: wait for that (at most an election timeout).
+        let patience = Duration::from_millis(self.config.election_timeout_max);
+        let started = tokio::time::Instant::now();
+        loop {
+            match g.client_write(Request(command.clone())).await {
+                Ok(r) => return ProposeOutcome::Applied(r.log_id.index),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if f.reason == ForwardReason::LeaseExpired && started.elapsed() < patience =>
+                {
+                    let _ = g.trigger().heartbeat().await;
+                    tokio::time::sleep(Duration::from_millis(
+                        self.config.heartbeat_interval / 2 + 1,
+                    ))
+                    .await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return ProposeOutcome::NotLeader(f.leader_id)
+                }
+                Err(e) => return ProposeOutcome::Failed(e.to_string()),
             }
-            Err(e) => ProposeOutcome::Failed(e.to_string()),
         }
     }
 
@@ -168,14 +195,14 @@ impl ReplicaNode {
     async fn dispatch(&self, space: &SpaceId, msg: Message) -> Message {
         let fail = |e: &dyn std::fmt::Display| Message::Error(e.to_string());
         match msg {
-            Message::Append(a) => match self.group(space).await {
+            Message::Append(a) => match self.resident(space, Use::Message).await {
                 Ok(g) => match g.append_entries(a).await {
                     Ok(r) => Message::AppendReply(r),
                     Err(e) => fail(&e),
                 },
                 Err(e) => fail(&e),
             },
-            Message::Vote(v) => match self.group(space).await {
+            Message::Vote(v) => match self.resident(space, Use::Message).await {
                 Ok(g) => match g.vote(v).await {
                     Ok(r) => Message::VoteReply(r),
                     Err(e) => fail(&e),
@@ -190,6 +217,14 @@ impl ReplicaNode {
             }
             Message::Propose(c) => Message::ProposeReply(self.propose(space, c).await),
             Message::ReadIds => Message::ReadIdsReply(self.read_ids(space).await),
+            Message::Quiesce { from } => match self.quiesce_follower(space, from).await {
+                Ok(()) => Message::Ack,
+                Err(e) => fail(&e),
+            },
+            Message::Wake { .. } => match self.resident(space, Use::Message).await {
+                Ok(_) => Message::Ack,
+                Err(e) => fail(&e),
+            },
             other => Message::Error(format!(
                 "not a request: {:?}",
                 std::mem::discriminant(&other)
@@ -204,7 +239,7 @@ impl ReplicaNode {
         vote: Vote,
         snapshot: SnapshotTransfer,
     ) -> io::Result<Message> {
-        let g = self.group(space).await?;
+        let g = self.resident(space, Use::Message).await?;
         let disk = self.store.disk().clone();
         let n = self.received.fetch_add(1, Ordering::Relaxed);
         let dir: PathBuf = self
@@ -245,7 +280,13 @@ impl ReplicaNode {
 
     /// Stops every group (their state is on disk).
     pub async fn shutdown(&self) {
-        let groups: Vec<Group> = self.groups.lock().await.drain().map(|(_, g)| g).collect();
+        let groups: Vec<Group> = self
+            .groups
+            .lock()
+            .await
+            .drain()
+            .map(|(_, g)| g.raft)
+            .collect();
         for g in groups {
             let _ = g.shutdown().await;
         }

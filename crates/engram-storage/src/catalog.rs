@@ -149,6 +149,8 @@ impl Catalog {
                         let space = Arc::new(space);
                         map.insert(id.clone(), Slot::Loaded(space.clone()));
                         self.stats.spaces_loaded.fetch_add(1, Ordering::Relaxed);
+                        // The compactor may have spaces to release again.
+                        self.stats.activity.fetch_add(1, Ordering::Relaxed);
                         Ok(Some(space))
                     }
                     None if self

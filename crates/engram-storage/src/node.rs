@@ -54,6 +54,9 @@ pub(crate) struct Node {
     pub(crate) link_cv: Condvar,
     /// Raft records recovered for the replication layer, and what it retains of the WAL.
     pub(crate) raft: crate::store::raft::RaftHold,
+    /// `stats.activity` when a compaction pass last found nothing to do (`u64::MAX`: it did
+    /// not).
+    pub(crate) quiet_at: std::sync::atomic::AtomicU64,
 }
 
 impl Node {

@@ -15,6 +15,9 @@ pub struct StoreStats {
     /// Changes submitted (a batch counts each memory it carries): the load measure behind
     /// the index and merge deferrals.
     pub changes: AtomicU64,
+    /// Anything that may give the compactor work: every record queued, every replicated
+    /// entry applied. A pass that found nothing to do is not repeated until it moves.
+    pub activity: AtomicU64,
     pub group_commits: AtomicU64,
     pub wal_bytes_written: AtomicU64,
     pub fsync_micros_total: AtomicU64,

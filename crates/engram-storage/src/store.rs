@@ -105,6 +105,7 @@ impl Store {
             link_work: Mutex::new(Default::default()),
             link_cv: Condvar::new(),
             raft: raft::RaftHold::new(),
+            quiet_at: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         // Replay in sequence order.
         let mut report = recovered.report;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use engram_core::SpaceId;
 use engram_replication::codec::ProposeOutcome;
-use engram_replication::ReplicaNode;
+use engram_replication::{ReplicaNode, Residency};
 use engram_storage::{Command, Op, Store, StoreOptions};
 
 use super::{drive, propose, runtime, space, Config, Nodes, Run};
@@ -236,21 +236,27 @@ pub(crate) fn spaces(cfg: &Config, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What a resident group costs: three nodes holding `cfg.resident / 5` groups of three,
-/// idle, at the default heartbeat (50 ms).
-pub(crate) fn resident(cfg: &Config, root: &Path) -> Result<()> {
-    let rt = runtime()?;
-    let groups = cfg.resident / 5;
-    util::trim_heap();
-    let mem0 = MemUsage::now();
-    let nodes = Arc::new(Nodes::open(
-        &root.join("resident"),
-        3,
-        &StoreOptions::default(),
-        50,
-    )?);
+/// Idle CPU of the whole process over `secs`, in cores, and context switches per second.
+fn idle_cost(secs: u64) -> (f64, f64) {
+    let idle = Duration::from_secs(secs);
+    let cpu0 = CpuUsage::now();
+    std::thread::sleep(idle);
+    let cpu1 = CpuUsage::now();
+    let cpu_s = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)).as_secs_f64();
+    let switches = ((cpu1.voluntary_switches - cpu0.voluntary_switches)
+        + (cpu1.involuntary_switches - cpu0.involuntary_switches)) as f64;
+    (cpu_s / idle.as_secs_f64(), switches / idle.as_secs_f64())
+}
+
+/// Creates the groups of spaces `0..n` on `nodes`, 50 at a time.
+fn create_groups(
+    rt: &tokio::runtime::Runtime,
+    nodes: &Arc<Nodes>,
+    n: usize,
+    sweep_every: usize,
+) -> Result<()> {
     rt.block_on(async {
-        for chunk in (0..groups).collect::<Vec<_>>().chunks(50) {
+        for (k, chunk) in (0..n).collect::<Vec<_>>().chunks(50).enumerate() {
             let tasks: Vec<_> = chunk
                 .iter()
                 .map(|&i| {
@@ -261,51 +267,137 @@ pub(crate) fn resident(cfg: &Config, root: &Path) -> Result<()> {
             for t in tasks {
                 t.await??;
             }
+            if sweep_every > 0 && (k + 1) % sweep_every == 0 {
+                for node in &nodes.nodes {
+                    node.sweep().await;
+                }
+            }
         }
         Ok::<_, anyhow::Error>(())
-    })?;
+    })
+}
+
+/// What a resident group costs, awake (heartbeats every 50 ms) and quiesced; and a node of
+/// many spaces with a bounded resident set.
+pub(crate) fn resident(cfg: &Config, root: &Path) -> Result<()> {
+    let rt = runtime()?;
+    let groups = cfg.resident / 5;
+    let secs = if cfg.quick { 3 } else { 10 };
+    util::trim_heap();
+    let mem0 = MemUsage::now();
+    let nodes = Arc::new(Nodes::open(
+        &root.join("resident"),
+        3,
+        &StoreOptions::default(),
+        50,
+    )?);
+    create_groups(&rt, &nodes, groups, 0)?;
+    // Every new space flushed now (its space.meta and raft.state), not in the idle window.
+    for n in &nodes.nodes {
+        n.store().compact()?;
+    }
     std::thread::sleep(Duration::from_secs(2));
     util::trim_heap();
     let mem1 = MemUsage::now();
-    let idle = Duration::from_secs(if cfg.quick { 3 } else { 10 });
-    let cpu0 = CpuUsage::now();
-    std::thread::sleep(idle);
-    let cpu1 = CpuUsage::now();
+    let (awake, awake_switches) = idle_cost(secs);
     let replicas = (groups * 3) as f64;
-    let cpu_s = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)).as_secs_f64();
-    let cores = cpu_s / idle.as_secs_f64();
-    let switches = ((cpu1.voluntary_switches - cpu0.voluntary_switches)
-        + (cpu1.involuntary_switches - cpu0.involuntary_switches)) as f64
-        / idle.as_secs_f64();
     let rss_kb = mem1.rss_growth_kb(&mem0).unwrap_or(0) as f64;
     println!(
-        "# {groups} idle groups of three ({replicas} replicas on 3 nodes, heartbeat 50 ms): RSS +{:.1} MB, \
-         idle CPU {:.3} cores, {switches:.0} context switches/s",
-        rss_kb / 1024.0,
-        cores
+        "# {groups} idle groups of three ({replicas} replicas on 3 nodes, heartbeat 50 ms), awake: \
+         RSS +{:.1} MB, idle CPU {awake:.3} cores, {awake_switches:.0} context switches/s",
+        rss_kb / 1024.0
     );
-    let per_replica_cpu = cores / replicas;
+    // Quiesced: every leader told its followers, every ticker stopped.
+    rt.block_on(async {
+        for n in &nodes.nodes {
+            n.set_residency(Residency {
+                quiesce_after: Duration::ZERO,
+                max_resident: usize::MAX,
+            });
+        }
+        let mut quiesced = 0;
+        for n in &nodes.nodes {
+            quiesced += n.sweep().await.quiesced;
+        }
+        println!("# {quiesced} of {groups} groups quiesced");
+    });
+    let (quiet, quiet_switches) = idle_cost(secs);
+    println!(
+        "# the same groups quiesced: idle CPU {quiet:.4} cores, {quiet_switches:.0} context switches/s"
+    );
     report("replication_resident_replica_rss", rss_kb / replicas, "kB");
     report(
-        "replication_resident_replica_idle_cpu",
-        per_replica_cpu * 1e6,
+        "replication_awake_replica_idle_cpu",
+        awake / replicas * 1e6,
         "us/s",
     );
     report(
-        "replication_resident_replica_wakeups",
-        switches / replicas,
+        "replication_awake_replica_wakeups",
+        awake_switches / replicas,
         "switches/s",
     );
     report(
-        "replication_resident_replicas_within_2pct_core",
-        if per_replica_cpu > 0.0 {
-            0.02 / per_replica_cpu
-        } else {
-            f64::INFINITY
-        },
+        "replication_quiesced_replica_idle_cpu",
+        quiet / replicas * 1e6,
+        "us/s",
+    );
+    report(
+        "replication_awake_replicas_within_2pct_core",
+        0.02 / (awake / replicas),
         "replicas",
     );
     rt.block_on(nodes.shutdown());
+    drop(nodes);
+
+    // One node holding many spaces (groups of one), at most 1,000 resident.
+    let spaces = if cfg.quick { 10_000 } else { 100_000 };
+    util::trim_heap();
+    let mem0 = MemUsage::now();
+    let one = Arc::new(Nodes::open(
+        &root.join("many-spaces"),
+        1,
+        &StoreOptions::default(),
+        50,
+    )?);
+    one.nodes[0].set_residency(Residency {
+        quiesce_after: Duration::ZERO,
+        max_resident: 1000,
+    });
+    let t = Instant::now();
+    create_groups(&rt, &one, spaces, 10)?;
+    let sweep = rt.block_on(one.nodes[0].sweep());
+    let created = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    one.nodes[0].store().compact()?;
+    println!(
+        "# the {spaces} new spaces flushed (space.meta, raft.state) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    util::trim_heap();
+    let mem1 = MemUsage::now();
+    let (cpu, switches) = idle_cost(secs);
+    let rss_mb = mem1.rss_growth_kb(&mem0).unwrap_or(0) as f64 / 1024.0;
+    println!(
+        "# {spaces} spaces (groups of one) on one node, created in {created:.1} s; {} resident after \
+         the last sweep: RSS +{rss_mb:.0} MB, idle CPU {cpu:.4} cores, {switches:.0} context switches/s",
+        sweep.resident
+    );
+    report(
+        "replication_many_spaces_resident",
+        sweep.resident as f64,
+        "groups",
+    );
+    report("replication_many_spaces_rss", rss_mb, "MB");
+    compare(
+        "replication_many_spaces_idle_cpu",
+        cpu,
+        "cores",
+        Better::Lower,
+        None,
+        Some(0.02),
+    );
+    rt.block_on(one.shutdown());
     Ok(())
 }
 

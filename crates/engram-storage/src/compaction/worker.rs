@@ -40,6 +40,12 @@ impl Node {
     /// checkpoint the WAL, release idle spaces.
     pub(crate) fn compact_pass(&self, force: bool) -> Result<()> {
         let _pass = self.compaction.lock();
+        // Nothing happened since a pass that found nothing to do: this one would find the
+        // same (a node of many idle spaces then costs no scan of them every tick).
+        let activity = self.stats.activity.load(Ordering::SeqCst);
+        if !force && self.quiet_at.load(Ordering::SeqCst) == activity {
+            return Ok(());
+        }
         // Background work is paced; an explicit compaction (and shutdown) runs flat out.
         let pace = if force {
             WritePace::UNPACED
@@ -68,6 +74,7 @@ impl Node {
             })
             .cloned()
             .collect();
+        let idle_scan = dirty.is_empty();
         if !dirty.is_empty() {
             let mem_bytes: usize = dirty.iter().map(|s| s.state.read().active.bytes).sum();
             let wal_bytes = self.wal.writer().as_ref().map_or(0, |w| w.total_bytes());
@@ -104,8 +111,11 @@ impl Node {
             }
         }
         drop(loaded);
-        self.checkpoint()?;
+        let deleted = self.checkpoint()?;
         self.catalog.release_idle(self.opts.max_open_spaces);
+        let quiet = idle_scan && deleted == 0 && self.pending_drops.lock().is_empty();
+        self.quiet_at
+            .store(if quiet { activity } else { u64::MAX }, Ordering::SeqCst);
         Ok(())
     }
 
@@ -186,7 +196,8 @@ impl Node {
     }
 
     /// Deletes WAL files whose every record is in a segment.
-    fn checkpoint(&self) -> Result<()> {
+    /// Returns how many WAL files it deleted.
+    fn checkpoint(&self) -> Result<usize> {
         let mut cp = self.wal.applied_seq() + 1;
         for space in self.catalog.loaded_spaces() {
             if space.meta.replicated {
@@ -237,7 +248,7 @@ impl Node {
                 "WAL files removed after checkpoint"
             );
         }
-        Ok(())
+        Ok(n)
     }
 }
 

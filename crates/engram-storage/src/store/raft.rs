@@ -45,6 +45,9 @@ pub(crate) struct RaftHold {
     recovered_min: AtomicU64,
     /// Weak: the replication layer holds the store, not the other way round.
     retention: RwLock<Option<Weak<dyn RaftRetention>>>,
+    /// The first sequence of the newest WAL file at the last refresh: the next is due when
+    /// the WAL has rolled.
+    refreshed_at: AtomicU64,
 }
 
 impl RaftHold {
@@ -53,6 +56,7 @@ impl RaftHold {
             recovered: Mutex::new(Vec::new()),
             recovered_min: AtomicU64::new(u64::MAX),
             retention: RwLock::new(None),
+            refreshed_at: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +80,9 @@ impl RaftHold {
 
     /// See [`RaftRetention::refresh_below`].
     pub(crate) fn refresh_below(&self, seq: u64) {
+        if self.refreshed_at.swap(seq, Ordering::SeqCst) == seq {
+            return;
+        }
         let retention = self.retention.read().as_ref().and_then(Weak::upgrade);
         if let Some(r) = retention {
             r.refresh_below(seq);

@@ -8,6 +8,7 @@
 //! finishes if a crash cuts it short. Layout and rules: `docs/format.md`, "Replicated spaces".
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use engram_core::SpaceId;
 
@@ -50,6 +51,7 @@ impl Store {
         state: &RaftApplied,
     ) -> Result<bool> {
         let node = &self.inner;
+        node.stats.activity.fetch_add(1, Ordering::Relaxed);
         let existing = node.catalog.space(space)?;
         if let Some(s) = &existing {
             if !s.meta.replicated {

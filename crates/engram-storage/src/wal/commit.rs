@@ -370,6 +370,9 @@ impl GroupCommit {
                 .changes
                 .fetch_add(op.changes() as u64, Ordering::Relaxed);
         }
+        self.stats
+            .activity
+            .fetch_add(encoded.len() as u64, Ordering::Relaxed);
         let mut c = self.commit.lock();
         // Back-pressure: wait while the next batch is full.
         while c.failed.is_none()
