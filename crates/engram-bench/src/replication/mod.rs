@@ -35,8 +35,6 @@ pub(crate) struct Config {
     writers: usize,
     /// Groups of the `spaces` part.
     many: usize,
-    /// Groups of the `resident` part.
-    resident: usize,
     failovers: usize,
     recovery_bytes: u64,
 }
@@ -49,7 +47,6 @@ impl Config {
             window: Duration::from_secs(if quick { 3 } else { 8 }),
             writers: 64,
             many: 1000,
-            resident: if quick { 1000 } else { 5000 },
             failovers: if quick { 50 } else { 200 },
             recovery_bytes: if quick { 128 << 20 } else { 1 << 30 },
         }

@@ -139,6 +139,8 @@ pub(crate) fn flush(
     let mut st = space.state.write();
     if let Some(seg) = new_segment {
         st.segments.push(seg);
+        // The indexer has a segment to look at.
+        wal.note_activity();
     }
     st.meta_persisted = true;
     st.flushed_seq = st.flushed_seq.max(frozen.max_seq);

@@ -42,29 +42,52 @@ impl Node {
     fn indexer_loop(self: Arc<Self>, mut load: LoadMeter) {
         // When each segment lacking an index was first seen, for the deferral under load.
         let mut waiting: HashMap<PathBuf, Duration> = HashMap::new();
+        // `stats.activity` when a round last found nothing to do: until it moves (a write, a
+        // flush, a merge, a space loaded) another round would find nothing either.
+        let mut quiet_at = u64::MAX;
         while self.wait_tick() {
+            let activity = self
+                .stats
+                .activity
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if activity == quiet_at {
+                continue;
+            }
             let rate = self.load_rate(&mut load);
             let merge_busy = self.opts.merge_defer_records_per_s > 0
                 && rate > self.opts.merge_defer_records_per_s as f64;
-            self.merge_due(merge_busy);
+            let merged = self.merge_due(merge_busy);
             let busy = self.opts.index_defer_records_per_s > 0
                 && rate > self.opts.index_defer_records_per_s as f64;
+            let mut built = false;
+            let mut failed = false;
             loop {
                 match self.build_one_index(busy, &mut waiting) {
-                    Ok(true) if !*self.shutdown.lock() => continue,
+                    Ok(true) if !*self.shutdown.lock() => built = true,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::error!(error = %e, "building an index failed; will retry");
+                        failed = true;
                         break;
                     }
                 }
             }
+            // Work deferred under load is due once the load drops, with no activity.
+            let idle = !merge_busy
+                && !busy
+                && !merged
+                && !built
+                && !failed
+                && waiting.is_empty()
+                && self.index_failures.lock().is_empty();
+            quiet_at = if idle { activity } else { u64::MAX };
         }
     }
 
     /// Merges each loaded space with more segments than allowed (`max_segments_per_space`, or
     /// `merge_defer_max_segments` while `busy`), the merged segment indexed before it is used.
-    fn merge_due(&self, busy: bool) {
+    /// Returns whether any space was due.
+    fn merge_due(&self, busy: bool) -> bool {
         let most = if busy {
             self.opts
                 .merge_defer_max_segments
@@ -81,9 +104,10 @@ impl Node {
             .into_iter()
             .filter(|s| s.state.read().segments.len() > most)
             .collect();
+        let any = !due.is_empty();
         for space in due {
             if stop() {
-                return;
+                return any;
             }
             let index = Indexing {
                 params: self.opts.hnsw,
@@ -92,6 +116,7 @@ impl Node {
             };
             self.merge_if_due(&space, most, &pace, Some(index));
         }
+        any
     }
 
     /// Builds the index of one loaded segment that has none and at least

@@ -31,7 +31,11 @@ const PENDING_SUFFIX: &str = ".merging.tmp";
 pub(crate) fn merge_all(disk: &dyn Disk, wal: &GroupCommit, space: &Space) -> Result<u64> {
     let _merging = space.merging.lock();
     match prepare(disk, wal, space, true, &WritePace::UNPACED)? {
-        Some(p) => publish(disk, space, p, None),
+        Some(p) => {
+            let n = publish(disk, space, p, None)?;
+            wal.note_activity();
+            Ok(n)
+        }
         None => Ok(0),
     }
 }
@@ -92,7 +96,9 @@ pub(crate) fn merge_tiered(
         },
         _ => None,
     };
-    publish(disk, space, p, graph)
+    let n = publish(disk, space, p, graph)?;
+    wal.note_activity();
+    Ok(n)
 }
 
 /// Where a size-tiered merge starts among `segments` (oldest first, at least two).

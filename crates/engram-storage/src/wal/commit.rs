@@ -266,6 +266,11 @@ impl GroupCommit {
             .saturating_sub(self.last_commit_us.load(Ordering::Relaxed))
     }
 
+    /// Something gave the background workers work (see `StoreStats::activity`).
+    pub(crate) fn note_activity(&self) {
+        self.stats.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Refuses new writes from now on.
     pub(crate) fn refuse_writes(&self) {
         self.closed.store(true, Ordering::SeqCst);
