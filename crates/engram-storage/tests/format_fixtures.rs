@@ -322,15 +322,6 @@ fn generate_v1_fixtures() {
 }
 
 /// Every file below `dir`, relative to it with `/` separators, sorted.
-/// Stops a fixture generator unless `ENGRAM_WRITE_FIXTURES=1` asks to overwrite fixtures.
-fn require_fixture_writes() {
-    assert_eq!(
-        std::env::var("ENGRAM_WRITE_FIXTURES").as_deref(),
-        Ok("1"),
-        "set ENGRAM_WRITE_FIXTURES=1 to overwrite the checked-in fixture"
-    );
-}
-
 fn relative_files(dir: &Path) -> Vec<String> {
     walk(dir)
         .iter()

@@ -75,6 +75,15 @@ impl AutoLinker for ToA {
     }
 }
 
+/// Stops a fixture generator unless `ENGRAM_WRITE_FIXTURES=1` asks to overwrite fixtures.
+pub(super) fn require_fixture_writes() {
+    assert_eq!(
+        std::env::var("ENGRAM_WRITE_FIXTURES").as_deref(),
+        Ok("1"),
+        "set ENGRAM_WRITE_FIXTURES=1 to overwrite the checked-in fixture"
+    );
+}
+
 fn space() -> SpaceId {
     SpaceId::new("links").unwrap()
 }
@@ -82,7 +91,7 @@ fn space() -> SpaceId {
 #[test]
 #[ignore = "writes tests/fixtures/wal-v2; run only to make the fixture, with ENGRAM_WRITE_FIXTURES=1"]
 fn generate_wal_v2_fixture() {
-    super::require_fixture_writes();
+    require_fixture_writes();
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open_dir(dir.path(), options()).unwrap();

@@ -146,7 +146,7 @@ fn rep() -> SpaceId {
 #[test]
 #[ignore = "writes tests/fixtures/wal-v3; run only to make the fixture, with ENGRAM_WRITE_FIXTURES=1"]
 fn generate_wal_v3_fixture() {
-    super::require_fixture_writes();
+    super::wal_v2::require_fixture_writes();
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open_dir(dir.path(), options()).unwrap();
