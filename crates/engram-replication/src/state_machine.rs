@@ -179,6 +179,14 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
                     None
                 }
             };
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let what = match &op {
+                    Some(engram_storage::Op::Remember(m)) => m.id.as_str().to_string(),
+                    Some(o) => format!("op {}", o.code()),
+                    None => "-".into(),
+                };
+                tracing::trace!(space = %self.space, index = pos.index, what, "apply");
+            }
             self.store
                 .apply_replicated(&self.space, pos.index, op, &self.applied)
                 .map_err(io_err)?;

@@ -199,6 +199,49 @@ fn a_snapshot_installs_on_another_store_and_replaces_its_state() {
     assert_eq!(b.replicated_state(&s).unwrap().unwrap(), at(last + 2));
 }
 
+/// Two installs in a row, the space not loaded in between (an install leaves it on disk, to
+/// load on first use): the second install's files are all in place. (Found by the replication
+/// simulation, seed 2739: loading the space during the second install took its new files for
+/// the leftovers of an install cut short and removed them.)
+#[test]
+fn a_second_install_into_an_unloaded_space_keeps_its_files() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let s = sid("r");
+    let a = Store::open_dir(a_dir.path(), opts()).unwrap();
+    let mut ops = vec![create()];
+    ops.extend((0..10).map(|i| Op::Remember(memory(&format!("m{i}"), DIM))));
+    let mut last = apply_all(&a, "r", ops);
+    let first = snap.path().join("first");
+    a.snapshot_replicated(&s, &first, &RaftApplied::default())
+        .unwrap();
+    for i in 10..20 {
+        last += 1;
+        a.apply_replicated(
+            &s,
+            last,
+            Some(Op::Remember(memory(&format!("m{i}"), DIM))),
+            &at(last),
+        )
+        .unwrap();
+    }
+    let second = snap.path().join("second");
+    a.snapshot_replicated(&s, &second, &RaftApplied::default())
+        .unwrap();
+    let want = ids(&a, "r");
+    assert_eq!(want.len(), 20);
+
+    let b = Store::open_dir(b_dir.path(), opts()).unwrap();
+    b.install_replicated(&s, &first).unwrap();
+    assert_eq!(b.install_replicated(&s, &second).unwrap(), at(last));
+    assert_eq!(ids(&b, "r"), want);
+    drop(b);
+    let b = Store::open_dir(b_dir.path(), opts()).unwrap();
+    assert_eq!(ids(&b, "r"), want);
+    assert_eq!(b.replicated_state(&s).unwrap().unwrap(), at(last));
+}
+
 /// A crash at every sync of an install leaves the old state or the new one, never a mix.
 #[test]
 fn an_install_cut_short_at_any_sync_leaves_old_or_new() {

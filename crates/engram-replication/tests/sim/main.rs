@@ -12,7 +12,7 @@
 mod checker;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
@@ -73,12 +73,14 @@ fn raft_config() -> openraft::Config {
     }
 }
 
-/// What the hosts of a scenario count.
+/// What the hosts of a scenario count, and each node's store (the newest, after restarts), for
+/// the check that the replicas converge.
 #[derive(Default)]
 struct Counters {
     snapshots: AtomicUsize,
     quiesced: AtomicUsize,
     evicted: AtomicUsize,
+    stores: Mutex<BTreeMap<u64, Arc<Store>>>,
 }
 
 /// Requests over turmoil's TCP, one connection each; a request is sometimes sent twice.
@@ -130,6 +132,7 @@ async fn node_main(
 ) -> turmoil::Result {
     let disk: Arc<dyn Disk> = Arc::new(disk);
     let store = Arc::new(Store::open(disk, Path::new("/data"), store_options())?);
+    counters.stores.lock().unwrap().insert(id, store.clone());
     let transport = Arc::new(SimTransport { rng });
     let node = ReplicaNode::open(id, store, transport, raft_config())?;
     // Idle groups quiesce within the scenario (and in a third of the seeds are stopped and
@@ -242,6 +245,7 @@ async fn client_main(
                 }
                 _ => WriteOutcome::Unknown,
             };
+            tracing::info!(target: "sim", "client {id} via n{target}: {outcome:?}");
             history.borrow_mut().writes.push(Write {
                 id,
                 invoked,
@@ -264,8 +268,11 @@ async fn client_main(
     tokio::time::sleep(HEAL_AT.saturating_sub(now()) + Duration::from_secs(1)).await;
     while now() < GIVE_UP_AT {
         for node in 1..=n {
-            if let Some((_, Message::ReadIdsReply(Ok(ids)))) = ask(node, Message::ReadIds).await {
+            if let Some((at, Message::ReadIdsReply(Ok(ids)))) = ask(node, Message::ReadIds).await {
+                tracing::info!(target: "sim", "final read from n{at}: {ids:?}");
                 history.borrow_mut().last = Some(ids.into_iter().collect());
+                // Time for every replica to apply what the leader has: then they converge.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 return Ok(());
             }
         }
@@ -292,6 +299,7 @@ struct Faults {
 /// checker's figures, the faults and a digest of the whole history (for replay checks).
 fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
     seed_thread_rng(Some(seed));
+    let _log = log_to_stderr();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(GIVE_UP_AT + Duration::from_secs(5))
@@ -323,13 +331,16 @@ fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
         );
         let max_resident = if seed.is_multiple_of(3) { 0 } else { 10 };
         sim.host(host(i), move || {
-            node_main(
-                i,
-                disk.clone(),
-                members.clone(),
-                rng.clone(),
-                snaps.clone(),
-                max_resident,
+            tracing::Instrument::instrument(
+                node_main(
+                    i,
+                    disk.clone(),
+                    members.clone(),
+                    rng.clone(),
+                    snaps.clone(),
+                    max_resident,
+                ),
+                tracing::info_span!("host", n = i),
             )
         });
     }
@@ -363,6 +374,7 @@ fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
                 sim.bounce(host(c));
                 f.restarts += 1;
             }
+            tracing::info!(target: "sim", "healed");
             healed = true;
         }
         if healed || t < next_fault {
@@ -375,32 +387,41 @@ fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
             0 | 1 if !crashed.contains(&a) && (crashed.len() as u64) < n / 2 + 1 => {
                 sim.crash(host(a));
                 disks[a as usize - 1].power_cut();
+                tracing::info!(target: "sim", "crash n{a} (power cut)");
                 crashed.push(a);
                 f.crashes += 1;
             }
             2 if !crashed.is_empty() => {
                 let c = crashed.remove(faults.gen_range(0..crashed.len()));
+                tracing::info!(target: "sim", "restart n{c}");
                 sim.bounce(host(c));
                 f.restarts += 1;
             }
             3 => {
+                tracing::info!(target: "sim", "partition n{a} n{b}");
                 sim.partition(host(a), host(b));
                 f.partitions += 1;
             }
-            4 => sim.repair(host(a), host(b)),
+            4 => {
+                tracing::info!(target: "sim", "repair n{a} n{b}");
+                sim.repair(host(a), host(b))
+            }
             5 => {
                 // Messages between a and b wait, then arrive all at once (reordered with
                 // everything sent meanwhile on other links).
+                tracing::info!(target: "sim", "hold n{a} n{b}");
                 sim.hold(host(a), host(b));
                 held.push((a, b));
                 f.holds += 1;
             }
             6 if !held.is_empty() => {
                 let (a, b) = held.remove(0);
+                tracing::info!(target: "sim", "release n{a} n{b}");
                 sim.release(host(a), host(b));
             }
             _ => {
                 // Cut one node off from everyone for a while.
+                tracing::info!(target: "sim", "isolate n{a}");
                 for o in 1..=n {
                     if o != a {
                         sim.partition(host(a), host(o));
@@ -413,10 +434,57 @@ fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
     seed_thread_rng(None);
     let h = history.borrow();
     let stats = h.check()?;
+    if let Some(last) = &h.last {
+        // Every replica holds what the final read saw, and the same as the others.
+        let mut first: Option<(u64, BTreeSet<String>)> = None;
+        for (&id, store) in counters.stores.lock().unwrap().iter() {
+            let mut held = BTreeSet::new();
+            store
+                .for_each(&space(), |m| {
+                    held.insert(m.id.as_str().to_string());
+                })
+                .map_err(|e| format!("n{id}: {e}"))?;
+            if let Some(missing) = last.iter().find(|w| !held.contains(*w)) {
+                return Err(format!(
+                    "replica n{id} lacks {missing}, which the final read saw"
+                ));
+            }
+            match &first {
+                Some((other, ids)) if *ids != held => {
+                    return Err(format!("replicas n{other} and n{id} differ"));
+                }
+                Some(_) => {}
+                None => first = Some((id, held)),
+            }
+        }
+    }
     f.snapshots = counters.snapshots.load(Ordering::Relaxed);
     f.quiesced = counters.quiesced.load(Ordering::Relaxed);
     f.evicted = counters.evicted.load(Ordering::Relaxed);
     Ok((stats, f, format!("{:?}", *h)))
+}
+
+/// Simulated time, for log lines.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t = turmoil::sim_elapsed().unwrap_or_default();
+        write!(w, "{:>9.3}s", t.as_secs_f64())
+    }
+}
+
+/// With `ENGRAM_SIM_LOG` set to a tracing filter (e.g. `openraft=debug,engram=debug`), a
+/// replayed scenario logs to stderr in simulated time, each line naming its host.
+fn log_to_stderr() -> Option<tracing::subscriber::DefaultGuard> {
+    let filter = std::env::var("ENGRAM_SIM_LOG").ok()?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_timer(SimTime)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .finish();
+    Some(tracing::subscriber::set_default(subscriber))
 }
 
 fn seeds(parity: u64) -> Vec<u64> {

@@ -119,8 +119,6 @@ impl Space {
                 let p = dir.join(&name);
                 disk.remove_file(&p).at(&p)?;
                 removed = true;
-            } else if crate::store::replicated::remove_uncommitted_snap(disk, &dir, &name)? {
-                removed = true;
             } else if let Some(r) = parse_segment_file_name(&name) {
                 ranges.push(r);
             } else if name.ends_with(&format!(".{INDEX_EXTENSION}"))

@@ -28,6 +28,8 @@ use crate::space::{read_raft_state, space_dir, Space};
 const SNAP_SUFFIX: &str = ".snap";
 /// The directory of install markers, below the node's root.
 const INSTALLS_DIR: &str = "installs";
+/// The suffix of an install's marker before its commit point (`installs/<space>.pending`).
+const PENDING_SUFFIX: &str = ".pending";
 
 /// Whether `name` is one of the files a space's state consists of.
 fn is_state_file(name: &str) -> bool {
@@ -200,6 +202,7 @@ impl Store {
             }
         }
         disk.sync_dir(dest).at(dest)?;
+        tracing::debug!(space = %space, applied = ?state.applied, files = ?disk.list_dir(dest), "snapshot built");
         Ok(state)
     }
 
@@ -227,6 +230,13 @@ impl Store {
         let dir = space_dir(&node.root, space);
         disk.create_dir_all(&dir).at(&dir)?;
         disk.sync_dir(&node.spaces_dir).at(&node.spaces_dir)?;
+        // 0. The pending marker: a crash from here to the commit point has the `.snap` files
+        // removed at open (and only then: a space loading meanwhile leaves them alone).
+        let installs = node.root.join(INSTALLS_DIR);
+        disk.create_dir_all(&installs).at(&installs)?;
+        let pending = installs.join(format!("{space}{PENDING_SUFFIX}"));
+        write_file_atomic(disk, &pending, b"").at(&pending)?;
+        disk.sync_dir(&node.root).at(&node.root)?;
         // 1. The new files beside the old, under their `.snap` names.
         for name in &names {
             let to = dir.join(format!("{name}{SNAP_SUFFIX}"));
@@ -245,8 +255,6 @@ impl Store {
         }
         node.catalog.remove(space);
         // 2. The commit point: the marker naming the new files.
-        let installs = node.root.join(INSTALLS_DIR);
-        disk.create_dir_all(&installs).at(&installs)?;
         let marker = installs.join(space.as_str());
         write_file_atomic(disk, &marker, names.join("\n").as_bytes()).at(&marker)?;
         // 3. The swap, which recovery redoes after a crash.
@@ -254,6 +262,7 @@ impl Store {
         if names.iter().any(|n| n == SPACE_META_FILE) {
             node.catalog.insert_on_disk(space);
         }
+        tracing::debug!(space = %space, applied = ?state.applied, files = ?names, "snapshot installed");
         Ok(state)
     }
 }
@@ -282,35 +291,52 @@ fn finish_install(disk: &dyn Disk, spaces_dir: &Path, installs: &Path, name: &st
     }
     disk.sync_dir(&dir).at(&dir)?;
     disk.remove_file(&marker).at(&marker)?;
+    let pending = installs.join(format!("{name}{PENDING_SUFFIX}"));
+    if disk.exists(&pending) {
+        disk.remove_file(&pending).at(&pending)?;
+    }
     disk.sync_dir(installs).at(installs)
 }
 
-/// At open, before the spaces are listed: finishes every install a crash cut short, and
-/// removes the `.snap` files of installs that never reached their commit point.
+/// At open, before the spaces are listed: finishes every install a crash cut short after its
+/// commit point, and removes the `.snap` files of those that never reached it.
 pub(crate) fn finish_installs(disk: &dyn Disk, spaces_dir: &Path) -> Result<()> {
     let root = spaces_dir.parent().unwrap_or(Path::new("."));
     let installs = root.join(INSTALLS_DIR);
-    if disk.exists(&installs) {
-        for name in disk.list_dir(&installs).at(&installs)? {
-            if name.ends_with(".tmp") {
-                let p = installs.join(&name);
-                disk.remove_file(&p).at(&p)?;
+    if !disk.exists(&installs) {
+        return Ok(());
+    }
+    let mut names = disk.list_dir(&installs).at(&installs)?;
+    // Committed installs first: finishing one removes its pending marker too.
+    names.sort_by_key(|n| n.ends_with(PENDING_SUFFIX));
+    for name in names {
+        let p = installs.join(&name);
+        if name.ends_with(".tmp") {
+            disk.remove_file(&p).at(&p)?;
+        } else if let Some(space) = name.strip_suffix(PENDING_SUFFIX) {
+            if !disk.exists(&p) {
                 continue;
             }
+            let dir = spaces_dir.join(space);
+            if disk.exists(&dir) {
+                tracing::info!(
+                    space,
+                    "removing the files of a snapshot install cut short before its commit point"
+                );
+                for f in disk.list_dir(&dir).at(&dir)? {
+                    if f.ends_with(SNAP_SUFFIX) {
+                        let snap = dir.join(&f);
+                        disk.remove_file(&snap).at(&snap)?;
+                    }
+                }
+                disk.sync_dir(&dir).at(&dir)?;
+            }
+            disk.remove_file(&p).at(&p)?;
+            disk.sync_dir(&installs).at(&installs)?;
+        } else {
             tracing::info!(space = name, "finishing a snapshot install cut short");
             finish_install(disk, spaces_dir, &installs, &name)?;
         }
     }
     Ok(())
-}
-
-/// Removes the `.snap` files an uncommitted install left in a space's directory (called as
-/// the space loads; a committed install was finished at open).
-pub(crate) fn remove_uncommitted_snap(disk: &dyn Disk, dir: &Path, name: &str) -> Result<bool> {
-    if name.ends_with(SNAP_SUFFIX) {
-        let p = dir.join(name);
-        disk.remove_file(&p).at(&p)?;
-        return Ok(true);
-    }
-    Ok(false)
 }
