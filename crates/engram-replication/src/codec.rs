@@ -6,7 +6,8 @@
 //! versions and kinds, and counts past their bounds (fuzzed: `fuzz/fuzz_targets/raft_codec.rs`).
 
 use engram_core::SpaceId;
-use engram_storage::codec::{put_str16, put_u32, put_u64, Reader};
+use engram_storage::codec::{put_i64, put_str16, put_u32, put_u64, Reader};
+use engram_storage::requests::Answer;
 use engram_storage::{op_code, Command, Op, RaftMembership, MAX_REQUEST_KEY};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -14,7 +15,7 @@ use openraft::raft::{
 
 use crate::types::{
     entry_of, log_id, log_pos, membership_of, stored_entry, stored_membership, stored_vote,
-    vote_of, Entry, LogId, StoredMembership, TypeConfig, Vote,
+    vote_of, Entry, LogId, Response, StoredMembership, TypeConfig, Vote,
 };
 
 /// The version this build speaks.
@@ -36,10 +37,10 @@ pub struct SnapshotTransfer {
 }
 
 /// What a proposal came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProposeOutcome {
-    /// Committed and applied at this index.
-    Applied(u64),
+    /// Committed and applied (or a repeat of a request applied before): what it did.
+    Applied(Response),
     /// This node does not lead the group; the leader it knows, if any.
     NotLeader(Option<u64>),
     /// Refused or failed: why.
@@ -186,9 +187,18 @@ fn read_entry(r: &mut Reader<'_>) -> Result<Entry, CodecError> {
 
 fn put_outcome(out: &mut Vec<u8>, o: &ProposeOutcome) {
     match o {
-        ProposeOutcome::Applied(i) => {
+        ProposeOutcome::Applied(r) => {
             out.push(0);
-            put_u64(out, *i);
+            put_u64(out, r.index);
+            put_i64(out, r.at_us);
+            out.push(u8::from(r.repeat));
+            match &r.answer {
+                None => out.push(0),
+                Some(a) => {
+                    out.push(1);
+                    a.encode(out);
+                }
+            }
         }
         ProposeOutcome::NotLeader(l) => {
             out.push(1);
@@ -209,7 +219,16 @@ fn put_outcome(out: &mut Vec<u8>, o: &ProposeOutcome) {
 
 fn read_outcome(r: &mut Reader<'_>) -> Result<ProposeOutcome, CodecError> {
     Ok(match r.u8("outcome")? {
-        0 => ProposeOutcome::Applied(r.u64("index")?),
+        0 => ProposeOutcome::Applied(Response {
+            index: r.u64("index")?,
+            at_us: r.i64("request time")?,
+            repeat: read_bool(r, "repeat")?,
+            answer: if read_bool(r, "answer")? {
+                Some(Answer::decode(r)?)
+            } else {
+                None
+            },
+        }),
         1 => ProposeOutcome::NotLeader(if read_bool(r, "leader known")? {
             Some(r.u64("leader")?)
         } else {
@@ -558,7 +577,24 @@ mod tests {
                 op: Op::Forget(MemoryId::new("m").unwrap()),
                 request: None,
             }),
-            Message::ProposeReply(ProposeOutcome::Applied(9)),
+            Message::ProposeReply(ProposeOutcome::Applied(Response {
+                index: 9,
+                at_us: 0,
+                answer: None,
+                repeat: false,
+            })),
+            Message::ProposeReply(ProposeOutcome::Applied(Response {
+                index: 12,
+                at_us: 1_700_000_000_000_000,
+                answer: Some(Answer::Stored(vec![
+                    engram_storage::requests::StoredMemory {
+                        id: engram_core::MemoryId::new("m1").unwrap(),
+                        confidence: 0.5,
+                        links: vec![],
+                    },
+                ])),
+                repeat: true,
+            })),
             Message::ProposeReply(ProposeOutcome::NotLeader(Some(3))),
             Message::ProposeReply(ProposeOutcome::NotLeader(None)),
             Message::ProposeReply(ProposeOutcome::Failed("no".into())),

@@ -18,7 +18,7 @@ use crate::log_store::NodeLog;
 use crate::network::{NetworkFactory, Transport};
 use crate::residency::{Residency, Resident, Use};
 use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
-use crate::types::{NodeAddr, Request, TypeConfig, Vote};
+use crate::types::{NodeAddr, Request, Response, TypeConfig, Vote};
 
 /// One space's raft group on this node.
 pub type Group = Raft<TypeConfig, SpaceStateMachine>;
@@ -128,11 +128,28 @@ impl ReplicaNode {
         };
         // A leader woken from quiescence renews its lease with one heartbeat round before it
         // takes writes: wait for that (at most an election timeout).
+        // A repeat of a request this replica has applied is answered at once, as the first
+        // was (any replica's record is of a committed entry). One not found here is
+        // proposed: applying it finds a repeat the leader has and this node has not yet.
+        if let Some((key, at_us)) = &command.request {
+            match self.store.request_record(space, key, *at_us) {
+                Ok(Some(first)) => {
+                    return ProposeOutcome::Applied(Response {
+                        index: first.index,
+                        at_us: first.at_us,
+                        answer: Some(first.answer),
+                        repeat: true,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => return ProposeOutcome::Failed(e.to_string()),
+            }
+        }
         let patience = Duration::from_millis(self.config.election_timeout_max);
         let started = tokio::time::Instant::now();
         loop {
             match g.client_write(Request(command.clone())).await {
-                Ok(r) => return ProposeOutcome::Applied(r.log_id.index),
+                Ok(r) => return ProposeOutcome::Applied(r.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
                     if f.reason == ForwardReason::LeaseExpired && started.elapsed() < patience =>
                 {

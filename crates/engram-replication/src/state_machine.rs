@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::SpaceId;
-use engram_storage::{Disk, RaftApplied, Store};
+use engram_storage::{ApplyOutcome, Disk, Op, RaftApplied, Store};
 use futures_util::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta};
@@ -170,9 +170,9 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             let (entry, responder) = item?;
             let pos = log_pos(&entry.log_id);
             self.applied.applied = Some(pos);
-            let op = match entry.payload {
+            let cmd = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(req) => Some(req.0.op),
+                EntryPayload::Normal(req) => Some(req.0),
                 EntryPayload::Membership(m) => {
                     self.applied.membership_at = Some(pos);
                     self.applied.membership = stored_membership(&m);
@@ -180,18 +180,42 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
                 }
             };
             if tracing::enabled!(tracing::Level::TRACE) {
-                let what = match &op {
-                    Some(engram_storage::Op::Remember(m)) => m.id.as_str().to_string(),
+                let what = match cmd.as_ref().map(|c| &c.op) {
+                    Some(Op::Remember(m)) => m.id.as_str().to_string(),
                     Some(o) => format!("op {}", o.code()),
                     None => "-".into(),
                 };
                 tracing::trace!(space = %self.space, index = pos.index, what, "apply");
             }
-            self.store
-                .apply_replicated(&self.space, pos.index, op, &self.applied)
+            let at_us = cmd
+                .as_ref()
+                .and_then(|c| c.request.as_ref())
+                .map_or(0, |(_, at)| *at);
+            let outcome = self
+                .store
+                .apply_entry(&self.space, pos.index, cmd, &self.applied)
                 .map_err(io_err)?;
             if let Some(r) = responder {
-                r.send(Response { index: pos.index });
+                r.send(match outcome {
+                    ApplyOutcome::Applied(answer) => Response {
+                        index: pos.index,
+                        at_us,
+                        answer,
+                        repeat: false,
+                    },
+                    ApplyOutcome::Repeat(first) => Response {
+                        index: first.index,
+                        at_us: first.at_us,
+                        answer: Some(first.answer),
+                        repeat: true,
+                    },
+                    ApplyOutcome::Nothing => Response {
+                        index: pos.index,
+                        at_us,
+                        answer: None,
+                        repeat: false,
+                    },
+                });
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 
+use engram_storage::requests::Answer;
 use engram_storage::{
     Command, EntryBody, LogEntry, LogPos, RaftMembership, RaftNode, RaftVote as StoredVote,
 };
@@ -31,11 +32,19 @@ impl fmt::Display for Request {
     }
 }
 
-/// What applying an entry answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a write came to: what applying its entry answers, and what a proposal returns.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Response {
-    /// The log index the write was applied at.
+    /// The log index of the entry that applied the request (the first one's, for a repeat).
     pub index: u64,
+    /// When the leader received the request the answer is of (µs since the epoch; 0 for a
+    /// command without an idempotency key).
+    pub at_us: i64,
+    /// What it did (`None`: nothing, e.g. a command for a space that does not exist).
+    pub answer: Option<Answer>,
+    /// A repeat of an earlier request (same idempotency key, within ten minutes), answered
+    /// with the first answer and not applied again.
+    pub repeat: bool,
 }
 
 /// A member as the group's membership names it.

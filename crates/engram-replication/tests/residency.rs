@@ -113,7 +113,7 @@ impl Cluster {
                     tokio::time::timeout(Duration::from_secs(2), n.propose(&space(), c.clone()))
                         .await;
                 if let Ok(ProposeOutcome::Applied(i)) = out {
-                    return Some(i);
+                    return Some(i.index);
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -7,6 +7,7 @@
 use crate::codec::*;
 use crate::error::{corrupted, Result};
 use crate::op::{code, Op};
+use crate::requests::Requests;
 
 /// A log entry's identity: the term of the leader that proposed it and its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,13 +153,21 @@ pub struct RaftApplied {
 /// The file holding a replicated space's [`RaftApplied`].
 pub const RAFT_STATE_FILE: &str = "raft.state";
 const RAFT_STATE_MAGIC: [u8; 8] = *b"ENGRRFT\0";
-const RAFT_STATE_VERSION: u32 = 1;
+/// Version 2 adds the requests table; version 1 (without it) still reads.
+const RAFT_STATE_VERSION: u32 = 2;
 
 impl RaftApplied {
-    /// `raft.state`: magic "ENGRRFT\0", u32 version (1), u8 flags (bit 0 applied, bit 1
-    /// membership_at), the positions present (u64 term, u64 index each), a membership flag
-    /// (u8: 1 when a membership follows) and the membership, then crc32c of all before it.
+    /// `raft.state` with an empty requests table (see [`RaftApplied::encode_with`]).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(&Requests::default())
+    }
+
+    /// `raft.state`: magic "ENGRRFT\0", u32 version (2), u8 flags (bit 0 applied, bit 1
+    /// membership_at), the positions present (u64 term, u64 index each), a membership flag
+    /// (u8: 1 when a membership follows) and the membership, then (version 2) u32 length and
+    /// the space's requests table as of the same entry ([`Requests::encode`]), then crc32c of
+    /// all before it. One file, so the two never disagree.
+    pub fn encode_with(&self, requests: &Requests) -> Vec<u8> {
         let mut b = Vec::with_capacity(64);
         b.extend_from_slice(&RAFT_STATE_MAGIC);
         put_u32(&mut b, RAFT_STATE_VERSION);
@@ -174,12 +183,20 @@ impl RaftApplied {
             b.push(1);
             self.membership.encode(&mut b);
         }
+        let table = requests.encode();
+        put_u32(&mut b, table.len() as u32);
+        b.extend_from_slice(&table);
         let crc = crc32c::crc32c(&b);
         put_u32(&mut b, crc);
         b
     }
 
     pub fn decode(bytes: &[u8]) -> Result<RaftApplied> {
+        Ok(RaftApplied::decode_with(bytes)?.0)
+    }
+
+    /// `raft.state` with its requests table (empty in a version 1 file).
+    pub fn decode_with(bytes: &[u8]) -> Result<(RaftApplied, Requests)> {
         if bytes.len() < 4 {
             return corrupted("raft.state: too short");
         }
@@ -192,9 +209,9 @@ impl RaftApplied {
             return corrupted("raft.state: bad magic");
         }
         let version = r.u32("version")?;
-        if version != RAFT_STATE_VERSION {
+        if version != 1 && version != RAFT_STATE_VERSION {
             return Err(crate::error::StorageError::UnsupportedVersion(format!(
-                "raft.state version {version} is not supported (this build reads {RAFT_STATE_VERSION})"
+                "raft.state version {version} is not supported (this build reads 1 and {RAFT_STATE_VERSION})"
             )));
         }
         let flags = r.u8("flags")?;
@@ -216,12 +233,21 @@ impl RaftApplied {
             1 => RaftMembership::decode(&mut r)?,
             other => return corrupted(format!("raft.state: membership flag {other}")),
         };
+        let requests = if version >= 2 {
+            let n = r.u32("requests length")? as usize;
+            Requests::decode(r.take(n, "requests")?)?
+        } else {
+            Requests::default()
+        };
         r.finish("raft.state")?;
-        Ok(RaftApplied {
-            applied,
-            membership_at,
-            membership,
-        })
+        Ok((
+            RaftApplied {
+                applied,
+                membership_at,
+                membership,
+            },
+            requests,
+        ))
     }
 }
 

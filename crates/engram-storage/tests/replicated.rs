@@ -8,8 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{memory, mid, sid, test_options};
+use engram_storage::requests::Answer;
 use engram_storage::{
-    Disk, FaultDisk, LogPos, Op, RaftApplied, RaftMembership, RaftNode, Store, StoreOptions,
+    ApplyOutcome, Command, Disk, FaultDisk, LogPos, Op, RaftApplied, RaftMembership, RaftNode,
+    Store, StoreOptions,
 };
 
 const DIM: usize = 8;
@@ -197,6 +199,119 @@ fn a_snapshot_installs_on_another_store_and_replaces_its_state() {
     want_next.insert("next".into());
     assert_eq!(ids(&b, "r"), want_next);
     assert_eq!(b.replicated_state(&s).unwrap().unwrap(), at(last + 2));
+}
+
+fn keyed(op: Op, key: &str, at_us: i64) -> Option<Command> {
+    Some(Command {
+        op,
+        request: Some((key.to_string(), at_us)),
+    })
+}
+
+/// Applies, at `index` of space "r", a write of memory `id` with the idempotency `key`
+/// received at `t`.
+fn remember_keyed(store: &Store, index: u64, id: &str, key: &str, t: i64) -> ApplyOutcome {
+    store
+        .apply_entry(
+            &sid("r"),
+            index,
+            keyed(Op::Remember(memory(id, DIM)), key, t),
+            &at(index),
+        )
+        .unwrap()
+}
+
+/// A write with an idempotency key applied again within ten minutes (of the entries' time) is
+/// a repeat: not applied, answered with the first answer; the table survives a flush and a
+/// restart (it is in `raft.state`), travels in snapshots, and a replay of entries after a
+/// restart does not take them for repeats of themselves.
+#[test]
+fn idempotency_keys_are_part_of_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let s = sid("r");
+    let t0 = 1_700_000_000_000_000i64;
+    let minute = 60_000_000i64;
+    let first_answer = |o: ApplyOutcome| match o {
+        ApplyOutcome::Applied(Some(Answer::Stored(ms))) => ms[0].id.as_str().to_string(),
+        ApplyOutcome::Repeat(r) => match r.answer {
+            Answer::Stored(ms) => format!("repeat of {} at {}", ms[0].id.as_str(), r.index),
+            a => panic!("{a:?}"),
+        },
+        o => panic!("{o:?}"),
+    };
+    {
+        let store = Store::open_dir(dir.path(), opts()).unwrap();
+        let last = apply_all(&store, "r", vec![create()]);
+        assert_eq!(last, 2);
+        let put = |index, id, key, t| remember_keyed(&store, index, id, key, t);
+        assert_eq!(first_answer(put(3, "a", "k1", t0)), "a");
+        // The retry, with the id a server made for it anew: not stored.
+        assert_eq!(
+            first_answer(put(4, "a2", "k1", t0 + 9 * minute)),
+            "repeat of a at 3"
+        );
+        assert_eq!(ids(&store, "r"), ["a"].map(String::from).into());
+        assert!(store.request_record(&s, "k1", t0).unwrap().is_some());
+        store.compact().unwrap();
+        // Applied, not flushed: replayed after the restart.
+        assert_eq!(first_answer(put(5, "b", "k2", t0 + minute)), "b");
+        assert_eq!(first_answer(put(6, "c", "k3", t0 + 2 * minute)), "c");
+    }
+    let store = Store::open_dir(dir.path(), opts()).unwrap();
+    assert_eq!(store.replicated_state(&s).unwrap().unwrap(), at(4));
+    let replay = |index, id, key, t| remember_keyed(&store, index, id, key, t);
+    // Replayed, entries come to what they came to the first time: a repeat stays one, the
+    // others apply again (not repeats of themselves).
+    assert_eq!(
+        first_answer(replay(4, "a2", "k1", t0 + 9 * minute)),
+        "repeat of a at 3"
+    );
+    assert_eq!(
+        replay(3, "a", "k1", t0),
+        ApplyOutcome::Nothing,
+        "in a segment"
+    );
+    assert_eq!(first_answer(replay(5, "b", "k2", t0 + minute)), "b");
+    assert_eq!(first_answer(replay(6, "c", "k3", t0 + 2 * minute)), "c");
+    assert_eq!(
+        first_answer(replay(7, "a3", "k1", t0 + 3 * minute)),
+        "repeat of a at 3"
+    );
+    // Past ten minutes from the first, in the entries' time: applied anew.
+    assert_eq!(first_answer(replay(8, "a4", "k1", t0 + 11 * minute)), "a4");
+    assert_eq!(
+        ids(&store, "r"),
+        ["a", "a4", "b", "c"].map(String::from).into()
+    );
+    // A snapshot carries the table to another node.
+    assert_eq!(first_answer(replay(9, "d", "k4", t0 + 12 * minute)), "d");
+    store
+        .snapshot_replicated(&s, &snap.path().join("s"), &RaftApplied::default())
+        .unwrap();
+    let b = Store::open_dir(other.path(), opts()).unwrap();
+    b.install_replicated(&s, &snap.path().join("s")).unwrap();
+    let r = b
+        .request_record(&s, "k4", t0 + 12 * minute)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.index, 9);
+    assert!(
+        b.request_record(&s, "k2", t0 + 12 * minute)
+            .unwrap()
+            .is_none(),
+        "k2 is older than ten minutes"
+    );
+    let o = b
+        .apply_entry(
+            &s,
+            10,
+            keyed(Op::Remember(memory("d2", DIM)), "k4", t0 + 13 * minute),
+            &at(10),
+        )
+        .unwrap();
+    assert_eq!(first_answer(o), "repeat of d at 9");
 }
 
 /// Two installs in a row, the space not loaded in between (an install leaves it on disk, to

@@ -31,10 +31,22 @@ pub struct Read {
     pub ids: BTreeSet<String>,
 }
 
+/// A write sent again with the same idempotency key but a new memory id (as a server makes
+/// one for a memory without an explicit id): at most one of the two is ever stored, and the
+/// answer names it.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub first: String,
+    pub again: String,
+    /// The memory the retry's answer named, if it was answered.
+    pub answered: Option<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct History {
     pub writes: Vec<Write>,
     pub reads: Vec<Read>,
+    pub retries: Vec<Retry>,
     /// The read after every fault healed.
     pub last: Option<BTreeSet<String>>,
 }
@@ -81,6 +93,24 @@ impl History {
             .last
             .as_ref()
             .ok_or("no read succeeded after the faults healed")?;
+        for t in &self.retries {
+            for (i, ids) in self.reads.iter().map(|r| &r.ids).chain([last]).enumerate() {
+                if ids.contains(&t.first) && ids.contains(&t.again) {
+                    return Err(format!(
+                        "read {i} holds both {} and its retry {}: stored twice",
+                        t.first, t.again
+                    ));
+                }
+            }
+            if let Some(a) = &t.answered {
+                if a != &t.first && a != &t.again {
+                    return Err(format!(
+                        "the retry of {} was answered with {a}, neither it nor {}",
+                        t.first, t.again
+                    ));
+                }
+            }
+        }
         let mut lost = 0;
         for w in &self.writes {
             if w.outcome == WriteOutcome::Acked && !last.contains(&w.id) {
@@ -111,6 +141,12 @@ impl History {
                 .count(),
             reads: self.reads.len(),
             lost,
+            retries: self.retries.len(),
+            deduplicated: self
+                .retries
+                .iter()
+                .filter(|t| t.answered.as_ref() == Some(&t.first))
+                .count(),
         })
     }
 }
@@ -122,6 +158,9 @@ pub struct Stats {
     pub unknown: usize,
     pub reads: usize,
     pub lost: usize,
+    /// Writes sent again with their key, and those answered with the first write's memory.
+    pub retries: usize,
+    pub deduplicated: usize,
 }
 
 #[cfg(test)]
@@ -155,6 +194,7 @@ mod tests {
                 ids: ids(&["a"]),
             }],
             last: Some(ids(&["a", "b"])),
+            retries: vec![],
         };
         assert!(base().check().is_ok());
         let mut lost = base();
@@ -173,5 +213,15 @@ mod tests {
         future.writes[1].invoked = Duration::from_millis(17);
         future.reads[0].ids = ids(&["a", "b"]);
         assert!(future.check().unwrap_err().contains("invoked later"));
+        let mut twice = base();
+        twice.writes.push(w("b2", 21, 22, WriteOutcome::Unknown));
+        twice.retries.push(Retry {
+            first: "b".into(),
+            again: "b2".into(),
+            answered: None,
+        });
+        assert!(twice.check().is_ok());
+        twice.last = Some(ids(&["a", "b", "b2"]));
+        assert!(twice.check().unwrap_err().contains("stored twice"));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use checker::{History, Read, Stats, Write, WriteOutcome};
+use checker::{History, Read, Retry, Stats, Write, WriteOutcome};
 use engram_core::{Memory, MemoryId, SpaceId};
 use engram_replication::codec::{Message, ProposeOutcome};
 use engram_replication::frame::{read_frame, write_frame};
@@ -28,6 +28,7 @@ use engram_replication::network::{BoxFut, Transport};
 use engram_replication::runtime::seed_thread_rng;
 use engram_replication::types::NodeAddr;
 use engram_replication::{ReplicaNode, Residency};
+use engram_storage::requests::Answer;
 use engram_storage::{Command, Disk, FaultDisk, Op, Store, StoreOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -200,6 +201,38 @@ fn command(op: Op) -> Message {
     Message::Propose(Command { op, request: None })
 }
 
+/// Writes memory `id` with the idempotency `key` (received at simulated time `at`): the
+/// outcome, and the memory the answer names.
+async fn keyed_write(
+    target: u64,
+    id: &str,
+    key: &str,
+    leader: &mut u64,
+    at: Duration,
+) -> (WriteOutcome, Option<String>) {
+    let msg = Message::Propose(Command {
+        op: Op::Remember(memory(id)),
+        request: Some((
+            key.to_string(),
+            1_700_000_000_000_000 + at.as_micros() as i64,
+        )),
+    });
+    match ask(target, msg).await {
+        Some((at, Message::ProposeReply(ProposeOutcome::Applied(r)))) => {
+            *leader = at;
+            let named = match r.answer {
+                Some(Answer::Stored(ms)) if ms.len() == 1 => Some(ms[0].id.as_str().to_string()),
+                _ => None,
+            };
+            (WriteOutcome::Acked, named)
+        }
+        Some((_, Message::ProposeReply(ProposeOutcome::NotLeader(_)))) => {
+            (WriteOutcome::Refused, None)
+        }
+        _ => (WriteOutcome::Unknown, None),
+    }
+}
+
 async fn client_main(
     n: u64,
     ops: usize,
@@ -234,24 +267,58 @@ async fn client_main(
         };
         let invoked = now();
         if rng.gen_bool(0.75) {
+            // Every write carries an idempotency key.
             let id = format!("w{i}");
-            let outcome = match ask(target, command(Op::Remember(memory(&id)))).await {
-                Some((at, Message::ProposeReply(ProposeOutcome::Applied(_)))) => {
-                    leader = at;
-                    WriteOutcome::Acked
-                }
-                Some((_, Message::ProposeReply(ProposeOutcome::NotLeader(_)))) => {
-                    WriteOutcome::Refused
-                }
-                _ => WriteOutcome::Unknown,
-            };
+            let key = format!("k{i}");
+            let (outcome, _) = keyed_write(target, &id, &key, &mut leader, now()).await;
             tracing::info!(target: "sim", "client {id} via n{target}: {outcome:?}");
             history.borrow_mut().writes.push(Write {
-                id,
+                id: id.clone(),
                 invoked,
                 returned: now(),
-                outcome,
+                outcome: outcome.clone(),
             });
+            // A write without an answer is sent again, and an acknowledged one sometimes
+            // (a duplicate): same key, a new memory id. The answer names the first's memory
+            // or the retry's; never are both stored.
+            if outcome == WriteOutcome::Unknown
+                || (outcome == WriteOutcome::Acked && rng.gen_bool(0.1))
+            {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+                let again = format!("w{i}r");
+                let target = rng.gen_range(1..=n);
+                let retried = now();
+                let (o, answered) = keyed_write(target, &again, &key, &mut leader, now()).await;
+                tracing::info!(target: "sim", "client {again} (retry of {id}) via n{target}: {o:?} {answered:?}");
+                let mut h = history.borrow_mut();
+                let returned = now();
+                if answered.as_deref() == Some(id.as_str()) {
+                    // The first was stored: the retry is not, and the first is acknowledged.
+                    h.writes.push(Write {
+                        id: id.clone(),
+                        invoked,
+                        returned,
+                        outcome: WriteOutcome::Acked,
+                    });
+                }
+                let outcome = match &answered {
+                    Some(a) if *a == again => WriteOutcome::Acked,
+                    Some(_) => WriteOutcome::Refused,
+                    None if o == WriteOutcome::Refused => WriteOutcome::Refused,
+                    None => WriteOutcome::Unknown,
+                };
+                h.writes.push(Write {
+                    id: again.clone(),
+                    invoked: retried,
+                    returned,
+                    outcome,
+                });
+                h.retries.push(Retry {
+                    first: id,
+                    again,
+                    answered,
+                });
+            }
         } else if let Some((at, Message::ReadIdsReply(Ok(ids)))) =
             ask(target, Message::ReadIds).await
         {
@@ -529,6 +596,8 @@ fn run_seeds(parity: u64) {
                 total.unknown += s.unknown;
                 total.reads += s.reads;
                 total.lost += s.lost;
+                total.retries += s.retries;
+                total.deduplicated += s.deduplicated;
                 faults.crashes += f.crashes;
                 faults.snapshots += f.snapshots;
                 faults.quiesced += f.quiesced;
@@ -543,13 +612,15 @@ fn run_seeds(parity: u64) {
         }
     }
     eprintln!(
-        "{n} replicas, {} scenarios in {:.1} s: {} writes acknowledged, {} unknown, {} linearizable reads, {} acknowledged writes lost; {} crashes, {} restarts, {} partitions, {} held links, {} snapshots sent, {} quiesced, {} stopped",
+        "{n} replicas, {} scenarios in {:.1} s: {} writes acknowledged, {} unknown, {} linearizable reads, {} acknowledged writes lost, {} writes sent again with their key ({} answered as repeats); {} crashes, {} restarts, {} partitions, {} held links, {} snapshots sent, {} quiesced, {} stopped",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         total.acked,
         total.unknown,
         total.reads,
         total.lost,
+        total.retries,
+        total.deduplicated,
         faults.crashes,
         faults.restarts,
         faults.partitions,

@@ -15,6 +15,7 @@ use crate::lexical::SegmentLex;
 use crate::memtable::Entry;
 use crate::meta::SPACE_META_FILE;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
+use crate::requests::Requests;
 use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use crate::space::{attach_lex, Space};
 use crate::wal::check::check_segment_durable;
@@ -43,8 +44,9 @@ pub(crate) fn flush(
                 // leader's blank entry, a membership): everything it applied is in segments.
                 if st.meta_persisted && st.raft.is_some() && st.raft != st.raft_persisted {
                     let raft = st.raft.clone().expect("checked above");
+                    let requests = st.requests.clone();
                     drop(st);
-                    write_raft_state(disk, space, &raft)?;
+                    write_raft_state(disk, space, &raft, &requests)?;
                     space.state.write().raft_persisted = Some(raft);
                 }
                 return Ok(0);
@@ -52,6 +54,7 @@ pub(crate) fn flush(
             let table = std::mem::take(&mut st.active);
             st.frozen = Some(Arc::new(table));
             st.frozen_raft = st.raft.clone();
+            st.frozen_requests = st.raft.is_some().then(|| st.requests.clone());
         }
         let frozen = st.frozen.clone().expect("frozen memtable set above");
         (
@@ -132,9 +135,12 @@ pub(crate) fn flush(
         }
     }
     // What the replicated space had applied when the memtable froze, now all in segments.
-    let frozen_raft = space.state.read().frozen_raft.clone();
+    let (frozen_raft, frozen_requests) = {
+        let st = space.state.read();
+        (st.frozen_raft.clone(), st.frozen_requests.clone())
+    };
     if let Some(raft) = &frozen_raft {
-        write_raft_state(disk, space, raft)?;
+        write_raft_state(disk, space, raft, &frozen_requests.unwrap_or_default())?;
     }
     let mut st = space.state.write();
     if let Some(seg) = new_segment {
@@ -148,12 +154,19 @@ pub(crate) fn flush(
     if let Some(raft) = st.frozen_raft.take() {
         st.raft_persisted = Some(raft);
     }
+    st.frozen_requests = None;
     Ok(written)
 }
 
-/// Writes a replicated space's `raft.state` (atomically, synced). Called only once everything
-/// it says is applied is in durable segments.
-fn write_raft_state(disk: &dyn Disk, space: &Space, raft: &RaftApplied) -> Result<()> {
+/// Writes a replicated space's `raft.state` with its requests table as of the same entry
+/// (atomically, synced). Called only once everything `raft` says is applied is in durable
+/// segments.
+fn write_raft_state(
+    disk: &dyn Disk,
+    space: &Space,
+    raft: &RaftApplied,
+    requests: &Requests,
+) -> Result<()> {
     let p = space.dir.join(RAFT_STATE_FILE);
-    write_file_atomic(disk, &p, &raft.encode()).at(&p)
+    write_file_atomic(disk, &p, &raft.encode_with(requests)).at(&p)
 }

@@ -20,6 +20,7 @@ use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
+use crate::requests::Requests;
 use crate::segment::{parse_segment_file_name, segment_file_name, Lookup, Segment};
 use crate::space::derived::{open_index, open_lex};
 
@@ -41,6 +42,10 @@ pub(crate) struct SpaceState {
     pub(crate) raft_persisted: Option<RaftApplied>,
     /// `raft` when the frozen memtable was frozen: written once that memtable is a segment.
     pub(crate) frozen_raft: Option<RaftApplied>,
+    /// A replicated space's table of client requests (see [`crate::requests`]).
+    pub(crate) requests: Requests,
+    /// `requests` when the frozen memtable was frozen, written with `frozen_raft`.
+    pub(crate) frozen_requests: Option<Requests>,
 }
 
 /// One memory space.
@@ -82,6 +87,8 @@ impl Space {
                 raft,
                 raft_persisted: None,
                 frozen_raft: None,
+                requests: Requests::default(),
+                frozen_requests: None,
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -106,10 +113,11 @@ impl Space {
             return Ok(None);
         }
         let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
-        let raft = if meta.replicated {
-            Some(read_raft_state(disk, &dir)?.unwrap_or_default())
+        let (raft, requests) = if meta.replicated {
+            let (raft, requests) = read_raft_state_with(disk, &dir)?.unwrap_or_default();
+            (Some(raft), requests)
         } else {
-            None
+            (None, Requests::default())
         };
         let mut ranges = Vec::new();
         let mut removed = false;
@@ -190,6 +198,8 @@ impl Space {
                 raft_persisted: raft.clone(),
                 raft,
                 frozen_raft: None,
+                requests,
+                frozen_requests: None,
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -459,11 +469,19 @@ impl SpaceState {
 
 /// A replicated space's (or group's) `raft.state` in `dir`, if it has one.
 pub(crate) fn read_raft_state(disk: &dyn Disk, dir: &Path) -> Result<Option<RaftApplied>> {
+    Ok(read_raft_state_with(disk, dir)?.map(|(raft, _)| raft))
+}
+
+/// A replicated space's `raft.state` with its requests table.
+pub(crate) fn read_raft_state_with(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<Option<(RaftApplied, Requests)>> {
     let p = dir.join(RAFT_STATE_FILE);
     if !disk.exists(&p) {
         return Ok(None);
     }
-    Ok(Some(RaftApplied::decode(&disk.read(&p).at(&p)?)?))
+    Ok(Some(RaftApplied::decode_with(&disk.read(&p).at(&p)?)?))
 }
 
 /// The directory of a space below the node's root.

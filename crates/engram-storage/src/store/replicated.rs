@@ -20,7 +20,8 @@ use crate::index::INDEX_EXTENSION;
 use crate::lexical::LEX_EXTENSION;
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
-use crate::raft::{RaftApplied, RAFT_STATE_FILE};
+use crate::raft::{Command, RaftApplied, RAFT_STATE_FILE};
+use crate::requests::{Answer, RequestRecord};
 use crate::segment::{parse_segment_file_name, WritePace};
 use crate::space::{read_raft_state, space_dir, Space};
 
@@ -30,6 +31,18 @@ const SNAP_SUFFIX: &str = ".snap";
 const INSTALLS_DIR: &str = "installs";
 /// The suffix of an install's marker before its commit point (`installs/<space>.pending`).
 const PENDING_SUFFIX: &str = ".pending";
+
+/// What applying a committed entry did ([`Store::apply_entry`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApplyOutcome {
+    /// Applied now; for a data operation, what it did.
+    Applied(Option<Answer>),
+    /// A repeat of an earlier request: not applied; the first one's record.
+    Repeat(RequestRecord),
+    /// Nothing to do: a blank or membership entry, a command the space's segments already
+    /// hold, or one for a space that does not exist.
+    Nothing,
+}
 
 /// Whether `name` is one of the files a space's state consists of.
 fn is_state_file(name: &str) -> bool {
@@ -44,7 +57,8 @@ impl Store {
     /// Applies one committed entry of the group of the replicated space `space`: `op` is its
     /// command (`None` for a blank or membership entry), `index` its log index, `state` the
     /// group's applied state with it. Idempotent by index: a command the space's segments
-    /// already hold changes nothing. Returns whether the space changed.
+    /// already hold changes nothing. Returns whether the space changed. (A command without
+    /// an idempotency key: see [`Store::apply_entry`].)
     pub fn apply_replicated(
         &self,
         space: &SpaceId,
@@ -52,6 +66,23 @@ impl Store {
         op: Option<Op>,
         state: &RaftApplied,
     ) -> Result<bool> {
+        let cmd = op.map(|op| Command { op, request: None });
+        Ok(matches!(
+            self.apply_entry(space, index, cmd, state)?,
+            ApplyOutcome::Applied(_)
+        ))
+    }
+
+    /// Applies one committed entry (see [`Store::apply_replicated`]). A command carrying an
+    /// idempotency key that repeats an earlier one of the last ten minutes (in the entries'
+    /// time) is not applied: the outcome is the first one's record. See [`crate::requests`].
+    pub fn apply_entry(
+        &self,
+        space: &SpaceId,
+        index: u64,
+        cmd: Option<Command>,
+        state: &RaftApplied,
+    ) -> Result<ApplyOutcome> {
         let node = &self.inner;
         node.stats.activity.fetch_add(1, Ordering::Relaxed);
         let existing = node.catalog.space(space)?;
@@ -62,13 +93,14 @@ impl Store {
                 )));
             }
         }
-        let op = match op {
-            Some(op) if op.is_raft() => {
+        let (op, request) = match cmd {
+            Some(c) if c.op.is_raft() => {
                 return Err(StorageError::Invalid(
                     "a raft record is not a command".into(),
                 ))
             }
-            other => other,
+            Some(c) => (Some(c.op), c.request),
+            None => (None, None),
         };
         match (op, existing) {
             (
@@ -91,23 +123,37 @@ impl Store {
                     let mut st = s.state.write();
                     st.active.note(index);
                     st.raft = Some(state.clone());
+                    if let Some((key, at_us)) = &request {
+                        st.requests.record(key, index, *at_us, Answer::SpaceCreated);
+                    }
                 }
                 node.catalog.insert_new(s);
-                Ok(true)
+                Ok(ApplyOutcome::Applied(Some(Answer::SpaceCreated)))
             }
-            (_, None) => Ok(false),
+            (_, None) => Ok(ApplyOutcome::Nothing),
             (op, Some(s)) => {
                 let mut st = s.state.write();
                 if st.dropped {
-                    return Ok(false);
+                    return Ok(ApplyOutcome::Nothing);
                 }
                 st.raft = Some(state.clone());
-                let Some(op) = op else { return Ok(false) };
+                let Some(op) = op else {
+                    return Ok(ApplyOutcome::Nothing);
+                };
                 if index <= st.flushed_seq {
-                    return Ok(false);
+                    return Ok(ApplyOutcome::Nothing);
+                }
+                if let Some((key, at_us)) = &request {
+                    if let Some(first) = st.requests.repeat_of(key, index, *at_us) {
+                        return Ok(ApplyOutcome::Repeat(first.clone()));
+                    }
+                }
+                let answer = Answer::of(&op, |id| st.contains(id.as_str()).unwrap_or(false));
+                if let (Some((key, at_us)), Some(a)) = (&request, &answer) {
+                    st.requests.record(key, index, *at_us, a.clone());
                 }
                 match op {
-                    Op::SpaceCreate { .. } => Ok(false),
+                    Op::SpaceCreate { .. } => {}
                     Op::SpaceDrop => {
                         st.dropped = true;
                         drop(st);
@@ -115,7 +161,6 @@ impl Store {
                         // The group's log retains the entry until the space's files are gone;
                         // the WAL sequence here holds nothing back.
                         node.pending_drops.lock().push((u64::MAX, s));
-                        Ok(true)
                     }
                     Op::RememberAutoLink(ms) => {
                         // Links made after the acknowledgement would differ between
@@ -125,15 +170,26 @@ impl Store {
                             index,
                             Op::RememberBatch(ms.into_iter().map(|(m, _)| m).collect()),
                         )?;
-                        Ok(true)
                     }
-                    op => {
-                        st.apply(index, op)?;
-                        Ok(true)
-                    }
+                    op => st.apply(index, op)?,
                 }
+                Ok(ApplyOutcome::Applied(answer))
             }
         }
+    }
+
+    /// The live record of the request `key` in the replicated space (as of `now_us`): a
+    /// leader answers a repeat with it before proposing anything.
+    pub fn request_record(
+        &self,
+        space: &SpaceId,
+        key: &str,
+        now_us: i64,
+    ) -> Result<Option<RequestRecord>> {
+        Ok(match self.inner.catalog.space(space)? {
+            Some(s) => s.state.read().requests.get(key, now_us).cloned(),
+            None => None,
+        })
     }
 
     /// What the replicated space (or a group whose space is not created yet) has applied, as
