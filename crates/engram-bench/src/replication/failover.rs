@@ -42,18 +42,18 @@ pub(crate) fn failover(cfg: &Config) -> Result<()> {
         HEARTBEAT_MS * 4,
         HEARTBEAT_MS * 8,
         ms(times[0]),
-        ms(util::percentile(&times, 0.50)),
-        ms(util::percentile(&times, 0.99)),
+        ms(util::percentile(&times, 50.0)),
+        ms(util::percentile(&times, 99.0)),
         ms(*times.last().expect("at least one failover"))
     );
     report(
         "replication_failover_p50",
-        ms(util::percentile(&times, 0.50)),
+        ms(util::percentile(&times, 50.0)),
         "ms",
     );
     report(
         "replication_failover_p99",
-        ms(util::percentile(&times, 0.99)),
+        ms(util::percentile(&times, 99.0)),
         "ms",
     );
     Ok(())

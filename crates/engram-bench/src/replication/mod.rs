@@ -205,6 +205,7 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// The `p`-th percentile (0 to 100), in ms.
     pub(crate) fn p_ms(&self, p: f64) -> f64 {
         util::percentile(&self.latencies_ns, p) as f64 / 1e6
     }

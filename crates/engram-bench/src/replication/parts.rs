@@ -18,8 +18,8 @@ fn line(what: &str, r: &Run) {
         "# {what}: {:.0} acknowledged writes/s over {:.1} s, P50 {:.2} ms, P99 {:.2} ms; {}",
         r.ops_per_s,
         r.window.as_secs_f64(),
-        r.p_ms(0.50),
-        r.p_ms(0.99),
+        r.p_ms(50.0),
+        r.p_ms(99.0),
         r.cpu
     );
 }
@@ -102,19 +102,19 @@ pub(crate) fn writes(cfg: &Config, root: &Path) -> Result<()> {
         single.ops_per_s,
         "ops/s",
     );
-    report("replication_single_node_p99", single.p_ms(0.99), "ms");
+    report("replication_single_node_p99", single.p_ms(99.0), "ms");
     report(
         "replication_group_of_one_writes_per_s",
         group1.ops_per_s,
         "ops/s",
     );
-    report("replication_group_of_one_p99", group1.p_ms(0.99), "ms");
+    report("replication_group_of_one_p99", group1.p_ms(99.0), "ms");
     report(
         "replication_three_replicas_writes_per_s",
         group3.ops_per_s,
         "ops/s",
     );
-    report("replication_three_replicas_p99", group3.p_ms(0.99), "ms");
+    report("replication_three_replicas_p99", group3.p_ms(99.0), "ms");
     let ratio = group3.ops_per_s / single.ops_per_s;
     compare(
         "replication_three_replicas_share_of_single_node",
@@ -126,7 +126,7 @@ pub(crate) fn writes(cfg: &Config, root: &Path) -> Result<()> {
     );
     compare(
         "replication_three_replicas_p99_over_single_node",
-        group3.p_ms(0.99) - single.p_ms(0.99),
+        group3.p_ms(99.0) - single.p_ms(99.0),
         "ms",
         Better::Lower,
         None,
