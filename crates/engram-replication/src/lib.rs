@@ -10,10 +10,12 @@
 //! - `frame.rs`: length-prefixed frames of those messages on a byte stream.
 //! - `network.rs`: openraft's network traits over a frame [`network::Transport`].
 //! - `node.rs`: a node's groups, started on demand, and the handling of incoming messages.
+//! - `batch.rs`: the writes waiting for a group proposed together as one entry.
 //! - `residency.rs`: idle groups quiesce (no timers) and the resident set is bounded.
 //! - `state_machine.rs`: a space as its group's state machine: apply by log index, snapshots
 //!   as the space's files.
 
+mod batch;
 pub mod codec;
 /// The consensus engine, at the exact version this crate pins (for its callers' configs).
 pub use openraft;
@@ -26,6 +28,7 @@ pub mod runtime;
 pub mod state_machine;
 pub mod types;
 
+pub use batch::MAX_IN_FLIGHT;
 pub use log_store::{GroupLog, GroupShared, LogStore, NodeLog};
 pub use node::{Group, ReplicaNode};
 pub use residency::{Residency, Sweep};

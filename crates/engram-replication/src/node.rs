@@ -10,15 +10,16 @@ use std::time::Duration;
 
 use engram_core::SpaceId;
 use engram_storage::{Command, Store};
-use openraft::error::{ClientWriteError, ForwardReason, LinearizableReadError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
 use openraft::{Raft, ReadPolicy, SnapshotMeta};
 
+use crate::batch::Proposals;
 use crate::codec::{Message, ProposeOutcome, SnapshotTransfer};
 use crate::log_store::NodeLog;
 use crate::network::{NetworkFactory, Transport};
 use crate::residency::{Residency, Resident, Use};
 use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
-use crate::types::{NodeAddr, Request, Response, TypeConfig, Vote};
+use crate::types::{NodeAddr, Response, TypeConfig, Vote};
 
 /// One space's raft group on this node.
 pub type Group = Raft<TypeConfig, SpaceStateMachine>;
@@ -37,6 +38,8 @@ pub struct ReplicaNode {
     received: AtomicU64,
     /// Numbers each start of a group (see `residency.rs`).
     pub(crate) generation: AtomicU64,
+    /// Writes waiting to be proposed, per group.
+    proposals: Arc<Proposals>,
 }
 
 impl ReplicaNode {
@@ -62,6 +65,7 @@ impl ReplicaNode {
             residency: parking_lot::Mutex::new(Residency::default()),
             received: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            proposals: Arc::new(Proposals::default()),
         }))
     }
 
@@ -120,14 +124,13 @@ impl ReplicaNode {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Proposes `command` to `space`'s group: applied once committed on a majority.
+    /// Proposes `command` to `space`'s group: applied once committed on a majority (batched
+    /// with the other writes waiting for the group: `batch.rs`).
     pub async fn propose(&self, space: &SpaceId, command: Command) -> ProposeOutcome {
         let g = match self.group(space).await {
             Ok(g) => g,
             Err(e) => return ProposeOutcome::Failed(e.to_string()),
         };
-        // A leader woken from quiescence renews its lease with one heartbeat round before it
-        // takes writes: wait for that (at most an election timeout).
         // A repeat of a request this replica has applied is answered at once, as the first
         // was (any replica's record is of a committed entry). One not found here is
         // proposed: applying it finds a repeat the leader has and this node has not yet.
@@ -145,26 +148,15 @@ impl ReplicaNode {
                 Err(e) => return ProposeOutcome::Failed(e.to_string()),
             }
         }
-        let patience = Duration::from_millis(self.config.election_timeout_max);
-        let started = tokio::time::Instant::now();
-        loop {
-            match g.client_write(Request(command.clone())).await {
-                Ok(r) => return ProposeOutcome::Applied(r.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
-                    if f.reason == ForwardReason::LeaseExpired && started.elapsed() < patience =>
-                {
-                    let _ = g.trigger().heartbeat().await;
-                    tokio::time::sleep(Duration::from_millis(
-                        self.config.heartbeat_interval / 2 + 1,
-                    ))
-                    .await;
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return ProposeOutcome::NotLeader(f.leader_id)
-                }
-                Err(e) => return ProposeOutcome::Failed(e.to_string()),
-            }
-        }
+        self.proposals
+            .propose(
+                &g,
+                space,
+                command,
+                Duration::from_millis(self.config.election_timeout_max),
+                Duration::from_millis(self.config.heartbeat_interval),
+            )
+            .await
     }
 
     /// A linearizable read of the ids of `space`'s memories: confirmed by a quorum that this

@@ -170,52 +170,62 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             let (entry, responder) = item?;
             let pos = log_pos(&entry.log_id);
             self.applied.applied = Some(pos);
-            let cmd = match entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(req) => Some(req.0),
+            let cmds = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(req) => req.0,
                 EntryPayload::Membership(m) => {
                     self.applied.membership_at = Some(pos);
                     self.applied.membership = stored_membership(&m);
-                    None
+                    Vec::new()
                 }
             };
             if tracing::enabled!(tracing::Level::TRACE) {
-                let what = match cmd.as_ref().map(|c| &c.op) {
-                    Some(Op::Remember(m)) => m.id.as_str().to_string(),
-                    Some(o) => format!("op {}", o.code()),
-                    None => "-".into(),
-                };
-                tracing::trace!(space = %self.space, index = pos.index, what, "apply");
+                let what: Vec<String> = cmds
+                    .iter()
+                    .map(|c| match &c.op {
+                        Op::Remember(m) => m.id.as_str().to_string(),
+                        o => format!("op {}", o.code()),
+                    })
+                    .collect();
+                tracing::trace!(space = %self.space, index = pos.index, ?what, "apply");
             }
-            let at_us = cmd
-                .as_ref()
-                .and_then(|c| c.request.as_ref())
-                .map_or(0, |(_, at)| *at);
-            let outcome = self
+            let times: Vec<i64> = cmds
+                .iter()
+                .map(|c| c.request.as_ref().map_or(0, |(_, at)| *at))
+                .collect();
+            let outcomes = self
                 .store
-                .apply_entry(&self.space, pos.index, cmd, &self.applied)
+                .apply_entry(&self.space, pos.index, cmds, &self.applied)
                 .map_err(io_err)?;
             if let Some(r) = responder {
-                r.send(match outcome {
-                    ApplyOutcome::Applied(answer) => Response {
-                        index: pos.index,
-                        at_us,
-                        answer,
-                        repeat: false,
-                    },
-                    ApplyOutcome::Repeat(first) => Response {
-                        index: first.index,
-                        at_us: first.at_us,
-                        answer: Some(first.answer),
-                        repeat: true,
-                    },
-                    ApplyOutcome::Nothing => Response {
-                        index: pos.index,
-                        at_us,
-                        answer: None,
-                        repeat: false,
-                    },
-                });
+                let responses = outcomes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, o)| {
+                        let at_us = times.get(i).copied().unwrap_or(0);
+                        match o {
+                            ApplyOutcome::Applied(answer) => Response {
+                                index: pos.index,
+                                at_us,
+                                answer,
+                                repeat: false,
+                            },
+                            ApplyOutcome::Repeat(first) => Response {
+                                index: first.index,
+                                at_us: first.at_us,
+                                answer: Some(first.answer),
+                                repeat: true,
+                            },
+                            ApplyOutcome::Nothing => Response {
+                                index: pos.index,
+                                at_us,
+                                answer: None,
+                                repeat: false,
+                            },
+                        }
+                    })
+                    .collect();
+                r.send(responses);
             }
         }
         Ok(())

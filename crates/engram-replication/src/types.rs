@@ -18,15 +18,21 @@ use engram_storage::{
 use openraft::vote::leader_id_std::{CommittedLeaderId, LeaderId};
 use openraft::{EntryPayload, Membership};
 
-/// A write to a space as its log carries it.
+/// Writes to a space as one log entry carries them: one command, or several clients' data
+/// operations proposed together (at most [`engram_storage::MAX_ENTRY_COMMANDS`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub Command);
+pub struct Request(pub Vec<Command>);
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "op {}", self.0.op.code())?;
-        if let Some((key, _)) = &self.0.request {
-            write!(f, " key {key}")?;
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "op {}", c.op.code())?;
+            if let Some((key, _)) = &c.request {
+                write!(f, " key {key}")?;
+            }
         }
         Ok(())
     }
@@ -60,7 +66,7 @@ openraft::declare_raft_types!(
     /// The raft types of a space's group.
     pub TypeConfig:
         D = Request,
-        R = Response,
+        R = Vec<Response>,
         NodeId = u64,
         Node = NodeAddr,
         Term = u64,
@@ -152,7 +158,10 @@ pub fn stored_entry(e: &Entry) -> LogEntry {
         pos: log_pos(&e.log_id),
         body: match &e.payload {
             EntryPayload::Blank => EntryBody::Blank,
-            EntryPayload::Normal(r) => EntryBody::Normal(Box::new(r.0.clone())),
+            EntryPayload::Normal(r) if r.0.len() == 1 => {
+                EntryBody::Normal(Box::new(r.0[0].clone()))
+            }
+            EntryPayload::Normal(r) => EntryBody::Batch(r.0.clone()),
             EntryPayload::Membership(m) => EntryBody::Membership(stored_membership(m)),
         },
     }
@@ -164,7 +173,8 @@ pub fn entry_of(e: LogEntry) -> io::Result<Entry> {
         log_id: log_id(e.pos),
         payload: match e.body {
             EntryBody::Blank => EntryPayload::Blank,
-            EntryBody::Normal(c) => EntryPayload::Normal(Request(*c)),
+            EntryBody::Normal(c) => EntryPayload::Normal(Request(vec![*c])),
+            EntryBody::Batch(cs) => EntryPayload::Normal(Request(cs)),
             EntryBody::Membership(m) => EntryPayload::Membership(membership_of(&m)?),
         },
     })
@@ -177,5 +187,5 @@ pub(crate) fn io_err(e: impl fmt::Display) -> io::Error {
 
 /// Builds a command entry (tests and the simulation).
 pub fn command(op: engram_storage::Op, request: Option<(String, i64)>) -> Request {
-    Request(Command { op, request })
+    Request(vec![Command { op, request }])
 }

@@ -66,7 +66,8 @@ pub use options::StoreOptions;
 pub use quarantine::QuarantineReport;
 pub use raft::{
     Command, EntryBody, GroupMeta, LogEntry, LogPos, RaftApplied, RaftMembership, RaftNode,
-    RaftVote, MAX_MEMBERSHIP_CONFIGS, MAX_MEMBERSHIP_NODES, MAX_REQUEST_KEY, RAFT_STATE_FILE,
+    RaftVote, MAX_ENTRY_COMMANDS, MAX_MEMBERSHIP_CONFIGS, MAX_MEMBERSHIP_NODES, MAX_REQUEST_KEY,
+    RAFT_STATE_FILE,
 };
 pub use recovery::RecoveryReport;
 pub use space::{EmbeddingSnapshot, Hit, LexHit, SpaceView};

@@ -107,6 +107,12 @@ impl Op {
         )
     }
 
+    /// Whether the operation is a change to a space's memories (codes 1 to 5, 8, 9): not a
+    /// space's creation or drop, nor a raft record.
+    pub fn is_data(&self) -> bool {
+        !matches!(self, Op::SpaceCreate { .. } | Op::SpaceDrop) && !self.is_raft()
+    }
+
     /// How many changes the operation carries: the memories of a batch, else one.
     pub fn changes(&self) -> usize {
         match self {
@@ -115,6 +121,7 @@ impl Op {
             Op::AutoLinks(ls) => ls.len(),
             Op::RaftEntry(e) => match &e.body {
                 EntryBody::Normal(c) => c.op.changes(),
+                EntryBody::Batch(cs) => cs.iter().map(|c| c.op.changes()).sum(),
                 _ => 0,
             },
             Op::RaftMeta(_) | Op::RaftTruncate(_) => 0,

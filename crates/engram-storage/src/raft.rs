@@ -70,6 +70,9 @@ pub enum EntryBody {
     Blank,
     Normal(Box<Command>),
     Membership(RaftMembership),
+    /// Several clients' writes proposed together (2 to [`MAX_ENTRY_COMMANDS`] data
+    /// operations: never a space's creation or drop), applied in order at the entry's index.
+    Batch(Vec<Command>),
 }
 
 /// One raft log entry (operation code 10).
@@ -85,6 +88,8 @@ pub const MAX_MEMBERSHIP_CONFIGS: usize = 8;
 pub const MAX_MEMBERSHIP_NODES: usize = 1024;
 /// The longest idempotency key (API.md: at most 128 characters).
 pub const MAX_REQUEST_KEY: usize = 128;
+/// The most commands one batch entry carries.
+pub const MAX_ENTRY_COMMANDS: usize = 1024;
 
 impl RaftMembership {
     /// u32 set count (1 to 8), each a u32 count and that many u64 ids; u32 node count, each
@@ -254,6 +259,7 @@ impl RaftApplied {
 const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
+const KIND_BATCH: u8 = 3;
 
 fn put_pos(out: &mut Vec<u8>, p: &LogPos) {
     put_u64(out, p.term);
@@ -267,6 +273,41 @@ fn read_pos(r: &mut Reader<'_>, what: &str) -> Result<LogPos> {
     })
 }
 
+/// A command's idempotency key: u8 flag, then (if 1) `str16` key and `i64` time received.
+fn encode_request(request: &Option<(String, i64)>, out: &mut Vec<u8>) {
+    match request {
+        None => out.push(0),
+        Some((key, at)) => {
+            out.push(1);
+            put_str16(out, key);
+            put_i64(out, *at);
+        }
+    }
+}
+
+fn decode_request(r: &mut Reader<'_>) -> Result<Option<(String, i64)>> {
+    Ok(match r.u8("request flag")? {
+        0 => None,
+        1 => {
+            let key = r.str16("idempotency key")?;
+            if key.is_empty() || key.len() > MAX_REQUEST_KEY {
+                return corrupted(format!("an idempotency key of {} bytes", key.len()));
+            }
+            Some((key.to_string(), r.i64("request time")?))
+        }
+        other => return corrupted(format!("request flag {other}")),
+    })
+}
+
+/// A command's operation code: a data operation (1 to 9).
+fn command_code(r: &mut Reader<'_>) -> Result<u8> {
+    let op_code = r.u8("command operation")?;
+    if !(code::REMEMBER..=code::AUTO_LINKS).contains(&op_code) {
+        return corrupted(format!("operation {op_code} inside a log entry"));
+    }
+    Ok(op_code)
+}
+
 impl LogEntry {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         put_pos(out, &self.pos);
@@ -274,20 +315,26 @@ impl LogEntry {
             EntryBody::Blank => out.push(KIND_BLANK),
             EntryBody::Normal(c) => {
                 out.push(KIND_NORMAL);
-                match &c.request {
-                    None => out.push(0),
-                    Some((key, at)) => {
-                        out.push(1);
-                        put_str16(out, key);
-                        put_i64(out, *at);
-                    }
-                }
+                encode_request(&c.request, out);
                 out.push(c.op.code());
                 c.op.encode_payload(out);
             }
             EntryBody::Membership(m) => {
                 out.push(KIND_MEMBERSHIP);
                 m.encode(out);
+            }
+            EntryBody::Batch(cs) => {
+                out.push(KIND_BATCH);
+                put_u32(out, cs.len() as u32);
+                for c in cs {
+                    encode_request(&c.request, out);
+                    out.push(c.op.code());
+                    let at = out.len();
+                    put_u32(out, 0);
+                    c.op.encode_payload(out);
+                    let len = (out.len() - at - 4) as u32;
+                    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                }
             }
         }
     }
@@ -298,26 +345,31 @@ impl LogEntry {
         let body = match r.u8("entry kind")? {
             KIND_BLANK => EntryBody::Blank,
             KIND_NORMAL => {
-                let request = match r.u8("request flag")? {
-                    0 => None,
-                    1 => {
-                        let key = r.str16("idempotency key")?;
-                        if key.is_empty() || key.len() > MAX_REQUEST_KEY {
-                            return corrupted(format!("an idempotency key of {} bytes", key.len()));
-                        }
-                        Some((key.to_string(), r.i64("request time")?))
-                    }
-                    other => return corrupted(format!("request flag {other}")),
-                };
-                let op_code = r.u8("command operation")?;
-                if !(code::REMEMBER..=code::AUTO_LINKS).contains(&op_code) {
-                    return corrupted(format!("operation {op_code} inside a log entry"));
-                }
+                let request = decode_request(r)?;
+                let op_code = command_code(r)?;
                 let rest = r.take(r.remaining(), "command payload")?;
                 let op = Op::decode_payload(op_code, rest)?;
                 EntryBody::Normal(Box::new(Command { op, request }))
             }
             KIND_MEMBERSHIP => EntryBody::Membership(RaftMembership::decode(r)?),
+            KIND_BATCH => {
+                let n = r.u32("batch commands")? as usize;
+                if !(2..=MAX_ENTRY_COMMANDS).contains(&n) {
+                    return corrupted(format!("a batch entry of {n} commands"));
+                }
+                let mut cs = Vec::with_capacity(n.min(r.remaining() / 6));
+                for _ in 0..n {
+                    let request = decode_request(r)?;
+                    let op_code = command_code(r)?;
+                    let len = r.u32("command length")? as usize;
+                    let op = Op::decode_payload(op_code, r.take(len, "command payload")?)?;
+                    if !op.is_data() {
+                        return corrupted(format!("operation {op_code} in a batch entry"));
+                    }
+                    cs.push(Command { op, request });
+                }
+                EntryBody::Batch(cs)
+            }
             other => return corrupted(format!("log entry kind {other}")),
         };
         Ok(LogEntry { pos, body })
@@ -449,6 +501,30 @@ mod tests {
                     })
                     .collect(),
             }),
+        })));
+        round_trip(Op::RaftEntry(Box::new(LogEntry {
+            pos,
+            body: EntryBody::Batch(vec![
+                Command {
+                    op: Op::Forget(MemoryId::new("m-1").unwrap()),
+                    request: Some(("key-1".into(), 1_700_000_000_000_000)),
+                },
+                Command {
+                    op: Op::Link {
+                        from: MemoryId::new("a").unwrap(),
+                        to: MemoryId::new("b").unwrap(),
+                        weight: 0.5,
+                    },
+                    request: None,
+                },
+                Command {
+                    op: Op::Unlink {
+                        from: MemoryId::new("a").unwrap(),
+                        to: MemoryId::new("b").unwrap(),
+                    },
+                    request: None,
+                },
+            ]),
         })));
         round_trip(Op::RaftMeta(GroupMeta::default()));
         round_trip(Op::RaftMeta(GroupMeta {

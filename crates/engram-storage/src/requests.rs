@@ -183,8 +183,9 @@ impl Answer {
 pub struct RequestRecord {
     /// When the leader received it (µs since the epoch, the leader's clock).
     pub at_us: i64,
-    /// The log index of the entry that applied it.
+    /// The log index of the entry that applied it, and its place among the entry's commands.
     pub index: u64,
+    pub slot: u32,
     pub answer: Answer,
 }
 
@@ -192,8 +193,8 @@ pub struct RequestRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Requests {
     by_key: OrdMap<String, RequestRecord>,
-    /// (time, index) → key: the order in which keys are forgotten.
-    by_time: OrdMap<(i64, u64), String>,
+    /// (time, index, slot) → key: the order in which keys are forgotten.
+    by_time: OrdMap<(i64, u64, u32), String>,
     /// The newest entry time applied: a key older than this by more than the TTL is dead.
     newest_us: i64,
 }
@@ -215,59 +216,67 @@ impl Requests {
         (rec.at_us >= horizon).then_some(rec)
     }
 
-    /// The first record of the request the entry at `index` (received at `at_us`) repeats,
-    /// if it repeats one.
-    pub fn repeat_of(&self, key: &str, index: u64, at_us: i64) -> Option<&RequestRecord> {
+    /// The first record of the request the command at `slot` of the entry at `index`
+    /// (received at `at_us`) repeats, if it repeats one.
+    pub fn repeat_of(
+        &self,
+        key: &str,
+        index: u64,
+        slot: u32,
+        at_us: i64,
+    ) -> Option<&RequestRecord> {
         let rec = self.by_key.get(key)?;
         let horizon = self.newest_us.max(at_us).saturating_sub(REQUEST_TTL_US);
-        (rec.index < index && rec.at_us >= horizon).then_some(rec)
+        ((rec.index, rec.slot) < (index, slot) && rec.at_us >= horizon).then_some(rec)
     }
 
-    /// Remembers the request applied at `index`, then forgets what is dead or beyond
-    /// [`MAX_REQUESTS`]. A record of a later entry for the key is kept (a replay).
-    pub fn record(&mut self, key: &str, index: u64, at_us: i64, answer: Answer) {
+    /// Remembers the request applied at `slot` of the entry at `index`, then forgets what is
+    /// dead or beyond [`MAX_REQUESTS`]. A record of a later command for the key is kept (a
+    /// replay).
+    pub fn record(&mut self, key: &str, index: u64, slot: u32, at_us: i64, answer: Answer) {
         if let Some(old) = self.by_key.get(key) {
-            if old.index > index {
+            if (old.index, old.slot) > (index, slot) {
                 return;
             }
-            let slot = (old.at_us, old.index);
-            self.by_time.remove(&slot);
+            let place = (old.at_us, old.index, old.slot);
+            self.by_time.remove(&place);
         }
         self.by_key.insert(
             key.to_string(),
             RequestRecord {
                 at_us,
                 index,
+                slot,
                 answer,
             },
         );
-        self.by_time.insert((at_us, index), key.to_string());
+        self.by_time.insert((at_us, index, slot), key.to_string());
         self.newest_us = self.newest_us.max(at_us);
         let horizon = self.newest_us.saturating_sub(REQUEST_TTL_US);
-        while let Some(((t, i), k)) = self.by_time.get_min() {
-            let (t, i) = (*t, *i);
+        while let Some((&(t, i, j), k)) = self.by_time.get_min().map(|(p, k)| (p, k)) {
             if t >= horizon && self.by_key.len() <= MAX_REQUESTS {
                 break;
             }
             let k = k.clone();
-            self.by_time.remove(&(t, i));
+            self.by_time.remove(&(t, i, j));
             self.by_key.remove(&k);
         }
     }
 
     /// The table as `raft.state` holds it: magic "ENGRREQ\0", u32 version (1), i64 newest entry time, u32
-    /// count, then per key (oldest first: ascending time, then index): str16 key, i64 time, u64 index, the answer; then
-    /// crc32c of all before it.
+    /// count, then per key (oldest first: ascending time, index, slot): str16 key, i64 time,
+    /// u64 index, u32 slot, the answer; then crc32c of all before it.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(24 + self.by_key.len() * 64);
         b.extend_from_slice(&MAGIC);
         put_u32(&mut b, VERSION);
         put_i64(&mut b, self.newest_us);
         put_u32(&mut b, self.by_time.len() as u32);
-        for (&(at_us, index), key) in self.by_time.iter() {
+        for (&(at_us, index, slot), key) in self.by_time.iter() {
             put_str16(&mut b, key);
             put_i64(&mut b, at_us);
             put_u64(&mut b, index);
+            put_u32(&mut b, slot);
             if let Some(rec) = self.by_key.get(key) {
                 rec.answer.encode(&mut b);
             }
@@ -311,26 +320,26 @@ impl Requests {
             }
             let at_us = r.i64("time")?;
             let index = r.u64("index")?;
+            let slot = r.u32("slot")?;
             let answer = Answer::decode(&mut r)?;
-            if t.by_time
-                .get_max()
-                .is_some_and(|(last, _)| *last >= (at_us, index))
-            {
+            let place = (at_us, index, slot);
+            if t.by_time.get_max().is_some_and(|(last, _)| *last >= place) {
                 return corrupted("requests: keys out of order");
             }
-            if t.by_time.insert((at_us, index), key.to_string()).is_some()
-                || t.by_key
-                    .insert(
-                        key.to_string(),
-                        RequestRecord {
-                            at_us,
-                            index,
-                            answer,
-                        },
-                    )
-                    .is_some()
+            t.by_time.insert(place, key.to_string());
+            if t.by_key
+                .insert(
+                    key.to_string(),
+                    RequestRecord {
+                        at_us,
+                        index,
+                        slot,
+                        answer,
+                    },
+                )
+                .is_some()
             {
-                return corrupted(format!("requests: key {key:?} or its entry twice"));
+                return corrupted(format!("requests: key {key:?} twice"));
             }
         }
         r.finish("requests")?;

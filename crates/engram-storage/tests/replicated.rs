@@ -211,14 +211,14 @@ fn keyed(op: Op, key: &str, at_us: i64) -> Option<Command> {
 /// Applies, at `index` of space "r", a write of memory `id` with the idempotency `key`
 /// received at `t`.
 fn remember_keyed(store: &Store, index: u64, id: &str, key: &str, t: i64) -> ApplyOutcome {
-    store
-        .apply_entry(
-            &sid("r"),
-            index,
-            keyed(Op::Remember(memory(id, DIM)), key, t),
-            &at(index),
-        )
-        .unwrap()
+    let cmds = keyed(Op::Remember(memory(id, DIM)), key, t)
+        .into_iter()
+        .collect();
+    let mut out = store
+        .apply_entry(&sid("r"), index, cmds, &at(index))
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    out.remove(0)
 }
 
 /// A write with an idempotency key applied again within ten minutes (of the entries' time) is
@@ -303,15 +303,67 @@ fn idempotency_keys_are_part_of_the_state() {
             .is_none(),
         "k2 is older than ten minutes"
     );
-    let o = b
+    let o = remember_keyed(&b, 10, "d2", "k4", t0 + 13 * minute);
+    assert_eq!(first_answer(o), "repeat of d at 9");
+}
+
+/// A batch entry (several clients' writes proposed together) applies its commands in order at
+/// its index; a key repeated inside the batch is a repeat; a batch holds data operations only.
+#[test]
+fn a_batch_entry_applies_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = sid("r");
+    let store = Store::open_dir(dir.path(), opts()).unwrap();
+    apply_all(&store, "r", vec![create()]);
+    let c = |op: Op, key: Option<&str>| Command {
+        op,
+        request: key.map(|k| (k.to_string(), 1_700_000_000_000_000)),
+    };
+    let out = store
         .apply_entry(
             &s,
-            10,
-            keyed(Op::Remember(memory("d2", DIM)), "k4", t0 + 13 * minute),
-            &at(10),
+            3,
+            vec![
+                c(Op::Remember(memory("a", DIM)), Some("k")),
+                c(Op::Remember(memory("b", DIM)), None),
+                c(Op::Remember(memory("a2", DIM)), Some("k")),
+                c(Op::Forget(mid("b")), None),
+            ],
+            &at(3),
         )
         .unwrap();
-    assert_eq!(first_answer(o), "repeat of d at 9");
+    assert_eq!(out.len(), 4);
+    assert!(matches!(&out[2], ApplyOutcome::Repeat(r) if r.index == 3 && r.slot == 0));
+    assert!(matches!(
+        &out[3],
+        ApplyOutcome::Applied(Some(Answer::Forgot { existed: true, .. }))
+    ));
+    assert_eq!(ids(&store, "r"), ["a"].map(String::from).into());
+    // Replayed after a flush: nothing again.
+    store.compact().unwrap();
+    let again = store
+        .apply_entry(
+            &s,
+            3,
+            vec![
+                c(Op::Remember(memory("x", DIM)), None),
+                c(Op::Forget(mid("a")), None),
+            ],
+            &at(3),
+        )
+        .unwrap();
+    assert_eq!(again, vec![ApplyOutcome::Nothing, ApplyOutcome::Nothing]);
+    assert!(store
+        .apply_entry(
+            &s,
+            4,
+            vec![
+                c(Op::Remember(memory("y", DIM)), None),
+                c(Op::SpaceDrop, None)
+            ],
+            &at(4),
+        )
+        .is_err());
 }
 
 /// Two installs in a row, the space not loaded in between (an install leaves it on disk, to

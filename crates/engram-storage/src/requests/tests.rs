@@ -21,20 +21,20 @@ const MIN: i64 = 60 * 1_000_000;
 #[test]
 fn a_repeat_within_ten_minutes_gets_the_first_answer() {
     let mut t = Requests::default();
-    t.record("k", 5, 0, stored("a"));
+    t.record("k", 5, 0, 0, stored("a"));
     // The same entry again (a replay) is not a repeat of itself.
-    assert!(t.repeat_of("k", 5, 0).is_none());
+    assert!(t.repeat_of("k", 5, 0, 0).is_none());
     // A later entry with the key, within ten minutes: a repeat.
-    let first = t.repeat_of("k", 9, 9 * MIN).unwrap();
+    let first = t.repeat_of("k", 9, 0, 9 * MIN).unwrap();
     assert_eq!((first.index, &first.answer), (5, &stored("a")));
     // An earlier entry (replayed before the one recorded) is not.
-    assert!(t.repeat_of("k", 3, 0).is_none());
+    assert!(t.repeat_of("k", 3, 0, 0).is_none());
     // Past ten minutes, in the entries' time: forgotten.
-    assert!(t.repeat_of("k", 9, 10 * MIN + 1).is_none());
+    assert!(t.repeat_of("k", 9, 0, 10 * MIN + 1).is_none());
     assert!(t.get("k", 10 * MIN).is_some());
     assert!(t.get("k", 10 * MIN + 1).is_none());
     // A newer entry's time moves the horizon for every key.
-    t.record("other", 10, 11 * MIN, Answer::SpaceCreated);
+    t.record("other", 10, 0, 11 * MIN, Answer::SpaceCreated);
     assert!(t.get("k", 0).is_none());
     assert_eq!(t.len(), 1, "the dead key is pruned");
 }
@@ -42,20 +42,24 @@ fn a_repeat_within_ten_minutes_gets_the_first_answer() {
 #[test]
 fn a_record_of_a_later_entry_is_kept() {
     let mut t = Requests::default();
-    t.record("k", 7, 100, stored("b"));
-    t.record("k", 4, 50, stored("a"));
+    t.record("k", 7, 0, 100, stored("b"));
+    t.record("k", 4, 0, 50, stored("a"));
     assert_eq!(t.get("k", 100).unwrap().index, 7);
-    t.record("k", 8, 120, stored("c"));
+    t.record("k", 8, 0, 120, stored("c"));
     assert_eq!(t.get("k", 120).unwrap().index, 8);
     assert_eq!(t.len(), 1);
     assert_eq!(t.by_time.len(), 1);
+    // Two commands of one batch entry with the same key: the second repeats the first.
+    t.record("j", 9, 0, 200, stored("x"));
+    assert_eq!(t.repeat_of("j", 9, 1, 200).unwrap().slot, 0);
+    assert!(t.repeat_of("j", 9, 0, 200).is_none(), "a replay of itself");
 }
 
 #[test]
 fn the_table_is_bounded() {
     let mut t = Requests::default();
     for i in 0..(MAX_REQUESTS as u64 + 10) {
-        t.record(&format!("k{i}"), i + 1, i as i64, Answer::SpaceCreated);
+        t.record(&format!("k{i}"), i + 1, 0, i as i64, Answer::SpaceCreated);
     }
     assert_eq!(t.len(), MAX_REQUESTS);
     assert!(t.get("k0", 0).is_none(), "the oldest are forgotten first");
@@ -101,7 +105,7 @@ proptest! {
     ) {
         let mut t = Requests::default();
         for (k, index, at, a) in recs {
-            t.record(&k, index, at, a);
+            t.record(&k, index, 0, at, a);
         }
         let bytes = t.encode();
         let back = Requests::decode(&bytes).unwrap();

@@ -9,5 +9,5 @@ mod view;
 
 pub(crate) use derived::attach_lex;
 pub use search::{Hit, LexHit};
-pub(crate) use state::{add_links, read_raft_state, space_dir, Space};
+pub(crate) use state::{add_links, read_raft_state, space_dir, Space, SpaceState};
 pub use view::{EmbeddingSnapshot, SpaceView};

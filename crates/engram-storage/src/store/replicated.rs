@@ -23,7 +23,7 @@ use crate::op::Op;
 use crate::raft::{Command, RaftApplied, RAFT_STATE_FILE};
 use crate::requests::{Answer, RequestRecord};
 use crate::segment::{parse_segment_file_name, WritePace};
-use crate::space::{read_raft_state, space_dir, Space};
+use crate::space::{read_raft_state, space_dir, Space, SpaceState};
 
 /// The suffix of a snapshot's file put beside the space's own until the install commits.
 const SNAP_SUFFIX: &str = ".snap";
@@ -68,15 +68,72 @@ impl Store {
     ) -> Result<bool> {
         let cmd = op.map(|op| Command { op, request: None });
         Ok(matches!(
-            self.apply_entry(space, index, cmd, state)?,
+            self.apply_one(space, index, cmd, state)?,
             ApplyOutcome::Applied(_)
         ))
     }
 
-    /// Applies one committed entry (see [`Store::apply_replicated`]). A command carrying an
-    /// idempotency key that repeats an earlier one of the last ten minutes (in the entries'
-    /// time) is not applied: the outcome is the first one's record. See [`crate::requests`].
+    /// Applies a committed entry's commands (see [`Store::apply_replicated`]): none (a blank
+    /// or membership entry), one, or a batch of data operations proposed together, applied in
+    /// order at the entry's index under one lock (a flush never splits an entry). A command
+    /// carrying an idempotency key that repeats an earlier one of the last ten minutes (in the
+    /// entries' time) is not applied: its outcome is the first one's record. See
+    /// [`crate::requests`]. One outcome per command (one for an entry without any).
     pub fn apply_entry(
+        &self,
+        space: &SpaceId,
+        index: u64,
+        cmds: Vec<Command>,
+        state: &RaftApplied,
+    ) -> Result<Vec<ApplyOutcome>> {
+        if cmds.len() <= 1 {
+            return Ok(vec![self.apply_one(
+                space,
+                index,
+                cmds.into_iter().next(),
+                state,
+            )?]);
+        }
+        self.inner.stats.activity.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = cmds.iter().find(|c| !c.op.is_data()) {
+            return Err(StorageError::Invalid(format!(
+                "operation {} in a batch entry: a batch holds data operations only",
+                c.op.code()
+            )));
+        }
+        let nothing = || Ok(vec![ApplyOutcome::Nothing; cmds.len()]);
+        let Some(s) = self.inner.catalog.space(space)? else {
+            return nothing();
+        };
+        if !s.meta.replicated {
+            return Err(StorageError::Invalid(format!(
+                "space {space} exists and is not replicated"
+            )));
+        }
+        let mut st = s.state.write();
+        if st.dropped {
+            return nothing();
+        }
+        st.raft = Some(state.clone());
+        if index <= st.flushed_seq {
+            return nothing();
+        }
+        let mut out = Vec::with_capacity(cmds.len());
+        for (slot, c) in cmds.into_iter().enumerate() {
+            out.push(apply_data(
+                &mut st,
+                space,
+                index,
+                slot as u32,
+                c.op,
+                c.request,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// An entry of one command, or none (blank, membership).
+    fn apply_one(
         &self,
         space: &SpaceId,
         index: u64,
@@ -124,7 +181,8 @@ impl Store {
                     st.active.note(index);
                     st.raft = Some(state.clone());
                     if let Some((key, at_us)) = &request {
-                        st.requests.record(key, index, *at_us, Answer::SpaceCreated);
+                        st.requests
+                            .record(key, index, 0, *at_us, Answer::SpaceCreated);
                     }
                 }
                 node.catalog.insert_new(s);
@@ -143,37 +201,29 @@ impl Store {
                 if index <= st.flushed_seq {
                     return Ok(ApplyOutcome::Nothing);
                 }
-                if let Some((key, at_us)) = &request {
-                    if let Some(first) = st.requests.repeat_of(key, index, *at_us) {
-                        return Ok(ApplyOutcome::Repeat(first.clone()));
-                    }
-                }
-                let answer = Answer::of(&op, |id| st.contains(id.as_str()).unwrap_or(false));
-                if let (Some((key, at_us)), Some(a)) = (&request, &answer) {
-                    st.requests.record(key, index, *at_us, a.clone());
-                }
                 match op {
-                    Op::SpaceCreate { .. } => {}
-                    Op::SpaceDrop => {
-                        st.dropped = true;
-                        drop(st);
-                        node.catalog.remove(space);
-                        // The group's log retains the entry until the space's files are gone;
-                        // the WAL sequence here holds nothing back.
-                        node.pending_drops.lock().push((u64::MAX, s));
+                    Op::SpaceCreate { .. } | Op::SpaceDrop => {
+                        if let Some((key, at_us)) = &request {
+                            if let Some(first) = st.requests.repeat_of(key, index, 0, *at_us) {
+                                return Ok(ApplyOutcome::Repeat(first.clone()));
+                            }
+                        }
+                        let answer = Answer::of(&op, |_| false);
+                        if let (Some((key, at_us)), Some(a)) = (&request, &answer) {
+                            st.requests.record(key, index, 0, *at_us, a.clone());
+                        }
+                        if op == Op::SpaceDrop {
+                            st.dropped = true;
+                            drop(st);
+                            node.catalog.remove(space);
+                            // The group's log retains the entry until the space's files are
+                            // gone; the WAL sequence here holds nothing back.
+                            node.pending_drops.lock().push((u64::MAX, s));
+                        }
+                        Ok(ApplyOutcome::Applied(answer))
                     }
-                    Op::RememberAutoLink(ms) => {
-                        // Links made after the acknowledgement would differ between
-                        // replicas; a replicated space stores such writes without them.
-                        tracing::warn!(space = %space, memories = ms.len(), "automatic links are not made in a replicated space");
-                        st.apply(
-                            index,
-                            Op::RememberBatch(ms.into_iter().map(|(m, _)| m).collect()),
-                        )?;
-                    }
-                    op => st.apply(index, op)?,
+                    op => apply_data(&mut st, space, index, 0, op, request),
                 }
-                Ok(ApplyOutcome::Applied(answer))
             }
         }
     }
@@ -321,6 +371,41 @@ impl Store {
         tracing::debug!(space = %space, applied = ?state.applied, files = ?names, "snapshot installed");
         Ok(state)
     }
+}
+
+/// Applies one data operation (not a space's creation or drop) of the entry at `index`, the
+/// command at `slot` in it, to the space's state: a repeat of an earlier request is not
+/// applied (its first record is the outcome).
+fn apply_data(
+    st: &mut SpaceState,
+    space: &SpaceId,
+    index: u64,
+    slot: u32,
+    op: Op,
+    request: Option<(String, i64)>,
+) -> Result<ApplyOutcome> {
+    if let Some((key, at_us)) = &request {
+        if let Some(first) = st.requests.repeat_of(key, index, slot, *at_us) {
+            return Ok(ApplyOutcome::Repeat(first.clone()));
+        }
+    }
+    let answer = Answer::of(&op, |id| st.contains(id.as_str()).unwrap_or(false));
+    if let (Some((key, at_us)), Some(a)) = (&request, &answer) {
+        st.requests.record(key, index, slot, *at_us, a.clone());
+    }
+    match op {
+        Op::RememberAutoLink(ms) => {
+            // Links made after the acknowledgement would differ between replicas; a
+            // replicated space stores such writes without them.
+            tracing::warn!(space = %space, memories = ms.len(), "automatic links are not made in a replicated space");
+            st.apply(
+                index,
+                Op::RememberBatch(ms.into_iter().map(|(m, _)| m).collect()),
+            )?;
+        }
+        op => st.apply(index, op)?,
+    }
+    Ok(ApplyOutcome::Applied(answer))
 }
 
 /// Finishes the install whose marker is `installs/<name>`: removes the space's state files
