@@ -10,9 +10,10 @@
 //!
 //! The history: a plain space `plain` gets one memory; the raft group `rep` votes, appends a
 //! membership (1), a blank (2), its space's creation (3), a memory with an idempotency key (4)
-//! and another (5, term 1); a new leader truncates after 4 and appends a forget (5, term 2);
-//! the group saves its commit point. Entries 1 to 4 are applied and flushed, so `rep` has
-//! `space.meta` version 3, one segment and `raft.state`.
+//! and another (5, term 1); a new leader truncates after 4 and appends a forget (5, term 2)
+//! and a batch of two writes, the first with a key (6, term 2); the group saves its commit
+//! point. Entries 1 to 4 are applied and flushed, so `rep` has `space.meta` version 3, one
+//! segment and `raft.state` version 2 holding the key of entry 4.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use std::sync::Arc;
 use engram_core::{Memory, MemoryId, SpaceId};
 use engram_storage::wal::{scan_wal_file, WalFileHeader};
 use engram_storage::{
-    Command, EntryBody, GroupMeta, LogEntry, LogPos, Op, RaftApplied, RaftMembership, RaftNode,
-    RaftRecord, RaftRetention, RaftVote, Store, StoreOptions,
+    ApplyOutcome, Command, EntryBody, GroupMeta, LogEntry, LogPos, Op, RaftApplied, RaftMembership,
+    RaftNode, RaftRecord, RaftRetention, RaftVote, Store, StoreOptions,
 };
 
 use super::relative_files;
@@ -77,6 +78,24 @@ fn normal(term: u64, index: u64, op: Op, key: Option<&str>) -> Op {
     }))
 }
 
+fn keyed(op: Op, key: &str) -> Command {
+    Command {
+        op,
+        request: Some((key.to_string(), 1_700_000_000_000_000)),
+    }
+}
+
+/// The commands of batch entry 6.
+fn batch6() -> Vec<Command> {
+    vec![
+        keyed(Op::Remember(memory("r6")), "request-6"),
+        Command {
+            op: Op::Remember(memory("r7")),
+            request: None,
+        },
+    ]
+}
+
 fn create_rep() -> Op {
     Op::SpaceCreate {
         dimension: 4,
@@ -111,8 +130,12 @@ fn raft_history() -> Vec<Op> {
         normal(1, 5, Op::Remember(memory("r5")), None),
         Op::RaftTruncate(Some(pos(1, 4))),
         normal(2, 5, Op::Forget(MemoryId::new("r4").unwrap()), None),
+        Op::RaftEntry(Box::new(LogEntry {
+            pos: pos(2, 6),
+            body: EntryBody::Batch(batch6()),
+        })),
         Op::RaftMeta(GroupMeta {
-            committed: Some(pos(2, 5)),
+            committed: Some(pos(2, 6)),
             ..vote
         }),
     ]
@@ -174,7 +197,12 @@ fn generate_wal_v3_fixture() {
             .apply_replicated(&rep(), 3, Some(create_rep()), &applied_at(3))
             .unwrap();
         store
-            .apply_replicated(&rep(), 4, Some(Op::Remember(memory("r4"))), &applied_at(4))
+            .apply_entry(
+                &rep(),
+                4,
+                vec![keyed(Op::Remember(memory("r4")), "request-4")],
+                &applied_at(4),
+            )
             .unwrap();
         store.compact().unwrap();
     }
@@ -208,11 +236,21 @@ fn reads_wal_v3_fixture() {
         let end = (rec.offset + rec.len) as usize;
         assert_eq!(&bytes[end - payload.len()..end], &payload[..]);
     }
-    // `space.meta` version 3, `raft.state` version 1.
+    // `space.meta` version 3, `raft.state` version 2 with the key of entry 4.
     let meta = std::fs::read(src.join("spaces/rep/space.meta")).unwrap();
     assert_eq!(u32::from_le_bytes(meta[8..12].try_into().unwrap()), 3);
     let state = std::fs::read(src.join("spaces/rep/raft.state")).unwrap();
-    assert_eq!(RaftApplied::decode(&state).unwrap(), applied_at(4));
+    assert_eq!(u32::from_le_bytes(state[8..12].try_into().unwrap()), 2);
+    let (applied, requests) = RaftApplied::decode_with(&state).unwrap();
+    assert_eq!(applied, applied_at(4));
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests
+            .get("request-4", 1_700_000_000_000_000)
+            .unwrap()
+            .index,
+        4
+    );
 
     // Opened by the store: the plain space as written, the replicated one as applied, and the
     // raft records handed over in WAL order.
@@ -242,4 +280,18 @@ fn reads_wal_v3_fixture() {
         )
         .unwrap();
     assert!(store.get(&rep(), "r4").unwrap().is_none());
+    // The batch entry applies both writes; a repeat of entry 4's key is answered with it.
+    let out = store
+        .apply_entry(&rep(), 6, batch6(), &applied_at(6))
+        .unwrap();
+    assert!(matches!(
+        out[..],
+        [ApplyOutcome::Applied(_), ApplyOutcome::Applied(_)]
+    ));
+    assert!(store.get(&rep(), "r6").unwrap().is_some());
+    assert!(store.get(&rep(), "r7").unwrap().is_some());
+    assert!(store
+        .request_record(&rep(), "request-4", 1_700_000_000_000_000)
+        .unwrap()
+        .is_some());
 }
