@@ -93,7 +93,8 @@ pub const MAX_ENTRY_COMMANDS: usize = 1024;
 
 impl RaftMembership {
     /// u32 set count (1 to 8), each a u32 count and that many u64 ids; u32 node count, each
-    /// a u64 id, a u16-prefixed name and a u16-prefixed address.
+    /// a u64 id, a u16-prefixed name and a u16-prefixed address. Ids ascending, none twice
+    /// (in each set and in the node list): the form decoding accepts.
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_u32(out, self.configs.len() as u32);
         for set in &self.configs {
@@ -121,9 +122,14 @@ impl RaftMembership {
             if k > MAX_MEMBERSHIP_NODES || k > r.remaining() / 8 {
                 return corrupted(format!("a voter set of {k} nodes"));
             }
-            let mut set = Vec::with_capacity(k);
+            let mut set: Vec<u64> = Vec::with_capacity(k);
             for _ in 0..k {
-                set.push(r.u64("voter")?);
+                let id = r.u64("voter")?;
+                // One canonical form: ascending, no node twice.
+                if set.last().is_some_and(|&last| last >= id) {
+                    return corrupted("a voter set out of order or with a node twice");
+                }
+                set.push(id);
             }
             configs.push(set);
         }
@@ -132,10 +138,14 @@ impl RaftMembership {
         if k > MAX_MEMBERSHIP_NODES || k > r.remaining() / 12 {
             return corrupted(format!("a membership of {k} nodes"));
         }
-        let mut nodes = Vec::with_capacity(k);
+        let mut nodes: Vec<RaftNode> = Vec::with_capacity(k);
         for _ in 0..k {
+            let id = r.u64("node id")?;
+            if nodes.last().is_some_and(|last| last.id >= id) {
+                return corrupted("membership nodes out of order or a node twice");
+            }
             nodes.push(RaftNode {
-                id: r.u64("node id")?,
+                id,
                 name: r.str16("node name")?.to_string(),
                 address: r.str16("node address")?.to_string(),
             });

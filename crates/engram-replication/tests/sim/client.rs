@@ -219,7 +219,7 @@ pub(crate) async fn client_main(
                 tracing::info!(target: "sim", "final read from n{at}: {ids:?}");
                 history.borrow_mut().last = Some(ids.into_iter().collect());
                 // Time for every replica to apply what the leader has: then they converge.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(600)).await;
                 return Ok(());
             }
         }

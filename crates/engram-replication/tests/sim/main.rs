@@ -229,7 +229,7 @@ fn run_scenario(seed: u64, n: u64) -> Result<(Stats, Faults, String), String> {
         });
     }
     let history = Rc::new(RefCell::new(History::default()));
-    sim.client("client", client_main(n, 100, seed, history.clone()));
+    sim.client("client", client_main(n, 80, seed, history.clone()));
     // The faults, from their own generator.
     let mut faults = SmallRng::seed_from_u64(seed ^ 0xfa17);
     let mut crashed: Vec<u64> = Vec::new();
