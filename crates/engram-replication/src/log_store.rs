@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use engram_core::SpaceId;
-use engram_storage::{GroupMeta, Op, RaftRecord, RaftRetention, Store};
+use engram_storage::{GroupMeta, LogPos, Op, RaftRecord, RaftRetention, Store};
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
 use parking_lot::Mutex;
@@ -267,6 +267,11 @@ pub struct LogStore {
 impl LogStore {
     pub fn group(&self) -> &SpaceId {
         &self.group
+    }
+
+    /// The last entry purged from the log (the entries up to it are in a snapshot only).
+    pub fn purged(&self) -> Option<LogPos> {
+        self.state.log.lock().meta.purged
     }
 
     /// The WAL sequence of the record holding entry `index`, if the log has it.

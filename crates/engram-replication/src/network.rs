@@ -133,6 +133,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let mut files = Vec::new();
         let names = self.disk.list_dir(dir).map_err(unreachable)?;
         for name in names {
+            if name == crate::state_machine::SEALED {
+                continue;
+            }
             let bytes = self.disk.read(&dir.join(&name)).map_err(unreachable)?;
             files.push((name, bytes));
         }

@@ -90,16 +90,11 @@ impl ReplicaNode {
             group: space.clone(),
             disk: self.store.disk().clone(),
         };
-        let sm = SpaceStateMachine::open(self.store.clone(), space.clone())?;
-        let raft = Raft::new(
-            self.id,
-            self.config.clone(),
-            network,
-            self.log.group(space),
-            sm,
-        )
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        let log = self.log.group(space);
+        let sm = SpaceStateMachine::open(self.store.clone(), space.clone(), log.purged())?;
+        let raft = Raft::new(self.id, self.config.clone(), network, log, sm)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(raft)
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engram_core::SpaceId;
-use engram_storage::{ApplyOutcome, Disk, Op, RaftApplied, Store};
+use engram_storage::{ApplyOutcome, Disk, LogPos, Op, RaftApplied, Store, RAFT_STATE_FILE};
 use futures_util::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta};
@@ -49,24 +49,23 @@ pub struct SpaceStateMachine {
 }
 
 impl SpaceStateMachine {
-    /// The state machine of `space`, with what the store holds of it applied. Snapshots left
-    /// by an earlier run are removed (a new one is built when needed).
-    pub fn open(store: Arc<Store>, space: SpaceId) -> io::Result<Self> {
+    /// The state machine of `space`, with what the store holds of it applied. The newest
+    /// complete snapshot an earlier run left (see [`keep_snapshot`]) is its current one, so a
+    /// restart builds none (building one flushes the memtable); the others are removed.
+    /// `purged`: the last entry the group's log no longer holds.
+    pub fn open(store: Arc<Store>, space: SpaceId, purged: Option<LogPos>) -> io::Result<Self> {
         let applied = store
             .replicated_state(&space)
             .map_err(io_err)?
             .unwrap_or_default();
         let snapshots = store.root().join("snapshots").join(space.as_str());
-        let disk = store.disk();
-        if disk.exists(&snapshots) {
-            disk.remove_dir_all(&snapshots)?;
-        }
+        let kept = keep_snapshot(&**store.disk(), &snapshots, &applied, purged)?;
         Ok(Self {
             store,
             space,
             applied,
             snapshots,
-            current: Arc::new(Mutex::new(None)),
+            current: Arc::new(Mutex::new(kept)),
         })
     }
 
@@ -96,6 +95,72 @@ fn snapshot_dir_name(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{what}-{n}")
+}
+
+/// The file that marks a snapshot directory complete: written, durably, once every file of
+/// the snapshot is linked in and durable. Not part of the snapshot (it is not sent).
+pub const SEALED: &str = "sealed";
+
+/// Marks the filled snapshot directory `dir` complete (see [`SEALED`]).
+fn seal(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+    disk.sync_dir(dir)?;
+    let mut f = disk.create(&dir.join(SEALED))?;
+    f.sync()?;
+    disk.sync_dir(dir)
+}
+
+/// The snapshot an earlier run left in `snapshots` that stays current: the complete one
+/// (built or installed, and [`SEALED`]) holding the most applied, of those a restarted group
+/// can serve (no newer than what the space holds applied, no older than the log's purged
+/// entries: the entries after it must still be in the log). Every other directory there is
+/// removed.
+fn keep_snapshot(
+    disk: &dyn Disk,
+    snapshots: &Path,
+    applied: &RaftApplied,
+    purged: Option<LogPos>,
+) -> io::Result<Option<(Meta, PathBuf)>> {
+    if !disk.exists(snapshots) {
+        return Ok(None);
+    }
+    let mut best: Option<(RaftApplied, PathBuf)> = None;
+    let mut all = Vec::new();
+    for name in disk.list_dir(snapshots)? {
+        let dir = snapshots.join(&name);
+        all.push(dir.clone());
+        if !(name.starts_with("built-") || name.starts_with("installed-"))
+            || !disk.exists(&dir.join(SEALED))
+        {
+            continue;
+        }
+        let state = match disk
+            .read(&dir.join(RAFT_STATE_FILE))
+            .map_err(|e| e.to_string())
+            .and_then(|b| RaftApplied::decode(&b).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing an unreadable snapshot");
+                continue;
+            }
+        };
+        let index = |a: &RaftApplied| a.applied.map_or(0, |p| p.index);
+        let servable = state.applied.is_some()
+            && index(&state) <= index(applied)
+            && purged.is_none_or(|p| index(&state) >= p.index);
+        if servable && best.as_ref().is_none_or(|(b, _)| index(&state) > index(b)) {
+            best = Some((state, dir));
+        }
+    }
+    for dir in all {
+        if best.as_ref().is_none_or(|(_, b)| *b != dir) {
+            disk.remove_dir_all(&dir)?;
+        }
+    }
+    match best {
+        Some((state, dir)) => Ok(Some((snapshot_meta(&state)?, dir))),
+        None => Ok(None),
+    }
 }
 
 /// Makes the newest snapshot `(meta, dir)` and removes the directories of older ones.
@@ -131,6 +196,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
             .store
             .snapshot_replicated(&self.space, &dir, &self.applied)
             .map_err(io_err)?;
+        seal(&**self.store.disk(), &dir)?;
         let meta = snapshot_meta(&state)?;
         make_current(
             &**self.store.disk(),
@@ -247,15 +313,15 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         snapshot: SnapshotFiles,
     ) -> Result<(), io::Error> {
         // The files are kept as this node's current snapshot, then put in place.
-        let dir = self.snapshots.join(snapshot_dir_name("installed"));
         let disk = self.store.disk().clone();
-        if snapshot.dir != dir {
-            disk.create_dir_all(&dir)?;
-            for name in disk.list_dir(&snapshot.dir)? {
+        let dir = self.snapshots.join(snapshot_dir_name("installed"));
+        disk.create_dir_all(&dir)?;
+        for name in disk.list_dir(&snapshot.dir)? {
+            if name != SEALED {
                 disk.hard_link(&snapshot.dir.join(&name), &dir.join(&name))?;
             }
-            disk.sync_dir(&dir)?;
         }
+        seal(&*disk, &dir)?;
         let state = self
             .store
             .install_replicated(&self.space, &dir)

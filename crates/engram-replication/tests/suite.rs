@@ -32,7 +32,7 @@ impl StoreBuilder<TypeConfig, LogStore, SpaceStateMachine, Guard> for Builder {
         let log = NodeLog::open(store.clone()).unwrap();
         let space = SpaceId::new("suite").unwrap();
         let ls = log.group(&space);
-        let sm = SpaceStateMachine::open(store.clone(), space).unwrap();
+        let sm = SpaceStateMachine::open(store.clone(), space, None).unwrap();
         Ok((
             Guard {
                 _store: store,
