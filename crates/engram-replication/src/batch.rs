@@ -1,5 +1,5 @@
 //! Proposals batched per group: the writes waiting for a space's group are proposed together
-//! as one log entry (a batch of data operations, `EntryBody::Batch` in `docs/format.md`), so
+//! as one log entry (a batch of data operations: entry kind 3 in `docs/format.md`, "Raft records"), so
 //! openraft's cost per entry (the core's bookkeeping, an append, a replication message, an
 //! apply call) is paid once for many writes. A group has at most [`MAX_IN_FLIGHT`] entries
 //! being proposed at once; a write arriving meanwhile waits for the next one, which takes
@@ -112,13 +112,16 @@ fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
 
 /// Proposes one entry and hands each waiter its outcome.
 async fn submit(g: &Group, batch: Vec<Waiter>, patience: Duration, heartbeat: Duration) {
-    let commands: Vec<Command> = batch.iter().map(|(c, _)| c.clone()).collect();
+    let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let n = waiters.len();
+    // Shared by every attempt, the log and the WAL's encoder: the commands are not copied.
+    let request = Request(commands.into());
     let started = tokio::time::Instant::now();
     let outcomes: Vec<ProposeOutcome> = loop {
-        match g.client_write(Request(commands.clone())).await {
+        match g.client_write(request.clone()).await {
             Ok(r) => {
                 let mut responses = r.data.into_iter();
-                break (0..batch.len())
+                break (0..n)
                     .map(|_| match responses.next() {
                         Some(r) => ProposeOutcome::Applied(r),
                         None => ProposeOutcome::Failed("the entry answered fewer writes".into()),
@@ -134,12 +137,12 @@ async fn submit(g: &Group, batch: Vec<Waiter>, patience: Duration, heartbeat: Du
                 tokio::time::sleep(heartbeat / 2 + Duration::from_millis(1)).await;
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                break vec![ProposeOutcome::NotLeader(f.leader_id); batch.len()]
+                break vec![ProposeOutcome::NotLeader(f.leader_id); n]
             }
-            Err(e) => break vec![ProposeOutcome::Failed(e.to_string()); batch.len()],
+            Err(e) => break vec![ProposeOutcome::Failed(e.to_string()); n],
         }
     };
-    for ((_, tx), outcome) in batch.into_iter().zip(outcomes) {
+    for (tx, outcome) in waiters.into_iter().zip(outcomes) {
         let _ = tx.send(outcome);
     }
 }

@@ -5,6 +5,8 @@
 //! the bytes the leader did. Decoding never panics and refuses trailing bytes, unknown
 //! versions and kinds, and counts past their bounds (fuzzed: `fuzz/fuzz_targets/raft_codec.rs`).
 
+use std::sync::Arc;
+
 use engram_core::SpaceId;
 use engram_storage::codec::{put_i64, put_str16, put_u32, put_u64, Reader};
 use engram_storage::requests::Answer;
@@ -302,7 +304,7 @@ impl Message {
                 // A command is a normal entry's body: encode it as one at position 0.
                 Op::RaftEntry(Box::new(engram_storage::LogEntry {
                     pos: engram_storage::LogPos { term: 0, index: 0 },
-                    body: engram_storage::EntryBody::Normal(Box::new(c.clone())),
+                    body: engram_storage::EntryBody::Commands(Arc::new([c.clone()])),
                 }))
                 .encode_payload(&mut payload);
                 put_bytes(&mut out, &payload);
@@ -441,14 +443,15 @@ impl Message {
                 let payload = read_bytes(&mut r, "command")?;
                 match Op::decode_payload(op_code::RAFT_ENTRY, payload)? {
                     Op::RaftEntry(e) => match e.body {
-                        engram_storage::EntryBody::Normal(c) => {
+                        engram_storage::EntryBody::Commands(cs) if cs.len() == 1 => {
+                            let c = &cs[0];
                             if c.request
                                 .as_ref()
                                 .is_some_and(|(k, _)| k.len() > MAX_REQUEST_KEY)
                             {
                                 return bad("an idempotency key past its limit");
                             }
-                            Message::Propose(*c)
+                            Message::Propose(c.clone())
                         }
                         _ => return bad("a proposal that is not a command"),
                     },

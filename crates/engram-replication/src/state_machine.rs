@@ -238,7 +238,8 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             self.applied.applied = Some(pos);
             let cmds = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(req) => req.0,
+                // The log keeps its copy (for followers) until it is purged.
+                EntryPayload::Normal(req) => req.0.to_vec(),
                 EntryPayload::Membership(m) => {
                     self.applied.membership_at = Some(pos);
                     self.applied.membership = stored_membership(&m);

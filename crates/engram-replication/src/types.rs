@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 use engram_storage::requests::Answer;
 use engram_storage::{
@@ -21,7 +22,7 @@ use openraft::{EntryPayload, Membership};
 /// Writes to a space as one log entry carries them: one command, or several clients' data
 /// operations proposed together (at most [`engram_storage::MAX_ENTRY_COMMANDS`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request(pub Vec<Command>);
+pub struct Request(pub Arc<[Command]>);
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,10 +159,7 @@ pub fn stored_entry(e: &Entry) -> LogEntry {
         pos: log_pos(&e.log_id),
         body: match &e.payload {
             EntryPayload::Blank => EntryBody::Blank,
-            EntryPayload::Normal(r) if r.0.len() == 1 => {
-                EntryBody::Normal(Box::new(r.0[0].clone()))
-            }
-            EntryPayload::Normal(r) => EntryBody::Batch(r.0.clone()),
+            EntryPayload::Normal(r) => EntryBody::Commands(r.0.clone()),
             EntryPayload::Membership(m) => EntryBody::Membership(stored_membership(m)),
         },
     }
@@ -173,8 +171,7 @@ pub fn entry_of(e: LogEntry) -> io::Result<Entry> {
         log_id: log_id(e.pos),
         payload: match e.body {
             EntryBody::Blank => EntryPayload::Blank,
-            EntryBody::Normal(c) => EntryPayload::Normal(Request(vec![*c])),
-            EntryBody::Batch(cs) => EntryPayload::Normal(Request(cs)),
+            EntryBody::Commands(cs) => EntryPayload::Normal(Request(cs)),
             EntryBody::Membership(m) => EntryPayload::Membership(membership_of(&m)?),
         },
     })
@@ -187,5 +184,5 @@ pub(crate) fn io_err(e: impl fmt::Display) -> io::Error {
 
 /// Builds a command entry (tests and the simulation).
 pub fn command(op: engram_storage::Op, request: Option<(String, i64)>) -> Request {
-    Request(vec![Command { op, request }])
+    Request(Arc::new([Command { op, request }]))
 }

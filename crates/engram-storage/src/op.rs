@@ -120,8 +120,7 @@ impl Op {
             Op::RememberAutoLink(ms) => ms.len(),
             Op::AutoLinks(ls) => ls.len(),
             Op::RaftEntry(e) => match &e.body {
-                EntryBody::Normal(c) => c.op.changes(),
-                EntryBody::Batch(cs) => cs.iter().map(|c| c.op.changes()).sum(),
+                EntryBody::Commands(cs) => cs.iter().map(|c| c.op.changes()).sum(),
                 _ => 0,
             },
             Op::RaftMeta(_) | Op::RaftTruncate(_) => 0,

@@ -4,6 +4,8 @@
 //! values and their encodings (`docs/format.md`, "Raft records"); `engram-replication` maps them
 //! to openraft's types. The space named in a record's header is the group.
 
+use std::sync::Arc;
+
 use crate::codec::*;
 use crate::error::{corrupted, Result};
 use crate::op::{code, Op};
@@ -68,11 +70,12 @@ pub struct Command {
 pub enum EntryBody {
     /// The entry a new leader appends.
     Blank,
-    Normal(Box<Command>),
+    /// Clients' writes, applied in order at the entry's index: one command (stored as kind
+    /// Normal), or several proposed together (kind Batch: 2 to [`MAX_ENTRY_COMMANDS`] data
+    /// operations, never a space's creation or drop). Shared, not copied, between the log in
+    /// memory, the WAL's encoder and the messages to other nodes.
+    Commands(Arc<[Command]>),
     Membership(RaftMembership),
-    /// Several clients' writes proposed together (2 to [`MAX_ENTRY_COMMANDS`] data
-    /// operations: never a space's creation or drop), applied in order at the entry's index.
-    Batch(Vec<Command>),
 }
 
 /// One raft log entry (operation code 10).
@@ -323,7 +326,8 @@ impl LogEntry {
         put_pos(out, &self.pos);
         match &self.body {
             EntryBody::Blank => out.push(KIND_BLANK),
-            EntryBody::Normal(c) => {
+            EntryBody::Commands(cs) if cs.len() == 1 => {
+                let c = &cs[0];
                 out.push(KIND_NORMAL);
                 encode_request(&c.request, out);
                 out.push(c.op.code());
@@ -333,10 +337,10 @@ impl LogEntry {
                 out.push(KIND_MEMBERSHIP);
                 m.encode(out);
             }
-            EntryBody::Batch(cs) => {
+            EntryBody::Commands(cs) => {
                 out.push(KIND_BATCH);
                 put_u32(out, cs.len() as u32);
-                for c in cs {
+                for c in cs.iter() {
                     encode_request(&c.request, out);
                     out.push(c.op.code());
                     let at = out.len();
@@ -359,7 +363,7 @@ impl LogEntry {
                 let op_code = command_code(r)?;
                 let rest = r.take(r.remaining(), "command payload")?;
                 let op = Op::decode_payload(op_code, rest)?;
-                EntryBody::Normal(Box::new(Command { op, request }))
+                EntryBody::Commands(Arc::new([Command { op, request }]))
             }
             KIND_MEMBERSHIP => EntryBody::Membership(RaftMembership::decode(r)?),
             KIND_BATCH => {
@@ -378,7 +382,7 @@ impl LogEntry {
                     }
                     cs.push(Command { op, request });
                 }
-                EntryBody::Batch(cs)
+                EntryBody::Commands(cs.into())
             }
             other => return corrupted(format!("log entry kind {other}")),
         };
@@ -487,17 +491,17 @@ mod tests {
         })));
         round_trip(Op::RaftEntry(Box::new(LogEntry {
             pos,
-            body: EntryBody::Normal(Box::new(Command {
+            body: EntryBody::Commands(Arc::new([Command {
                 op: Op::Forget(MemoryId::new("m-1").unwrap()),
                 request: Some(("key-1".into(), 1_700_000_000_000_000)),
-            })),
+            }])),
         })));
         round_trip(Op::RaftEntry(Box::new(LogEntry {
             pos,
-            body: EntryBody::Normal(Box::new(Command {
+            body: EntryBody::Commands(Arc::new([Command {
                 op: Op::SpaceDrop,
                 request: None,
-            })),
+            }])),
         })));
         round_trip(Op::RaftEntry(Box::new(LogEntry {
             pos,
@@ -514,7 +518,7 @@ mod tests {
         })));
         round_trip(Op::RaftEntry(Box::new(LogEntry {
             pos,
-            body: EntryBody::Batch(vec![
+            body: EntryBody::Commands(Arc::from(vec![
                 Command {
                     op: Op::Forget(MemoryId::new("m-1").unwrap()),
                     request: Some(("key-1".into(), 1_700_000_000_000_000)),
@@ -534,7 +538,7 @@ mod tests {
                     },
                     request: None,
                 },
-            ]),
+            ])),
         })));
         round_trip(Op::RaftMeta(GroupMeta::default()));
         round_trip(Op::RaftMeta(GroupMeta {

@@ -71,10 +71,10 @@ fn membership() -> RaftMembership {
 fn normal(term: u64, index: u64, op: Op, key: Option<&str>) -> Op {
     Op::RaftEntry(Box::new(LogEntry {
         pos: pos(term, index),
-        body: EntryBody::Normal(Box::new(Command {
+        body: EntryBody::Commands(std::sync::Arc::new([Command {
             op,
             request: key.map(|k| (k.to_string(), 1_700_000_000_000_000)),
-        })),
+        }])),
     }))
 }
 
@@ -132,7 +132,7 @@ fn raft_history() -> Vec<Op> {
         normal(2, 5, Op::Forget(MemoryId::new("r4").unwrap()), None),
         Op::RaftEntry(Box::new(LogEntry {
             pos: pos(2, 6),
-            body: EntryBody::Batch(batch6()),
+            body: EntryBody::Commands(batch6().into()),
         })),
         Op::RaftMeta(GroupMeta {
             committed: Some(pos(2, 6)),
