@@ -17,6 +17,7 @@
 
 mod batch;
 pub mod codec;
+mod heartbeat;
 /// The consensus engine, at the exact version this crate pins (for its callers' configs).
 pub use openraft;
 pub mod frame;

@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use engram_core::SpaceId;
 use engram_storage::Disk;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -38,6 +40,24 @@ pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) group: SpaceId,
     pub(crate) disk: Arc<dyn Disk>,
+    pub(crate) sent: Arc<SentTimes>,
+}
+
+/// When each peer of a group was last sent an append (entries, a commit or a heartbeat): the
+/// node's heartbeat driver (`heartbeat.rs`) sends a heartbeat only to a group that has sent a
+/// follower nothing for a heartbeat interval.
+#[derive(Default)]
+pub(crate) struct SentTimes(parking_lot::Mutex<std::collections::HashMap<u64, Instant>>);
+
+impl SentTimes {
+    fn mark(&self, to: u64) {
+        self.0.lock().insert(to, Instant::now());
+    }
+
+    /// Nothing was sent to `to` at or after `since`.
+    pub(crate) fn quiet_since(&self, to: u64, since: Instant) -> bool {
+        self.0.lock().get(&to).is_none_or(|t| *t < since)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -49,6 +69,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group.clone(),
             target,
             disk: self.disk.clone(),
+            sent: self.sent.clone(),
         }
     }
 }
@@ -60,6 +81,7 @@ pub struct Peer {
     group: SpaceId,
     target: u64,
     disk: Arc<dyn Disk>,
+    sent: Arc<SentTimes>,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -143,6 +165,7 @@ where
     fn send(&mut self, req: AppendEntriesRequest<TypeConfig>) {
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
+        self.peer.sent.mark(self.peer.target);
         let (peer, ttl) = (self.peer.clone(), self.ttl);
         self.inflight.push_back(Box::pin(async move {
             let reply = match peer.rpc(Message::Append(req), ttl).await {
@@ -195,6 +218,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.sent.mark(self.target);
         match self.rpc(Message::Append(rpc), option.hard_ttl()).await? {
             Message::AppendReply(r) => Ok(r),
             other => Err(RPCError::Network(unexpected(&other))),

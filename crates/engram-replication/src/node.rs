@@ -16,7 +16,7 @@ use openraft::{Raft, ReadPolicy, SnapshotMeta};
 use crate::batch::Proposals;
 use crate::codec::{Message, ProposeOutcome, SnapshotTransfer};
 use crate::log_store::NodeLog;
-use crate::network::{NetworkFactory, Transport};
+use crate::network::{NetworkFactory, SentTimes, Transport};
 use crate::residency::{Residency, Resident, Use};
 use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
 use crate::types::{NodeAddr, Response, TypeConfig, Vote};
@@ -26,11 +26,15 @@ pub type Group = Raft<TypeConfig, SpaceStateMachine>;
 
 /// The raft groups of one node.
 pub struct ReplicaNode {
+    /// This node (for the tasks it starts).
+    pub(crate) me: std::sync::Weak<ReplicaNode>,
+    /// The heartbeat driver has been started.
+    pub(crate) heartbeats: std::sync::atomic::AtomicBool,
     pub(crate) id: u64,
     store: Arc<Store>,
     log: Arc<NodeLog>,
     pub(crate) transport: Arc<dyn Transport>,
-    config: Arc<openraft::Config>,
+    pub(crate) config: Arc<openraft::Config>,
     /// The resident groups (see `residency.rs`).
     pub(crate) groups: tokio::sync::Mutex<HashMap<SpaceId, Resident>>,
     pub(crate) residency: parking_lot::Mutex<Residency>,
@@ -51,11 +55,18 @@ impl ReplicaNode {
         transport: Arc<dyn Transport>,
         config: openraft::Config,
     ) -> io::Result<Arc<Self>> {
+        // Heartbeats are this node's (`heartbeat.rs`): only for groups that sent nothing.
+        let config = openraft::Config {
+            enable_heartbeat: false,
+            ..config
+        };
         let config = config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let log = NodeLog::open(store.clone())?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            heartbeats: std::sync::atomic::AtomicBool::new(false),
             id,
             store,
             log,
@@ -84,18 +95,21 @@ impl ReplicaNode {
     }
 
     /// Starts the group of `space` (the caller holds the resident set's lock).
-    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<Group> {
+    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<(Group, Arc<SentTimes>)> {
+        self.start_heartbeats();
+        let sent = Arc::new(SentTimes::default());
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group: space.clone(),
             disk: self.store.disk().clone(),
+            sent: sent.clone(),
         };
         let log = self.log.group(space);
         let sm = SpaceStateMachine::open(self.store.clone(), space.clone(), log.purged())?;
         let raft = Raft::new(self.id, self.config.clone(), network, log, sm)
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(raft)
+        Ok((raft, sent))
     }
 
     /// The groups resident on this node.

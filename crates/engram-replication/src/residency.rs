@@ -27,6 +27,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use crate::codec::Message;
+use crate::network::SentTimes;
 use crate::node::{Group, ReplicaNode};
 
 /// The residency policy of a node.
@@ -55,7 +56,9 @@ pub(crate) struct Resident {
     /// The last request or message (a `Quiesce` does not count).
     last_used: Instant,
     /// Its ticker is stopped.
-    quiesced: bool,
+    pub(crate) quiesced: bool,
+    /// What its connections last sent each peer (for the heartbeat driver).
+    pub(crate) sent: Arc<SentTimes>,
 }
 
 /// What brings a group into use.
@@ -113,7 +116,7 @@ impl ReplicaNode {
                     (r.raft.clone(), ask)
                 }
                 None => {
-                    let raft = self.start_group(space).await?;
+                    let (raft, sent) = self.start_group(space).await?;
                     groups.insert(
                         space.clone(),
                         Resident {
@@ -121,6 +124,7 @@ impl ReplicaNode {
                             generation: self.generation.fetch_add(1, Ordering::Relaxed),
                             last_used: Instant::now(),
                             quiesced: false,
+                            sent,
                         },
                     );
                     (raft, None)

@@ -1,0 +1,67 @@
+//! Heartbeats only where they are needed.
+//!
+//! openraft's leader sends every follower a heartbeat each `heartbeat_interval`, busy or not:
+//! with 1,000 busy groups of three that was about half the CPU of the run (`docs/cluster.md`).
+//! A group's appends already do what a heartbeat does: each one resets the follower's election
+//! timer, and their acknowledgements renew the leader's lease. So the node's groups run with
+//! openraft's heartbeats off (`enable_heartbeat: false`), and this driver, every half interval,
+//! has a group it leads send one (`trigger().heartbeat()`) only when some follower has been
+//! sent nothing (no entries, no commit, no heartbeat) for a whole interval. A quiesced group
+//! is left alone (`residency.rs`). The longest a follower goes without hearing from a live
+//! leader is about one and a half intervals, well inside an election timeout.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::ServerState;
+use tokio::time::Instant;
+
+use crate::node::{Group, ReplicaNode};
+
+impl ReplicaNode {
+    /// Starts the driver once (the first group started does it: a task needs the runtime).
+    pub(crate) fn start_heartbeats(&self) {
+        if self.heartbeats.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let every = Duration::from_millis(self.config.heartbeat_interval.max(1));
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every / 2).await;
+                let Some(node) = me.upgrade() else { return };
+                node.heartbeat_round(every).await;
+            }
+        });
+    }
+
+    /// Has each awake group this node leads that has left a follower without a message for
+    /// `every` send a heartbeat round.
+    async fn heartbeat_round(&self, every: Duration) {
+        let Some(since) = Instant::now().checked_sub(every) else {
+            return;
+        };
+        let due: Vec<Group> = {
+            let groups = self.groups.lock().await;
+            groups
+                .values()
+                .filter(|r| !r.quiesced)
+                .filter(|r| {
+                    let m = r.raft.metrics();
+                    let m = m.borrow_watched();
+                    m.state == ServerState::Leader
+                        && m.replication.as_ref().is_some_and(|peers| {
+                            peers
+                                .keys()
+                                .any(|id| *id != m.id && r.sent.quiet_since(*id, since))
+                        })
+                })
+                .map(|r| r.raft.clone())
+                .collect()
+        };
+        for g in due {
+            let _ = g.trigger().heartbeat().await;
+        }
+    }
+}
