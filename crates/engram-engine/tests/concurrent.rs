@@ -95,6 +95,13 @@ fn writes_recalls_and_compaction_run_together() {
         for h in handles {
             h.join().unwrap();
         }
+        // The flushes are the compactor's, in the background: on a loaded machine the writes
+        // can all be in before its first one. The deleter and the reader go on until one has
+        // run (bounded), so a flush always overlaps them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.stats().flushes.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         done.store(true, Ordering::Relaxed);
         deleter.join().unwrap();
         let recalls = reader.join().unwrap();

@@ -8,7 +8,13 @@
 //! has a group it leads send one (`trigger().heartbeat()`) only when some follower has been
 //! sent nothing (no entries, no commit, no heartbeat) for a whole interval. A quiesced group
 //! is left alone (`residency.rs`). The longest a follower goes without hearing from a live
-//! leader is about one and a half intervals, well inside an election timeout.
+//! leader is about one and a half intervals, well inside an election timeout. The driver
+//! reads its own registry of resident groups (`ReplicaNode::beats`), not the residency map,
+//! whose lock is held while a group starts or stops: a slow start holds no heartbeat up.
+//!
+//! A follower that is down looks quiet: every group with a replica on it then heartbeats at
+//! openraft's rate again (to all its followers: openraft has no heartbeat for one follower)
+//! until the follower is back or removed.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,8 +34,10 @@ impl ReplicaNode {
         let every = Duration::from_millis(self.config.heartbeat_interval.max(1));
         let me = self.me.clone();
         tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every / 2);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tokio::time::sleep(every / 2).await;
+                ticks.tick().await;
                 let Some(node) = me.upgrade() else { return };
                 node.heartbeat_round(every).await;
             }
@@ -37,31 +45,32 @@ impl ReplicaNode {
     }
 
     /// Has each awake group this node leads that has left a follower without a message for
-    /// `every` send a heartbeat round.
+    /// `every` send a heartbeat round. The rounds are asked for together, each given at most
+    /// half an interval, so a group whose core is stuck or stopping delays no other.
     async fn heartbeat_round(&self, every: Duration) {
         let Some(since) = Instant::now().checked_sub(every) else {
             return;
         };
-        let due: Vec<Group> = {
-            let groups = self.groups.lock().await;
-            groups
-                .values()
-                .filter(|r| !r.quiesced)
-                .filter(|r| {
-                    let m = r.raft.metrics();
-                    let m = m.borrow_watched();
-                    m.state == ServerState::Leader
-                        && m.replication.as_ref().is_some_and(|peers| {
-                            peers
-                                .keys()
-                                .any(|id| *id != m.id && r.sent.quiet_since(*id, since))
-                        })
-                })
-                .map(|r| r.raft.clone())
-                .collect()
-        };
-        for g in due {
-            let _ = g.trigger().heartbeat().await;
-        }
+        let due: Vec<Group> = self
+            .beats
+            .read()
+            .values()
+            .filter(|(_, c)| !c.quiesced())
+            .filter(|(g, c)| {
+                let m = g.metrics();
+                let m = m.borrow_watched();
+                m.state == ServerState::Leader
+                    && m.replication.as_ref().is_some_and(|peers| {
+                        peers
+                            .keys()
+                            .any(|id| *id != m.id && c.quiet_since(*id, since))
+                    })
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        let asks = due.into_iter().map(|g| async move {
+            let _ = tokio::time::timeout(every / 2, g.trigger().heartbeat()).await;
+        });
+        futures_util::future::join_all(asks).await;
     }
 }

@@ -40,23 +40,35 @@ pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) group: SpaceId,
     pub(crate) disk: Arc<dyn Disk>,
-    pub(crate) sent: Arc<SentTimes>,
+    pub(crate) contact: Arc<Contact>,
 }
 
-/// When each peer of a group was last sent an append (entries, a commit or a heartbeat): the
-/// node's heartbeat driver (`heartbeat.rs`) sends a heartbeat only to a group that has sent a
-/// follower nothing for a heartbeat interval.
+/// When each peer of a group was last sent an append (entries, a commit or a heartbeat), and
+/// whether the group is quiesced (`residency.rs`): the node's heartbeat driver
+/// (`heartbeat.rs`) has a group send a heartbeat only when it has sent a follower nothing for
+/// a heartbeat interval and is not quiesced.
 #[derive(Default)]
-pub(crate) struct SentTimes(parking_lot::Mutex<std::collections::HashMap<u64, Instant>>);
+pub(crate) struct Contact {
+    sent: parking_lot::Mutex<std::collections::HashMap<u64, Instant>>,
+    quiesced: std::sync::atomic::AtomicBool,
+}
 
-impl SentTimes {
+impl Contact {
     fn mark(&self, to: u64) {
-        self.0.lock().insert(to, Instant::now());
+        self.sent.lock().insert(to, Instant::now());
     }
 
     /// Nothing was sent to `to` at or after `since`.
     pub(crate) fn quiet_since(&self, to: u64, since: Instant) -> bool {
-        self.0.lock().get(&to).is_none_or(|t| *t < since)
+        self.sent.lock().get(&to).is_none_or(|t| *t < since)
+    }
+
+    pub(crate) fn quiesced(&self) -> bool {
+        self.quiesced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_quiesced(&self, q: bool) {
+        self.quiesced.store(q, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -69,7 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group.clone(),
             target,
             disk: self.disk.clone(),
-            sent: self.sent.clone(),
+            contact: self.contact.clone(),
         }
     }
 }
@@ -81,7 +93,7 @@ pub struct Peer {
     group: SpaceId,
     target: u64,
     disk: Arc<dyn Disk>,
-    sent: Arc<SentTimes>,
+    contact: Arc<Contact>,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -165,7 +177,7 @@ where
     fn send(&mut self, req: AppendEntriesRequest<TypeConfig>) {
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
-        self.peer.sent.mark(self.peer.target);
+        self.peer.contact.mark(self.peer.target);
         let (peer, ttl) = (self.peer.clone(), self.ttl);
         self.inflight.push_back(Box::pin(async move {
             let reply = match peer.rpc(Message::Append(req), ttl).await {
@@ -218,7 +230,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.sent.mark(self.target);
+        self.contact.mark(self.target);
         match self.rpc(Message::Append(rpc), option.hard_ttl()).await? {
             Message::AppendReply(r) => Ok(r),
             other => Err(RPCError::Network(unexpected(&other))),

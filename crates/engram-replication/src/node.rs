@@ -16,7 +16,7 @@ use openraft::{Raft, ReadPolicy, SnapshotMeta};
 use crate::batch::Proposals;
 use crate::codec::{Message, ProposeOutcome, SnapshotTransfer};
 use crate::log_store::NodeLog;
-use crate::network::{NetworkFactory, SentTimes, Transport};
+use crate::network::{Contact, NetworkFactory, Transport};
 use crate::residency::{Residency, Resident, Use};
 use crate::state_machine::{Snapshot, SnapshotFiles, SpaceStateMachine};
 use crate::types::{NodeAddr, Response, TypeConfig, Vote};
@@ -30,6 +30,9 @@ pub struct ReplicaNode {
     pub(crate) me: std::sync::Weak<ReplicaNode>,
     /// The heartbeat driver has been started.
     pub(crate) heartbeats: std::sync::atomic::AtomicBool,
+    /// The resident groups for the heartbeat driver, apart from `groups` (whose lock is held
+    /// across a group's start and shutdown): a slow start never holds heartbeats up.
+    pub(crate) beats: parking_lot::RwLock<HashMap<SpaceId, (Group, Arc<Contact>)>>,
     pub(crate) id: u64,
     store: Arc<Store>,
     log: Arc<NodeLog>,
@@ -67,6 +70,7 @@ impl ReplicaNode {
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             heartbeats: std::sync::atomic::AtomicBool::new(false),
+            beats: parking_lot::RwLock::new(HashMap::new()),
             id,
             store,
             log,
@@ -95,21 +99,21 @@ impl ReplicaNode {
     }
 
     /// Starts the group of `space` (the caller holds the resident set's lock).
-    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<(Group, Arc<SentTimes>)> {
+    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<(Group, Arc<Contact>)> {
         self.start_heartbeats();
-        let sent = Arc::new(SentTimes::default());
+        let contact = Arc::new(Contact::default());
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group: space.clone(),
             disk: self.store.disk().clone(),
-            sent: sent.clone(),
+            contact: contact.clone(),
         };
         let log = self.log.group(space);
         let sm = SpaceStateMachine::open(self.store.clone(), space.clone(), log.purged())?;
         let raft = Raft::new(self.id, self.config.clone(), network, log, sm)
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok((raft, sent))
+        Ok((raft, contact))
     }
 
     /// The groups resident on this node.
@@ -298,6 +302,7 @@ impl ReplicaNode {
 
     /// Stops every group (their state is on disk).
     pub async fn shutdown(&self) {
+        self.beats.write().clear();
         let groups: Vec<Group> = self
             .groups
             .lock()

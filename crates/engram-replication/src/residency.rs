@@ -27,7 +27,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 
 use crate::codec::Message;
-use crate::network::SentTimes;
+use crate::network::Contact;
 use crate::node::{Group, ReplicaNode};
 
 /// The residency policy of a node.
@@ -55,10 +55,9 @@ pub(crate) struct Resident {
     generation: u64,
     /// The last request or message (a `Quiesce` does not count).
     last_used: Instant,
-    /// Its ticker is stopped.
-    pub(crate) quiesced: bool,
-    /// What its connections last sent each peer (for the heartbeat driver).
-    pub(crate) sent: Arc<SentTimes>,
+    /// What its connections last sent each peer, and whether its ticker is stopped
+    /// (quiesced); shared with the heartbeat driver's registry.
+    pub(crate) contact: Arc<Contact>,
 }
 
 /// What brings a group into use.
@@ -99,7 +98,7 @@ impl ReplicaNode {
                 Some(r) => {
                     r.last_used = Instant::now();
                     let mut ask = None;
-                    if r.quiesced {
+                    if r.contact.quiesced() {
                         let (leader, me) = {
                             let m = r.raft.metrics();
                             let m = m.borrow_watched();
@@ -108,7 +107,7 @@ impl ReplicaNode {
                         match (use_, leader) {
                             (Use::Request, Some(l)) if l != me => ask = Some(l),
                             _ => {
-                                r.quiesced = false;
+                                r.contact.set_quiesced(false);
                                 r.raft.runtime_config().tick(true);
                             }
                         }
@@ -116,15 +115,17 @@ impl ReplicaNode {
                     (r.raft.clone(), ask)
                 }
                 None => {
-                    let (raft, sent) = self.start_group(space).await?;
+                    let (raft, contact) = self.start_group(space).await?;
+                    self.beats
+                        .write()
+                        .insert(space.clone(), (raft.clone(), contact.clone()));
                     groups.insert(
                         space.clone(),
                         Resident {
                             raft: raft.clone(),
                             generation: self.generation.fetch_add(1, Ordering::Relaxed),
                             last_used: Instant::now(),
-                            quiesced: false,
-                            sent,
+                            contact,
                         },
                     );
                     (raft, None)
@@ -142,7 +143,7 @@ impl ReplicaNode {
             if !woke {
                 let mut groups = self.groups.lock().await;
                 if let Some(r) = groups.get_mut(space) {
-                    r.quiesced = false;
+                    r.contact.set_quiesced(false);
                     r.raft.runtime_config().tick(true);
                 }
             }
@@ -162,8 +163,8 @@ impl ReplicaNode {
             let m = m.borrow_watched();
             m.current_leader == Some(from) && m.state == ServerState::Follower
         };
-        if follows && !r.quiesced {
-            r.quiesced = true;
+        if follows && !r.contact.quiesced() {
+            r.contact.set_quiesced(true);
             r.raft.runtime_config().tick(false);
         }
         Ok(())
@@ -178,7 +179,8 @@ impl ReplicaNode {
         {
             let groups = self.groups.lock().await;
             for (space, r) in groups.iter() {
-                if !r.quiesced && now.duration_since(r.last_used) >= policy.quiesce_after {
+                if !r.contact.quiesced() && now.duration_since(r.last_used) >= policy.quiesce_after
+                {
                     if let Some(followers) = settled_followers(&r.raft) {
                         idle.push((space.clone(), r.generation, followers));
                     }
@@ -198,8 +200,8 @@ impl ReplicaNode {
             if let Some(r) = groups.get_mut(&space) {
                 // Used while the followers were told: stays awake (they wake on its next
                 // heartbeat).
-                if r.last_used <= now && !r.quiesced && r.generation == generation {
-                    r.quiesced = true;
+                if r.last_used <= now && !r.contact.quiesced() && r.generation == generation {
+                    r.contact.set_quiesced(true);
                     r.raft.runtime_config().tick(false);
                     out.quiesced += 1;
                 }
@@ -209,13 +211,14 @@ impl ReplicaNode {
         if groups.len() > policy.max_resident {
             let mut quiet: Vec<(Instant, SpaceId)> = groups
                 .iter()
-                .filter(|(_, r)| r.quiesced)
+                .filter(|(_, r)| r.contact.quiesced())
                 .map(|(s, r)| (r.last_used, s.clone()))
                 .collect();
             quiet.sort();
             let excess = groups.len() - policy.max_resident;
             for (_, space) in quiet.into_iter().take(excess) {
                 if let Some(r) = groups.remove(&space) {
+                    self.beats.write().remove(&space);
                     let _ = r.raft.shutdown().await;
                     out.evicted += 1;
                 }
