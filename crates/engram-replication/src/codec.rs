@@ -442,6 +442,10 @@ impl Message {
             kind::PROPOSE => {
                 let payload = read_bytes(&mut r, "command")?;
                 match Op::decode_payload(op_code::RAFT_ENTRY, payload)? {
+                    // Encoded at position 0, the only form accepted (one encoding per message).
+                    Op::RaftEntry(e) if e.pos != (engram_storage::LogPos { term: 0, index: 0 }) => {
+                        return bad("a proposal at a log position")
+                    }
                     Op::RaftEntry(e) => match e.body {
                         engram_storage::EntryBody::Commands(cs) if cs.len() == 1 => {
                             let c = &cs[0];
@@ -641,5 +645,21 @@ mod tests {
         let mut b = Message::ReadIds.encode(&g);
         b[1] = 99;
         assert!(Message::decode(&b).unwrap_err().0.contains("kind 99"));
+    }
+
+    /// A proposal is a command encoded as an entry at position 0; one at any other position
+    /// would decode to the same message and encode back differently (found by the fuzzer).
+    #[test]
+    fn a_proposal_at_a_log_position_is_refused() {
+        let g = SpaceId::new("g").unwrap();
+        let m = samples()
+            .into_iter()
+            .find(|m| matches!(m, Message::Propose(_)))
+            .expect("a sample proposal");
+        let mut b = m.encode(&g);
+        // version, kind, group (str16 "g"), payload length (u64), then the entry's term.
+        let term_at = 2 + 2 + 1 + 8;
+        b[term_at] = 7;
+        assert!(Message::decode(&b).unwrap_err().0.contains("log position"));
     }
 }
