@@ -16,6 +16,7 @@
 //!   the graph it spreads over is read from that space only.
 
 mod error;
+mod keyed;
 mod link_index;
 mod linking;
 mod recall;
@@ -35,6 +36,7 @@ pub use engram_storage::{
     Clock, ManualClock, RealClock, SpaceStatus, StoreOptions, StoreStats, StoreStatus,
 };
 pub use error::{EngineError, Result};
+pub use keyed::check_key;
 pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
 
 /// The space every node has.
@@ -166,6 +168,8 @@ pub struct Engine {
     /// Per space, the in-memory index behind auto-linking ([`link_index`]), and the rules of
     /// automatic links; the store asks it for the links of pending memories.
     linking: Arc<Linking>,
+    /// The idempotency keys of requests under way, and of recent drops ([`keyed`]).
+    requests: keyed::Requests,
 }
 
 impl Engine {
@@ -207,6 +211,7 @@ impl Engine {
             opts,
             embedders: Mutex::new(HashMap::new()),
             linking,
+            requests: keyed::Requests::default(),
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
         if !engine.store.space_exists(&default)? {
@@ -314,10 +319,7 @@ impl Engine {
 
     /// Creates a space (`dimension` defaults to the engine's). `Conflict` if it exists.
     pub fn create_space(&self, id: &SpaceId, dimension: Option<u32>) -> Result<SpaceInfo> {
-        let dimension = dimension.unwrap_or(self.opts.default_dimension);
-        self.store
-            .create_space_with_embedder(id, dimension, self.embedder_tag(dimension))?;
-        self.space_info(id)
+        self.create_space_keyed(id, dimension, None)
     }
 
     /// Every space, sorted by id.
@@ -346,16 +348,7 @@ impl Engine {
 
     /// Drops a space and its files. The `default` space cannot be dropped.
     pub fn drop_space(&self, id: &SpaceId) -> Result<()> {
-        if id.as_str() == DEFAULT_SPACE {
-            return Err(EngineError::Invalid(
-                "the default space cannot be dropped".into(),
-            ));
-        }
-        // Before (no write plans on it meanwhile) and after (one registered meanwhile).
-        self.linking.forget_space(id);
-        self.store.drop_space(id)?;
-        self.linking.forget_space(id);
-        Ok(())
+        self.drop_space_keyed(id, None)
     }
 
     fn dimension(&self, space: &SpaceId) -> Result<usize> {
@@ -389,36 +382,12 @@ impl Engine {
     /// Deletes a memory (and so every link out of it; links to it lead nowhere). Returns
     /// whether it existed.
     pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
-        let forgotten = self.store.forget(space, id)?;
-        if forgotten {
-            if let Some(index) = self.linking.get(space) {
-                index.remove(id);
-                self.linking.retire_if_worn(space, &index);
-            }
-        }
-        Ok(forgotten)
+        self.forget_keyed(space, id, None)
     }
 
     /// Adds (or re-weights) a link; both memories must exist in the space.
     pub fn link(&self, space: &SpaceId, from: &MemoryId, to: &MemoryId, weight: f32) -> Result<()> {
-        if from == to {
-            return Err(EngineError::Invalid(format!(
-                "memory {:?} cannot link to itself",
-                from.as_str()
-            )));
-        }
-        if !Link::is_valid_weight(f64::from(weight)) {
-            return Err(EngineError::Invalid(format!(
-                "link weight {weight} is outside (0, 1]"
-            )));
-        }
-        if !self
-            .store
-            .read_space(space, |st| st.contains(to.as_str()))??
-        {
-            return Err(EngineError::MemoryNotFound(to.to_string()));
-        }
-        self.store.link(space, from, to, weight)?;
+        self.link_keyed(space, from, to, weight, None)?;
         Ok(())
     }
 }

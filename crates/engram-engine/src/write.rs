@@ -8,6 +8,9 @@ use std::sync::Arc;
 use engram_core::embed::Embedder;
 use engram_core::{limits, simd, Confidence, Memory, MemoryId, SpaceId};
 
+use engram_storage::RequestKey;
+
+use crate::keyed::{stored_answer, Keyed};
 use crate::{Engine, EngineError, NewMemory, Result, Stored};
 
 impl Engine {
@@ -73,7 +76,12 @@ impl Engine {
     /// links only to earlier members, automatic links among its own members). A refused
     /// write creates nothing. When another write created the space meanwhile, the batch
     /// comes back for the ordinary path.
-    fn write_creating(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<FirstWrite> {
+    fn write_creating(
+        &self,
+        space: &SpaceId,
+        batch: Vec<NewMemory>,
+        request: Option<RequestKey>,
+    ) -> Result<FirstWrite> {
         let dim = self.first_write_dimension(&batch)?;
         let target = Target::New {
             dim,
@@ -82,12 +90,14 @@ impl Engine {
         let retry = batch.clone();
         let (memories, _) = self.prepare_batch(space, &target, batch)?;
         let memories: Vec<Memory> = memories.into_iter().map(|(m, _)| m).collect();
-        let out: Vec<Stored> = memories.iter().map(|m| stored(m, self.now_us())).collect();
-        match self.store.create_space_with_batch(
+        let now = request.as_ref().map_or_else(|| self.now_us(), |r| r.1);
+        let out: Vec<Stored> = memories.iter().map(|m| stored(m, now)).collect();
+        match self.store.create_space_with_batch_keyed(
             space,
             dim as u32,
             self.embedder_tag(dim as u32),
             memories,
+            request,
         ) {
             Ok(_) => Ok(FirstWrite::Created(out)),
             Err(engram_storage::StorageError::SpaceExists(_)) => Ok(FirstWrite::Exists(retry)),
@@ -100,11 +110,12 @@ impl Engine {
         &self,
         space: &SpaceId,
         batch: Vec<NewMemory>,
+        request: Option<RequestKey>,
     ) -> Result<std::result::Result<Vec<Stored>, Vec<NewMemory>>> {
         if self.store.space_exists(space)? {
             return Ok(Err(batch));
         }
-        Ok(match self.write_creating(space, batch)? {
+        Ok(match self.write_creating(space, batch, request)? {
             FirstWrite::Created(stored) => Ok(stored),
             FirstWrite::Exists(batch) => Err(batch),
         })
@@ -264,7 +275,7 @@ impl Engine {
     /// its dimension is the length of the first embedding in the write, else the text
     /// embedder's. A refused write creates nothing: no space, no memory, no WAL record.
     pub fn remember_batch(&self, space: &SpaceId, batch: Vec<NewMemory>) -> Result<Vec<Stored>> {
-        let w = match self.prepare_write(space, batch)? {
+        let w = match self.prepare_write(space, batch, None)? {
             Ok(w) => w,
             Err(created) => return Ok(created),
         };
@@ -286,21 +297,40 @@ impl Engine {
         space: &SpaceId,
         batch: Vec<NewMemory>,
     ) -> Result<Vec<Stored>> {
+        self.remember_batch_keyed_async(space, batch, None).await
+    }
+
+    /// [`Engine::remember_batch_async`] with an idempotency key (see `keyed.rs`): a repeat
+    /// of `key` in `space` within ten minutes is answered with the memories the first
+    /// stored, and stores nothing.
+    pub async fn remember_batch_keyed_async(
+        &self,
+        space: &SpaceId,
+        batch: Vec<NewMemory>,
+        key: Option<&str>,
+    ) -> Result<Vec<Stored>> {
+        let keyed = self.keyed(space, key)?;
+        if let Keyed::Repeat(rec) = &keyed {
+            return stored_answer(key.unwrap_or_default(), rec);
+        }
         // A first write (rare) creates its space synchronously, as `create_space` does.
-        let w = match self.prepare_write(space, batch)? {
+        let w = match self.prepare_write(space, batch, keyed.request())? {
             Ok(w) => w,
             Err(created) => return Ok(created),
         };
         let committed = if w.pending {
-            self.store.remember_auto_link_async(space, w.memories)?
+            self.store
+                .remember_auto_link_keyed_async(space, w.memories, keyed.request())?
         } else {
-            self.store.remember_batch_async(space, plain(w.memories))?
+            self.store
+                .remember_batch_keyed_async(space, plain(w.memories), keyed.request())?
         };
         // Recorded before the wait, so a request dropped meanwhile (its client gone) still
         // records a memory the group commit will write. Until it is durable it is not linked
         // to: candidates are scored against the store.
         self.indexed(space, &w.vectors);
         committed.await?;
+        drop(keyed);
         Ok(w.stored)
     }
 
@@ -310,15 +340,16 @@ impl Engine {
         &self,
         space: &SpaceId,
         batch: Vec<NewMemory>,
+        request: Option<RequestKey>,
     ) -> Result<std::result::Result<Prepared, Vec<Stored>>> {
         check_batch(&batch)?;
-        let batch = match self.create_if_missing(space, batch)? {
+        let batch = match self.create_if_missing(space, batch, request.clone())? {
             Ok(stored) => return Ok(Err(stored)),
             Err(batch) => batch,
         };
         let target = self.existing(space)?;
         let (memories, pending) = self.prepare_batch(space, &target, batch)?;
-        let now = self.now_us();
+        let now = request.as_ref().map_or_else(|| self.now_us(), |r| r.1);
         // The link index (if the space has one once they are committed) records at once the
         // memories with no links owed; the linker records the others as it links them.
         let vectors = memories

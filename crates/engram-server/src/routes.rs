@@ -82,6 +82,25 @@ fn space_of(
     Ok(SpaceId::new(id)?)
 }
 
+/// The request's `Idempotency-Key` (shared/API.md: at most 128 characters; a repeat within
+/// ten minutes gets the first answer), if it has one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::Invalid(
+            "more than one Idempotency-Key header".into(),
+        ));
+    }
+    let key = v.to_str().map_err(|_| {
+        ApiError::Invalid("Idempotency-Key must be visible ASCII characters".into())
+    })?;
+    engram_engine::check_key(key)?;
+    Ok(Some(key))
+}
+
 /// Embeds, through the server's batching queue, the content of memories that come without an
 /// embedding, when the space's text embedder is the queue's model (the hashing embedder is
 /// cheap and runs inline in the engine, as does anything when there is no queue). Content the
@@ -179,27 +198,31 @@ pub async fn list_spaces(
 pub async fn create_space(
     State(st): State<AppState>,
     Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
     q: Params,
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
     params(q, &[])?;
+    let key = idempotency_key(&headers)?;
     let req: SpaceIn = wire::parse(&body(b)?)?;
     let id = SpaceId::new(req.id)?;
     grant.check(&id)?;
-    let info = st.engine.create_space(&id, req.dimension)?;
+    let info = st.engine.create_space_keyed(&id, req.dimension, key)?;
     Ok((StatusCode::CREATED, Json(space_json(&info))))
 }
 
 pub async fn drop_space(
     State(st): State<AppState>,
     Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
     q: Params,
     p: Result<Path<String>, PathRejection>,
 ) -> Reply {
     params(q, &[])?;
+    let key = idempotency_key(&headers)?;
     let id = SpaceId::new(path_id(p)?)?;
     grant.check(&id)?;
-    st.engine.drop_space(&id)?;
+    st.engine.drop_space_keyed(&id, key)?;
     Ok((StatusCode::OK, Json(json!({ "dropped": id.as_str() }))))
 }
 
@@ -219,6 +242,7 @@ pub async fn remember(
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let query = params(q, SPACE_ONLY)?;
+    let key = idempotency_key(&headers)?;
     let req: MemoryIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
@@ -227,7 +251,11 @@ pub async fn remember(
     embed_missing(&st, &space, &mut one).await?;
     let [new] = one;
     wait_for_linker(&st, &space, new.auto_link).await;
-    let stored = st.engine.remember_async(&space, new).await?;
+    let stored = st
+        .engine
+        .remember_batch_keyed_async(&space, vec![new], key)
+        .await?
+        .remove(0);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -248,6 +276,7 @@ pub async fn batch(
     b: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let query = params(q, SPACE_ONLY)?;
+    let key = idempotency_key(&headers)?;
     let req: BatchIn = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
     grant.check(&space)?;
@@ -270,7 +299,10 @@ pub async fn batch(
     }
     embed_missing(&st, &space, &mut batch).await?;
     wait_for_linker(&st, &space, batch.iter().any(|m| m.auto_link)).await;
-    let stored = st.engine.remember_batch_async(&space, batch).await?;
+    let stored = st
+        .engine
+        .remember_batch_keyed_async(&space, batch, key)
+        .await?;
     let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
     Ok((StatusCode::CREATED, Json(json!({ "memory_ids": ids }))))
 }
@@ -320,7 +352,10 @@ pub async fn forget(
     let id = wire::memory_id(path_id(p)?)?;
     let space = space_of(&headers, &query, None)?;
     grant.check(&space)?;
-    if st.engine.forget(&space, &id)? {
+    if st
+        .engine
+        .forget_keyed(&space, &id, idempotency_key(&headers)?)?
+    {
         Ok((StatusCode::OK, Json(json!({ "deleted": id.as_str() }))))
     } else {
         Err(memory_not_found(&id, &space))
@@ -343,6 +378,7 @@ pub async fn link(
         memory_space_id: Option<String>,
     }
     let query = params(q, SPACE_ONLY)?;
+    let key = idempotency_key(&headers)?;
     let from = wire::memory_id(path_id(p)?)?;
     let req: LinkReq = wire::parse(&body(b)?)?;
     let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
@@ -357,12 +393,12 @@ pub async fn link(
     if st.engine.get(&space, from.as_str())?.is_none() {
         return Err(memory_not_found(&from, &space));
     }
-    st.engine.link(&space, &from, &to, req.weight as f32)?;
+    let weight = st
+        .engine
+        .link_keyed(&space, &from, &to, req.weight as f32, key)?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "from": from.as_str(), "to": to.as_str(), "weight": wire::num(req.weight as f32) }),
-        ),
+        Json(json!({ "from": from.as_str(), "to": to.as_str(), "weight": wire::num(weight) })),
     ))
 }
 

@@ -66,7 +66,7 @@ impl Node {
     pub(crate) fn apply_batch(&self, batch: Vec<Pending>) -> Result<()> {
         let wake: Vec<SpaceId> = batch
             .iter()
-            .filter(|p| matches!(p.op, Op::RememberAutoLink(_)))
+            .filter(|p| matches!(p.op.inner(), Op::RememberAutoLink(_)))
             .map(|p| p.space.clone())
             .collect();
         let mut iter = batch.into_iter().peekable();
@@ -75,7 +75,7 @@ impl Node {
                 // The replication layer holds its log; durability is all it waits for.
                 continue;
             }
-            let plain = !matches!(p.op, Op::SpaceCreate { .. } | Op::SpaceDrop);
+            let plain = p.op.is_data();
             let space = if plain {
                 self.catalog.space(&p.space)?
             } else {
@@ -91,11 +91,9 @@ impl Node {
                 if !st.dropped && p.seq > st.flushed_seq {
                     st.apply(p.seq, p.op)?;
                 }
-                let same = iter.peek().is_some_and(|q| {
-                    q.space == space.id
-                        && !q.op.is_raft()
-                        && !matches!(q.op, Op::SpaceCreate { .. } | Op::SpaceDrop)
-                });
+                let same = iter
+                    .peek()
+                    .is_some_and(|q| q.space == space.id && q.op.is_data());
                 if same {
                     next = iter.next();
                 }
@@ -122,6 +120,11 @@ impl Node {
             }
             return Ok(true);
         }
+        // A keyed creation records its key in the space it creates.
+        let (op, request) = match op {
+            Op::Request(c) if matches!(c.op, Op::SpaceCreate { .. }) => (c.op, c.request),
+            op => (op, None),
+        };
         if let Op::SpaceCreate {
             dimension,
             created_at_us,
@@ -140,7 +143,14 @@ impl Node {
             };
             let space =
                 Space::new_in_memory(space_id.clone(), space_dir(&self.root, &space_id), meta);
-            space.state.write().active.note(seq);
+            {
+                let mut st = space.state.write();
+                st.active.note(seq);
+                if let Some((key, at_us)) = request {
+                    st.requests
+                        .record(&key, seq, 0, at_us, crate::requests::Answer::SpaceCreated);
+                }
+            }
             self.catalog.insert_new(space);
             return Ok(true);
         }

@@ -1,6 +1,7 @@
-//! The operations a WAL record carries, and their payload encoding (WAL format version 3,
-//! see `docs/format.md`; version 2 has every operation but the raft records (codes 10 to 12),
-//! version 1 neither those nor the automatic-link pair).
+//! The operations a WAL record carries, and their payload encoding (WAL format version 4,
+//! see `docs/format.md`; version 3 has every operation but the keyed write (code 13), version 2
+//! not the raft records (codes 10 to 12) either, version 1 neither those nor the automatic-link
+//! pair).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,10 @@ use engram_core::{Link, Memory, MemoryId};
 
 use crate::codec::*;
 use crate::error::{corrupted, Result};
-use crate::raft::{decode_truncate, encode_truncate, EntryBody, GroupMeta, LogEntry, LogPos};
+use crate::raft::{
+    decode_request, decode_truncate, encode_request, encode_truncate, Command, EntryBody,
+    GroupMeta, LogEntry, LogPos,
+};
 
 /// What a WAL record does to its space.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +58,11 @@ pub enum Op {
     /// The space's raft log entries after this one are void (all of them when `None`).
     /// Format version 3.
     RaftTruncate(Option<LogPos>),
+    /// A client's write to an unreplicated space that carries an `Idempotency-Key`: the
+    /// operation (a memory write, a link, a forget, or the space's creation) and the key with
+    /// the time it was received. Applying it records the key and the write's answer in the
+    /// space's requests table. Format version 4.
+    Request(Box<Command>),
 }
 
 /// One memory's entry in [`Op::AutoLinks`].
@@ -79,6 +88,7 @@ pub mod code {
     pub const RAFT_ENTRY: u8 = 10;
     pub const RAFT_META: u8 = 11;
     pub const RAFT_TRUNCATE: u8 = 12;
+    pub const REQUEST: u8 = 13;
 }
 
 impl Op {
@@ -96,6 +106,15 @@ impl Op {
             Op::RaftEntry(_) => code::RAFT_ENTRY,
             Op::RaftMeta(_) => code::RAFT_META,
             Op::RaftTruncate(_) => code::RAFT_TRUNCATE,
+            Op::Request(_) => code::REQUEST,
+        }
+    }
+
+    /// The operation itself: a keyed write's, else this one.
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::Request(c) => &c.op,
+            op => op,
         }
     }
 
@@ -110,7 +129,8 @@ impl Op {
     /// Whether the operation is a change to a space's memories (codes 1 to 5, 8, 9): not a
     /// space's creation or drop, nor a raft record.
     pub fn is_data(&self) -> bool {
-        !matches!(self, Op::SpaceCreate { .. } | Op::SpaceDrop) && !self.is_raft()
+        let op = self.inner();
+        !matches!(op, Op::SpaceCreate { .. } | Op::SpaceDrop) && !op.is_raft()
     }
 
     /// How many changes the operation carries: the memories of a batch, else one.
@@ -124,6 +144,7 @@ impl Op {
                 _ => 0,
             },
             Op::RaftMeta(_) | Op::RaftTruncate(_) => 0,
+            Op::Request(c) => c.op.changes(),
             _ => 1,
         }
     }
@@ -179,6 +200,11 @@ impl Op {
             Op::RaftEntry(e) => e.encode(out),
             Op::RaftMeta(m) => m.encode(out),
             Op::RaftTruncate(after) => encode_truncate(after, out),
+            Op::Request(c) => {
+                encode_request(&c.request, out);
+                out.push(c.op.code());
+                c.op.encode_payload(out);
+            }
         }
     }
 
@@ -246,12 +272,37 @@ impl Op {
             code::RAFT_ENTRY => Op::RaftEntry(Box::new(LogEntry::decode(&mut r)?)),
             code::RAFT_META => Op::RaftMeta(GroupMeta::decode(&mut r)?),
             code::RAFT_TRUNCATE => Op::RaftTruncate(decode_truncate(&mut r)?),
+            code::REQUEST => {
+                let Some(request) = decode_request(&mut r)? else {
+                    return corrupted("a keyed write without its key");
+                };
+                let inner = r.u8("keyed operation")?;
+                if !KEYED.contains(&inner) {
+                    return corrupted(format!("operation {inner} in a keyed write"));
+                }
+                let rest = r.take(r.remaining(), "keyed operation payload")?;
+                Op::Request(Box::new(Command {
+                    op: Op::decode_payload(inner, rest)?,
+                    request: Some(request),
+                }))
+            }
             other => return corrupted(format!("unknown operation code {other}")),
         };
         r.finish("operation payload")?;
         Ok(op)
     }
 }
+
+/// The operations a keyed write (code 13) may carry.
+const KEYED: [u8; 7] = [
+    code::REMEMBER,
+    code::REMEMBER_BATCH,
+    code::FORGET,
+    code::LINK,
+    code::UNLINK,
+    code::SPACE_CREATE,
+    code::REMEMBER_AUTO_LINK,
+];
 
 pub(crate) fn memory_id(s: &str) -> Result<MemoryId> {
     match MemoryId::new(s) {
@@ -464,8 +515,41 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(code in 0u8..12, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn keyed_op_round_trip(op in arb_op(), key in "[ -~]{1,128}", at in any::<i64>()) {
+            let keyed = Op::Request(Box::new(Command { op, request: Some((key, at)) }));
+            let mut buf = Vec::new();
+            keyed.encode_payload(&mut buf);
+            let back = Op::decode_payload(keyed.code(), &buf);
+            let Op::Request(c) = &keyed else { unreachable!() };
+            if KEYED.contains(&c.op.code()) {
+                prop_assert_eq!(back.unwrap(), keyed);
+            } else {
+                // A drop, or the linker's record, is never keyed.
+                prop_assert!(back.is_err());
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(code in 0u8..15, bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Op::decode_payload(code, &bytes);
         }
+    }
+
+    #[test]
+    fn a_keyed_write_needs_its_key_and_holds_one_operation() {
+        let forget = Op::Forget(MemoryId::new("m").unwrap());
+        let mut unkeyed = vec![0u8, code::FORGET];
+        forget.encode_payload(&mut unkeyed);
+        assert!(Op::decode_payload(code::REQUEST, &unkeyed).is_err());
+        let nested = Op::Request(Box::new(Command {
+            op: Op::Request(Box::new(Command {
+                op: forget,
+                request: Some(("k".into(), 1)),
+            })),
+            request: Some(("k".into(), 1)),
+        }));
+        let mut buf = Vec::new();
+        nested.encode_payload(&mut buf);
+        assert!(Op::decode_payload(code::REQUEST, &buf).is_err());
     }
 }

@@ -287,7 +287,7 @@ fn read_pos(r: &mut Reader<'_>, what: &str) -> Result<LogPos> {
 }
 
 /// A command's idempotency key: u8 flag, then (if 1) `str16` key and `i64` time received.
-fn encode_request(request: &Option<(String, i64)>, out: &mut Vec<u8>) {
+pub(crate) fn encode_request(request: &Option<(String, i64)>, out: &mut Vec<u8>) {
     match request {
         None => out.push(0),
         Some((key, at)) => {
@@ -298,7 +298,7 @@ fn encode_request(request: &Option<(String, i64)>, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_request(r: &mut Reader<'_>) -> Result<Option<(String, i64)>> {
+pub(crate) fn decode_request(r: &mut Reader<'_>) -> Result<Option<(String, i64)>> {
     Ok(match r.u8("request flag")? {
         0 => None,
         1 => {

@@ -27,6 +27,9 @@ pub const REQUEST_TTL_US: i64 = 10 * 60 * 1_000_000;
 /// forgotten key is applied again).
 pub const MAX_REQUESTS: usize = 200_000;
 const MAGIC: [u8; 8] = *b"ENGRREQ\0";
+/// An unreplicated space's table, in its directory (a replicated space keeps it in
+/// `raft.state`).
+pub const REQUESTS_FILE: &str = "requests.table";
 const VERSION: u32 = 1;
 
 /// A memory as a write's answer names it.
@@ -93,9 +96,11 @@ impl Answer {
             },
             Op::SpaceCreate { .. } => Answer::SpaceCreated,
             Op::SpaceDrop => Answer::SpaceDropped,
-            Op::AutoLinks(_) | Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {
-                return None
-            }
+            Op::AutoLinks(_)
+            | Op::RaftEntry(_)
+            | Op::RaftMeta(_)
+            | Op::RaftTruncate(_)
+            | Op::Request(_) => return None,
         })
     }
 

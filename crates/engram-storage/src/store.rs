@@ -30,6 +30,7 @@ use crate::wal::commit::{Commit, GroupCommit};
 use crate::wal::WalWriter;
 
 pub(crate) mod auto_links;
+pub(crate) mod keyed;
 pub(crate) mod raft;
 pub(crate) mod replicated;
 
@@ -215,12 +216,7 @@ impl Store {
         dimension: u32,
         embedder: &str,
     ) -> Result<u64> {
-        let create = space_create(dimension, embedder, self.inner.opts.clock.realtime_us())?;
-        let _busy = self.inner.catalog.claim_id(id);
-        if self.inner.catalog.space(id)?.is_some() {
-            return Err(StorageError::SpaceExists(id.to_string()));
-        }
-        self.inner.wal.submit(id, create)
+        self.create_space_keyed(id, dimension, embedder, None)
     }
 
     /// Creates a space together with its first write, in one group commit: the space and
@@ -233,24 +229,9 @@ impl Store {
         id: &SpaceId,
         dimension: u32,
         embedder: &str,
-        mut memories: Vec<Memory>,
+        memories: Vec<Memory>,
     ) -> Result<u64> {
-        let create = space_create(dimension, embedder, self.inner.opts.clock.realtime_us())?;
-        check_memories(dimension as usize, &memories)?;
-        let write = match memories.len() {
-            0 => {
-                return Err(StorageError::Invalid(
-                    "a first write needs at least one memory".into(),
-                ))
-            }
-            1 => Op::Remember(memories.pop().expect("one memory")),
-            _ => Op::RememberBatch(memories),
-        };
-        let _busy = self.inner.catalog.claim_id(id);
-        if self.inner.catalog.space(id)?.is_some() {
-            return Err(StorageError::SpaceExists(id.to_string()));
-        }
-        self.inner.wal.submit_all(id, vec![create, write])
+        self.create_space_with_batch_keyed(id, dimension, embedder, memories, None)
     }
 
     /// Drops a space and all its memories. Durable when this returns; its files are removed by
@@ -300,8 +281,7 @@ impl Store {
 
     /// Like [`Store::remember_batch`], for async callers.
     pub fn remember_batch_async(&self, space: &SpaceId, memories: Vec<Memory>) -> Result<Commit> {
-        self.check_batch(space, &memories)?;
-        self.submit_async(space, Op::RememberBatch(memories))
+        self.remember_batch_keyed_async(space, memories, None)
     }
 
     fn submit_async(&self, space: &SpaceId, op: Op) -> Result<Commit> {
@@ -323,12 +303,7 @@ impl Store {
 
     /// Deletes a memory. `Ok(false)` if it was not there (nothing written).
     pub fn forget(&self, space: &SpaceId, id: &MemoryId) -> Result<bool> {
-        let s = self.inner.catalog.require(space)?;
-        if !s.state.read().contains(id.as_str())? {
-            return Ok(false);
-        }
-        self.inner.wal.submit(space, Op::Forget(id.clone()))?;
-        Ok(true)
+        self.forget_keyed(space, id, None)
     }
 
     /// Adds (or reweights) the link `from -> to`; both must exist. Weight in `(0, 1]`.
@@ -339,40 +314,12 @@ impl Store {
         to: &MemoryId,
         weight: f32,
     ) -> Result<u64> {
-        if !engram_core::Link::is_valid_weight(f64::from(weight)) {
-            return Err(StorageError::Invalid(format!(
-                "link weight {weight} is outside (0, 1]"
-            )));
-        }
-        let s = self.inner.catalog.require(space)?;
-        for id in [from, to] {
-            if !s.state.read().contains(id.as_str())? {
-                return Err(StorageError::MemoryNotFound(id.to_string()));
-            }
-        }
-        self.inner.wal.submit(
-            space,
-            Op::Link {
-                from: from.clone(),
-                to: to.clone(),
-                weight,
-            },
-        )
+        self.link_keyed(space, from, to, weight, None)
     }
 
     /// Removes the link `from -> to`.
     pub fn unlink(&self, space: &SpaceId, from: &MemoryId, to: &MemoryId) -> Result<u64> {
-        let s = self.inner.catalog.require(space)?;
-        if !s.state.read().contains(from.as_str())? {
-            return Err(StorageError::MemoryNotFound(from.to_string()));
-        }
-        self.inner.wal.submit(
-            space,
-            Op::Unlink {
-                from: from.clone(),
-                to: to.clone(),
-            },
-        )
+        self.unlink_keyed(space, from, to, None)
     }
 
     /// The newest version of a memory.
@@ -561,7 +508,7 @@ impl Drop for Store {
 }
 
 /// The record that creates a space at `created_at_us`, its arguments checked.
-fn space_create(dimension: u32, embedder: &str, created_at_us: i64) -> Result<Op> {
+pub(super) fn space_create(dimension: u32, embedder: &str, created_at_us: i64) -> Result<Op> {
     if embedder.len() > crate::meta::MAX_EMBEDDER_NAME {
         return Err(StorageError::Invalid(format!(
             "an embedder name of {} bytes (at most {})",
@@ -585,7 +532,7 @@ fn space_create(dimension: u32, embedder: &str, created_at_us: i64) -> Result<Op
 /// Each memory of a batch checked against a space of `dim` dimensions. The batch limit is
 /// checked where a request enters (the engine's batch API, the HTTP route); asserted here, in
 /// release builds too: a larger batch would be a WAL record that replay refuses as corrupted.
-fn check_memories(dim: usize, memories: &[Memory]) -> Result<()> {
+pub(super) fn check_memories(dim: usize, memories: &[Memory]) -> Result<()> {
     assert!(
         memories.len() <= engram_core::limits::MAX_BATCH,
         "batch of {} memories exceeds the limit of {}",

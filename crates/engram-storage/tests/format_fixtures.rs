@@ -24,12 +24,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+#[path = "common.rs"]
+mod common;
 #[path = "format_fixtures/index_v1.rs"]
 mod index_v1;
 #[path = "format_fixtures/wal_v2.rs"]
 mod wal_v2;
 #[path = "format_fixtures/wal_v3.rs"]
 mod wal_v3;
+#[path = "format_fixtures/wal_v4.rs"]
+mod wal_v4;
 
 use index_v1::{check_index_files, INDEX_FIXTURE_FILES};
 
@@ -268,8 +272,8 @@ fn run(store: &Store, steps: Vec<Step>) {
             Op::RememberAutoLink(_) | Op::AutoLinks(_) => {
                 unreachable!("version 1 has no automatic-link operations")
             }
-            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {
-                unreachable!("version 1 has no raft records")
+            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) | Op::Request(_) => {
+                unreachable!("version 1 has neither raft records nor keyed writes")
             }
         }
     }
@@ -548,8 +552,8 @@ fn check_wal_files(root: &Path) {
         assert_eq!(&bytes[0..8], b"ENGRWAL\0");
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
         assert_eq!(
-            WAL_FORMAT_VERSION, 3,
-            "this build writes version 3 and reads 1 and 2"
+            WAL_FORMAT_VERSION, 4,
+            "this build writes version 4 and reads 1 to 3"
         );
         let header = WalFileHeader::decode(&bytes).unwrap();
         assert_eq!(header.first_sequence, first, "{name}");

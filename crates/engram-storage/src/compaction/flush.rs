@@ -15,7 +15,7 @@ use crate::lexical::SegmentLex;
 use crate::memtable::Entry;
 use crate::meta::SPACE_META_FILE;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
-use crate::requests::Requests;
+use crate::requests::{Requests, REQUESTS_FILE};
 use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use crate::space::{attach_lex, Space};
 use crate::wal::check::check_segment_durable;
@@ -54,7 +54,8 @@ pub(crate) fn flush(
             let table = std::mem::take(&mut st.active);
             st.frozen = Some(Arc::new(table));
             st.frozen_raft = st.raft.clone();
-            st.frozen_requests = st.raft.is_some().then(|| st.requests.clone());
+            st.frozen_requests =
+                (st.raft.is_some() || !st.requests.is_empty()).then(|| st.requests.clone());
         }
         let frozen = st.frozen.clone().expect("frozen memtable set above");
         (
@@ -69,6 +70,15 @@ pub(crate) fn flush(
         disk.create_dir_all(&space.dir).at(&space.dir)?;
         let p = space.dir.join(SPACE_META_FILE);
         write_file_atomic(disk, &p, &meta.encode()).at(&p)?;
+    }
+    if !meta.replicated {
+        // The keys of the writes in the frozen memtable, durable before its segment is (once
+        // it is, recovery replays none of those writes to record them again).
+        let table = space.state.read().frozen_requests.clone();
+        if let Some(table) = table {
+            let p = space.dir.join(REQUESTS_FILE);
+            write_file_atomic(disk, &p, &table.encode()).at(&p)?;
+        }
     }
     let mut new_segment = None;
     if !frozen.entries.is_empty() {

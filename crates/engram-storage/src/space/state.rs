@@ -19,8 +19,9 @@ use crate::lexical::{lex_path, LEX_EXTENSION};
 use crate::memtable::{Entry, Memtable};
 use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
+use crate::raft::Command;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
-use crate::requests::Requests;
+use crate::requests::{Answer, Requests, REQUESTS_FILE};
 use crate::segment::{parse_segment_file_name, segment_file_name, Lookup, Segment};
 use crate::space::derived::{open_index, open_lex};
 
@@ -42,9 +43,11 @@ pub(crate) struct SpaceState {
     pub(crate) raft_persisted: Option<RaftApplied>,
     /// `raft` when the frozen memtable was frozen: written once that memtable is a segment.
     pub(crate) frozen_raft: Option<RaftApplied>,
-    /// A replicated space's table of client requests (see [`crate::requests`]).
+    /// The space's table of client requests (see [`crate::requests`]): in a replicated
+    /// space, kept with `raft.state`; in an unreplicated one, in `requests.table`.
     pub(crate) requests: Requests,
-    /// `requests` when the frozen memtable was frozen, written with `frozen_raft`.
+    /// `requests` when the frozen memtable was frozen, written as that memtable is flushed
+    /// (`None` for an unreplicated space that never had a key).
     pub(crate) frozen_requests: Option<Requests>,
 }
 
@@ -117,7 +120,7 @@ impl Space {
             let (raft, requests) = read_raft_state_with(disk, &dir)?.unwrap_or_default();
             (Some(raft), requests)
         } else {
-            (None, Requests::default())
+            (None, read_requests(disk, &dir))
         };
         let mut ranges = Vec::new();
         let mut removed = false;
@@ -440,6 +443,22 @@ impl SpaceState {
                     }
                 }
             }
+            Op::Request(c) => {
+                let Command { op, request } = *c;
+                let Some((key, at_us)) = request else {
+                    return self.apply(seq, op);
+                };
+                // A repeat of a key the table holds is skipped (the caller answers it from the
+                // table before writing; this keeps replay and races to the same outcome).
+                if self.requests.repeat_of(&key, seq, 0, at_us).is_some() {
+                    return Ok(());
+                }
+                let answer = Answer::of(&op, |id| self.contains(id.as_str()).unwrap_or(false));
+                self.apply(seq, op)?;
+                if let Some(a) = answer {
+                    self.requests.record(&key, seq, 0, at_us, a);
+                }
+            }
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
             // The replication layer's log: the node never applies these to a space.
             Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {}
@@ -482,6 +501,23 @@ pub(crate) fn read_raft_state_with(
         return Ok(None);
     }
     Ok(Some(RaftApplied::decode_with(&disk.read(&p).at(&p)?)?))
+}
+
+/// An unreplicated space's requests table in `dir` (empty when it has none). A table that
+/// does not read is logged and dropped: the next flush writes the table anew, and until then
+/// the keys it held are not recognised (their repeats are applied again).
+fn read_requests(disk: &dyn Disk, dir: &Path) -> Requests {
+    let p = dir.join(REQUESTS_FILE);
+    if !disk.exists(&p) {
+        return Requests::default();
+    }
+    match disk.read(&p).at(&p).and_then(|b| Requests::decode(&b)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(path = %p.display(), error = %e, "the space's table of idempotency keys does not read: starting without it");
+            Requests::default()
+        }
+    }
 }
 
 /// The directory of a space below the node's root.

@@ -20,8 +20,7 @@ impl Store {
         space: &SpaceId,
         memories: Vec<(Memory, bool)>,
     ) -> Result<Commit> {
-        self.check_auto_link(space, &memories)?;
-        self.submit_async(space, Op::RememberAutoLink(memories))
+        self.remember_auto_link_keyed_async(space, memories, None)
     }
 
     /// [`Store::remember_auto_link_async`], durable when this returns.

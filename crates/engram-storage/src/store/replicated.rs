@@ -228,8 +228,8 @@ impl Store {
         }
     }
 
-    /// The live record of the request `key` in the replicated space (as of `now_us`): a
-    /// leader answers a repeat with it before proposing anything.
+    /// The live record of the request `key` in the space (as of `now_us`): a leader (or the
+    /// engine of a single node) answers a repeat with it before proposing or writing anything.
     pub fn request_record(
         &self,
         space: &SpaceId,

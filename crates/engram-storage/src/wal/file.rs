@@ -3,7 +3,7 @@
 //! ```text
 //! offset size field
 //!  0     8    magic "ENGRWAL\0"
-//!  8     4    format version (1 to 3)
+//!  8     4    format version (1 to 4)
 //! 12     4    reserved, 0
 //! 16     8    sequence of the first record this file may hold
 //! 24     4    reserved, 0
@@ -15,9 +15,10 @@ use crate::codec::Reader;
 use crate::error::{corrupted, Result, StorageError};
 
 pub const WAL_FILE_MAGIC: [u8; 8] = *b"ENGRWAL\0";
-/// The version this build writes: 3 adds the raft records (codes 10 to 12) to version 2,
-/// which added the automatic-link operations (codes 8 and 9) to version 1; it reads all three.
-pub const WAL_FORMAT_VERSION: u32 = 3;
+/// The version this build writes: 4 adds the keyed write (code 13) to version 3, which added
+/// the raft records (codes 10 to 12) to version 2, which added the automatic-link operations
+/// (codes 8 and 9) to version 1; it reads all four.
+pub const WAL_FORMAT_VERSION: u32 = 4;
 /// The oldest version this build reads.
 pub const WAL_FORMAT_VERSION_MIN: u32 = 1;
 pub const WAL_FILE_HEADER_LEN: usize = 32;
@@ -96,7 +97,7 @@ mod tests {
         // Version 1 (no automatic-link operations) still reads; an unknown one is refused.
         assert_eq!(WalFileHeader::decode(&h.encode_version(1)).unwrap(), h);
         assert!(matches!(
-            WalFileHeader::decode(&h.encode_version(4)),
+            WalFileHeader::decode(&h.encode_version(5)),
             Err(StorageError::UnsupportedVersion(_))
         ));
         assert!(WalFileHeader::decode(&h.encode_version(0)).is_err());

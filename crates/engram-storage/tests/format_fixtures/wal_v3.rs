@@ -31,7 +31,7 @@ fn wal_v3_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal-v3")
 }
 
-fn options() -> StoreOptions {
+pub(super) fn options() -> StoreOptions {
     StoreOptions {
         background_compaction: false,
         wal_preallocate: false,
@@ -39,7 +39,7 @@ fn options() -> StoreOptions {
     }
 }
 
-fn memory(id: &str) -> Memory {
+pub(super) fn memory(id: &str) -> Memory {
     Memory {
         id: MemoryId::new(id).unwrap(),
         content: format!("memory {id}"),
