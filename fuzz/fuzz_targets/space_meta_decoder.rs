@@ -1,11 +1,12 @@
-//! The decoders of a space's small state files, `space.meta` (`SpaceMeta::decode`) and a
-//! replicated space's `raft.state` with its requests table (`RaftApplied::decode_with`),
-//! must never panic on arbitrary
+//! The decoders of a space's small state files, `space.meta` (`SpaceMeta::decode`), a
+//! replicated space's `raft.state` with its requests table (`RaftApplied::decode_with`) and an
+//! unreplicated space's `requests.table` (`decode_table_file`), must never panic on arbitrary
 //! bytes, and what they accept must encode back to the same bytes. Each input is tried as it is and with its
 //! checksum recomputed (the last 4 bytes, a crc32c of everything before), so the fuzzer
 //! reaches the checks behind the CRC.
 #![no_main]
 
+use engram_storage::requests::{decode_table_file, encode_table_file};
 use engram_storage::{RaftApplied, SpaceMeta};
 use libfuzzer_sys::fuzz_target;
 
@@ -26,6 +27,13 @@ fn exercise(bytes: &[u8]) {
                 "raft.state: decode then encode"
             );
         }
+    }
+    if let Ok((table, as_of)) = decode_table_file(bytes) {
+        assert_eq!(
+            encode_table_file(&table, as_of),
+            bytes,
+            "requests.table: decode then encode"
+        );
     }
 }
 

@@ -7,7 +7,10 @@
 //!   value, a missing memory) records nothing: a repeat is judged anew.
 //! - A key is looked up before anything is prepared. Two requests with one key at once: the
 //!   second is refused with `Conflict` (the first is under way; retried later, it gets the
-//!   first answer), so a key is never written twice.
+//!   first answer), so a key is never written twice. A write whose caller stopped waiting
+//!   (a client that timed out) stays under way until it is applied: the store marks its key
+//!   pending until then. Should a second record with the key still be written, it is applied
+//!   as a repeat (nothing changes) and its caller gets the first answer.
 //! - A key names a request within its space (the table is the space's). A key first used by
 //!   another kind of write (a forget's key on a remember) is a `Conflict`, not an answer.
 //! - A space's drop takes its table with it: the keys of drops are remembered in memory only
@@ -17,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 
 use engram_core::{Confidence, MemoryId, SpaceId};
 use engram_storage::requests::{Answer, RequestRecord, REQUEST_TTL_US};
-use engram_storage::{RequestKey, MAX_REQUEST_KEY};
+use engram_storage::{RequestKey, RequestState, MAX_REQUEST_KEY};
 use parking_lot::Mutex;
 
 use crate::{Engine, EngineError, Result, SpaceInfo, Stored, DEFAULT_SPACE};
@@ -58,6 +61,12 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+fn under_way(key: &str) -> EngineError {
+    EngineError::Conflict(format!(
+        "a request with Idempotency-Key {key:?} is under way in this space: retry it once it is done to get its answer"
+    ))
+}
+
 fn other_kind(key: &str) -> EngineError {
     EngineError::Conflict(format!(
         "Idempotency-Key {key:?} was used within the last 10 minutes by a different kind of write in this space"
@@ -88,32 +97,55 @@ impl<'a> Keyed<'a> {
 }
 
 impl Engine {
+    /// Claims `key` in `space` for this request: a `Conflict` if another request holds it.
+    fn claim(&self, space: &SpaceId, key: &str) -> Result<Claim<'_>> {
+        let slot = (space.clone(), key.to_string());
+        if !self.requests.in_flight.lock().insert(slot.clone()) {
+            return Err(under_way(key));
+        }
+        Ok(Claim {
+            requests: &self.requests,
+            slot,
+        })
+    }
+
     /// Looks `key` up in `space` and, when it is new, claims it for this request (a
-    /// `Conflict` if another request holds it).
+    /// `Conflict` if another request holds it, or a write with it is still under way).
     pub(crate) fn keyed(&self, space: &SpaceId, key: Option<&str>) -> Result<Keyed<'_>> {
         let Some(key) = key else {
             return Ok(Keyed::Plain);
         };
         check_key(key)?;
         let now = self.now_us();
-        let slot = (space.clone(), key.to_string());
-        if !self.requests.in_flight.lock().insert(slot.clone()) {
-            return Err(EngineError::Conflict(format!(
-                "a request with Idempotency-Key {key:?} is under way in this space: retry it once it is done to get its answer"
-            )));
-        }
-        let claim = Claim {
-            requests: &self.requests,
-            slot,
-        };
+        let claim = self.claim(space, key)?;
         // Looked up once the key is held: a first request finishing meanwhile is seen.
-        match self.store.request_record(space, key, now)? {
-            Some(rec) => Ok(Keyed::Repeat(rec)),
-            None => Ok(Keyed::New {
+        match self.store.request_state(space, key, now)? {
+            RequestState::Recorded(rec) => Ok(Keyed::Repeat(rec)),
+            RequestState::Pending => Err(under_way(key)),
+            RequestState::Unknown => Ok(Keyed::New {
                 _held: claim,
                 request: (key.to_string(), now),
             }),
         }
+    }
+
+    /// After the keyed write `seq` was applied: its key's record, if the write turned out to
+    /// repeat another with the key (then its answer is the first's).
+    pub(crate) fn repeated_by(
+        &self,
+        space: &SpaceId,
+        keyed: &Keyed<'_>,
+        seq: u64,
+    ) -> Result<Option<RequestRecord>> {
+        let Keyed::New { request, .. } = keyed else {
+            return Ok(None);
+        };
+        Ok(
+            match self.store.request_state(space, &request.0, request.1)? {
+                RequestState::Recorded(rec) if rec.index != seq => Some(rec),
+                _ => None,
+            },
+        )
     }
 
     /// [`Engine::create_space`] with an idempotency key.
@@ -152,14 +184,19 @@ impl Engine {
             ));
         }
         let now = self.now_us();
-        if let Some(key) = key {
-            check_key(key)?;
-            let mut drops = self.requests.drops.lock();
-            drops.retain(|_, at| *at >= now - REQUEST_TTL_US);
-            if drops.contains_key(&(id.clone(), key.to_string())) {
-                return Ok(());
+        let _held = match key {
+            Some(key) => {
+                check_key(key)?;
+                let held = self.claim(id, key)?;
+                let mut drops = self.requests.drops.lock();
+                drops.retain(|_, at| *at >= now - REQUEST_TTL_US);
+                if drops.contains_key(&(id.clone(), key.to_string())) {
+                    return Ok(());
+                }
+                Some(held)
             }
-        }
+            None => None,
+        };
         // Before (no write plans on it meanwhile) and after (one registered meanwhile).
         self.linking.forget_space(id);
         self.store.drop_space(id)?;
@@ -178,7 +215,9 @@ impl Engine {
         let keyed = self.keyed(space, key)?;
         if let Keyed::Repeat(rec) = &keyed {
             return match &rec.answer {
-                Answer::Forgot { id: first, existed } if first == id => Ok(*existed),
+                // A forget is recorded only when it found its memory: the first answer was
+                // that it did.
+                Answer::Forgot { id: first, .. } if first == id => Ok(true),
                 _ => Err(other_kind(key.unwrap_or_default())),
             };
         }
@@ -202,17 +241,6 @@ impl Engine {
         weight: f32,
         key: Option<&str>,
     ) -> Result<f32> {
-        if from == to {
-            return Err(EngineError::Invalid(format!(
-                "memory {:?} cannot link to itself",
-                from.as_str()
-            )));
-        }
-        if !engram_core::Link::is_valid_weight(f64::from(weight)) {
-            return Err(EngineError::Invalid(format!(
-                "link weight {weight} is outside (0, 1]"
-            )));
-        }
         let keyed = self.keyed(space, key)?;
         if let Keyed::Repeat(rec) = &keyed {
             return match &rec.answer {
@@ -224,12 +252,29 @@ impl Engine {
                 _ => Err(other_kind(key.unwrap_or_default())),
             };
         }
-        if !self
-            .store
-            .read_space(space, |st| st.contains(to.as_str()))??
-        {
-            return Err(EngineError::MemoryNotFound(to.to_string()));
+        let exists = |id: &MemoryId| -> Result<()> {
+            if self
+                .store
+                .read_space(space, |st| st.contains(id.as_str()))??
+            {
+                Ok(())
+            } else {
+                Err(EngineError::MemoryNotFound(id.to_string()))
+            }
+        };
+        exists(from)?;
+        if from == to {
+            return Err(EngineError::Invalid(format!(
+                "memory {:?} cannot link to itself",
+                from.as_str()
+            )));
         }
+        if !engram_core::Link::is_valid_weight(f64::from(weight)) {
+            return Err(EngineError::Invalid(format!(
+                "link weight {weight} is outside (0, 1]"
+            )));
+        }
+        exists(to)?;
         self.store
             .link_keyed(space, from, to, weight, keyed.request())?;
         Ok(weight)

@@ -329,7 +329,10 @@ impl Engine {
         // records a memory the group commit will write. Until it is durable it is not linked
         // to: candidates are scored against the store.
         self.indexed(space, &w.vectors);
-        committed.await?;
+        let seq = committed.await?;
+        if let Some(first) = self.repeated_by(space, &keyed, seq)? {
+            return stored_answer(key.unwrap_or_default(), &first);
+        }
         drop(keyed);
         Ok(w.stored)
     }

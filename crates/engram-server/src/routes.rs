@@ -251,11 +251,19 @@ pub async fn remember(
     embed_missing(&st, &space, &mut one).await?;
     let [new] = one;
     wait_for_linker(&st, &space, new.auto_link).await;
-    let stored = st
+    let mut stored = st
         .engine
         .remember_batch_keyed_async(&space, vec![new], key)
-        .await?
-        .remove(0);
+        .await?;
+    if stored.len() != 1 {
+        // A key first used by a batch.
+        return Err(ApiError::Conflict(format!(
+            "Idempotency-Key {:?} was used within the last 10 minutes by a batch of {} memories in this space",
+            key.unwrap_or_default(),
+            stored.len()
+        )));
+    }
+    let stored = stored.remove(0);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -390,9 +398,8 @@ pub async fn link(
             req.weight
         )));
     }
-    if st.engine.get(&space, from.as_str())?.is_none() {
-        return Err(memory_not_found(&from, &space));
-    }
+    // Both memories must exist (checked after a repeat's key: a repeat gets the first answer
+    // even once `from` is gone).
     let weight = st
         .engine
         .link_keyed(&space, &from, &to, req.weight as f32, key)?;

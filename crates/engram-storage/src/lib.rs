@@ -72,7 +72,7 @@ pub use raft::{
 pub use recovery::RecoveryReport;
 pub use space::{EmbeddingSnapshot, Hit, LexHit, SpaceView};
 pub use stats::{SpaceStatus, StoreStats, StoreStatus};
-pub use store::keyed::RequestKey;
+pub use store::keyed::{RequestKey, RequestState};
 pub use store::raft::{RaftRecord, RaftRetention};
 pub use store::replicated::ApplyOutcome;
 pub use store::Store;

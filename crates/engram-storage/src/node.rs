@@ -23,6 +23,7 @@ use crate::op::Op;
 use crate::options::StoreOptions;
 use crate::quarantine::Quarantine;
 use crate::recovery::RecoveryReport;
+use crate::requests::Answer;
 use crate::space::{space_dir, Space};
 use crate::stats::StoreStats;
 use crate::wal::commit::{GroupCommit, Pending};
@@ -88,8 +89,12 @@ impl Node {
             let mut st = space.state.write();
             let mut next = Some(p);
             while let Some(p) = next.take() {
-                if !st.dropped && p.seq > st.flushed_seq {
-                    st.apply(p.seq, p.op)?;
+                if !st.dropped {
+                    if p.seq > st.flushed_seq {
+                        st.apply(p.seq, p.op)?;
+                    } else {
+                        st.replay_flushed(p.seq, p.op)?;
+                    }
                 }
                 let same = iter
                     .peek()
@@ -131,7 +136,19 @@ impl Node {
             embedder,
         } = op
         {
-            if self.catalog.space(&space_id)?.is_some() {
+            if let Some(space) = self.catalog.space(&space_id)? {
+                // Replayed after its space was flushed: its key is recorded if the space's
+                // table on disk is older than the creation (a crash before it was written).
+                if let Some((key, at_us)) = request {
+                    let mut st = space.state.write();
+                    if seq == space.meta.created_seq
+                        && seq > st.requests_as_of
+                        && st.requests.repeat_of(&key, seq, 0, at_us).is_none()
+                    {
+                        st.requests
+                            .record(&key, seq, 0, at_us, Answer::SpaceCreated);
+                    }
+                }
                 return Ok(false);
             }
             let meta = SpaceMeta {
@@ -148,7 +165,7 @@ impl Node {
                 st.active.note(seq);
                 if let Some((key, at_us)) = request {
                     st.requests
-                        .record(&key, seq, 0, at_us, crate::requests::Answer::SpaceCreated);
+                        .record(&key, seq, 0, at_us, Answer::SpaceCreated);
                 }
             }
             self.catalog.insert_new(space);
@@ -161,7 +178,11 @@ impl Node {
             return Ok(false);
         };
         let mut st = space.state.write();
-        if st.dropped || seq <= st.flushed_seq {
+        if st.dropped {
+            return Ok(false);
+        }
+        if seq <= st.flushed_seq {
+            st.replay_flushed(seq, op)?;
             return Ok(false);
         }
         if let Op::SpaceDrop = op {

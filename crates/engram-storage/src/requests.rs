@@ -28,8 +28,58 @@ pub const REQUEST_TTL_US: i64 = 10 * 60 * 1_000_000;
 pub const MAX_REQUESTS: usize = 200_000;
 const MAGIC: [u8; 8] = *b"ENGRREQ\0";
 /// An unreplicated space's table, in its directory (a replicated space keeps it in
-/// `raft.state`).
+/// `raft.state`): see [`encode_table_file`].
 pub const REQUESTS_FILE: &str = "requests.table";
+const FILE_MAGIC: [u8; 8] = *b"ENGRKEYS";
+const FILE_VERSION: u32 = 1;
+
+/// `requests.table`: magic "ENGRKEYS", `u32` version (1), `u64` the sequence the table is as of
+/// (every record up to it applied, none after), `u32` length and the table
+/// ([`Requests::encode`]), then crc32c of all before it.
+pub fn encode_table_file(table: &Requests, as_of: u64) -> Vec<u8> {
+    let body = table.encode();
+    let mut b = Vec::with_capacity(28 + body.len());
+    b.extend_from_slice(&FILE_MAGIC);
+    put_u32(&mut b, FILE_VERSION);
+    put_u64(&mut b, as_of);
+    put_u32(&mut b, body.len() as u32);
+    b.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&b);
+    put_u32(&mut b, crc);
+    b
+}
+
+/// A reader of `bytes` past their magic and version, once their trailing crc32c matches.
+fn checked<'a>(bytes: &'a [u8], magic: &[u8; 8], version: u32, what: &str) -> Result<Reader<'a>> {
+    if bytes.len() < 4 {
+        return corrupted(format!("{what}: too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return corrupted(format!("{what}: checksum mismatch"));
+    }
+    let mut r = Reader::new(body);
+    if r.take(8, "magic")? != magic {
+        return corrupted(format!("{what}: bad magic"));
+    }
+    let found = r.u32("version")?;
+    if found != version {
+        return Err(StorageError::UnsupportedVersion(format!(
+            "{what} version {found} is not supported (this build reads {version})"
+        )));
+    }
+    Ok(r)
+}
+
+/// Reads `requests.table` (see [`encode_table_file`]): the table and the sequence it is as of.
+pub fn decode_table_file(bytes: &[u8]) -> Result<(Requests, u64)> {
+    let mut r = checked(bytes, &FILE_MAGIC, FILE_VERSION, "requests.table")?;
+    let as_of = r.u64("as of")?;
+    let n = r.u32("table length")? as usize;
+    let table = Requests::decode(r.take(n, "table")?)?;
+    r.finish("requests.table")?;
+    Ok((table, as_of))
+}
 const VERSION: u32 = 1;
 
 /// A memory as a write's answer names it.
@@ -292,23 +342,7 @@ impl Requests {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Requests> {
-        if bytes.len() < 4 {
-            return corrupted("requests: too short");
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32c::crc32c(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-            return corrupted("requests: checksum mismatch");
-        }
-        let mut r = Reader::new(body);
-        if r.take(8, "magic")? != MAGIC {
-            return corrupted("requests: bad magic");
-        }
-        let version = r.u32("version")?;
-        if version != VERSION {
-            return Err(StorageError::UnsupportedVersion(format!(
-                "requests version {version} is not supported (this build reads {VERSION})"
-            )));
-        }
+        let mut r = checked(bytes, &MAGIC, VERSION, "requests")?;
         let newest_us = r.i64("newest time")?;
         let n = r.u32("count")? as usize;
         if n > MAX_REQUESTS {

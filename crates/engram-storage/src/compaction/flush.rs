@@ -15,7 +15,7 @@ use crate::lexical::SegmentLex;
 use crate::memtable::Entry;
 use crate::meta::SPACE_META_FILE;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
-use crate::requests::{Requests, REQUESTS_FILE};
+use crate::requests::{encode_table_file, Requests, REQUESTS_FILE};
 use crate::segment::{segment_file_name, write_memories, Segment, WritePace};
 use crate::space::{attach_lex, Space};
 use crate::wal::check::check_segment_durable;
@@ -70,15 +70,6 @@ pub(crate) fn flush(
         disk.create_dir_all(&space.dir).at(&space.dir)?;
         let p = space.dir.join(SPACE_META_FILE);
         write_file_atomic(disk, &p, &meta.encode()).at(&p)?;
-    }
-    if !meta.replicated {
-        // The keys of the writes in the frozen memtable, durable before its segment is (once
-        // it is, recovery replays none of those writes to record them again).
-        let table = space.state.read().frozen_requests.clone();
-        if let Some(table) = table {
-            let p = space.dir.join(REQUESTS_FILE);
-            write_file_atomic(disk, &p, &table.encode()).at(&p)?;
-        }
     }
     let mut new_segment = None;
     if !frozen.entries.is_empty() {
@@ -149,9 +140,22 @@ pub(crate) fn flush(
         let st = space.state.read();
         (st.frozen_raft.clone(), st.frozen_requests.clone())
     };
-    if let Some(raft) = &frozen_raft {
-        write_raft_state(disk, space, raft, &frozen_requests.unwrap_or_default())?;
-    }
+    let table_as_of = match (&frozen_raft, &frozen_requests) {
+        (Some(raft), requests) => {
+            write_raft_state(disk, space, raft, &requests.clone().unwrap_or_default())?;
+            None
+        }
+        // An unreplicated space's keys, as of the frozen memtable's last record, written once
+        // its segment is durable (after a crash in between, replay records the keys of the
+        // flushed records after the older table's point: the WAL keeps them until the
+        // flush is published below).
+        (None, Some(table)) => {
+            let p = space.dir.join(REQUESTS_FILE);
+            write_file_atomic(disk, &p, &encode_table_file(table, frozen.max_seq)).at(&p)?;
+            Some(frozen.max_seq)
+        }
+        (None, None) => None,
+    };
     let mut st = space.state.write();
     if let Some(seg) = new_segment {
         st.segments.push(seg);
@@ -165,6 +169,9 @@ pub(crate) fn flush(
         st.raft_persisted = Some(raft);
     }
     st.frozen_requests = None;
+    if let Some(as_of) = table_as_of {
+        st.requests_as_of = st.requests_as_of.max(as_of);
+    }
     Ok(written)
 }
 

@@ -4,7 +4,7 @@
 //! then segments newest first. Searches are in `search.rs`, what the engine may read in
 //! `view.rs`; flushing and merging in [`crate::compaction`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::meta::{SpaceMeta, SPACE_META_FILE};
 use crate::op::Op;
 use crate::raft::Command;
 use crate::raft::{RaftApplied, RAFT_STATE_FILE};
-use crate::requests::{Answer, Requests, REQUESTS_FILE};
+use crate::requests::{decode_table_file, Answer, Requests, REQUESTS_FILE};
 use crate::segment::{parse_segment_file_name, segment_file_name, Lookup, Segment};
 use crate::space::derived::{open_index, open_lex};
 
@@ -49,6 +49,12 @@ pub(crate) struct SpaceState {
     /// `requests` when the frozen memtable was frozen, written as that memtable is flushed
     /// (`None` for an unreplicated space that never had a key).
     pub(crate) frozen_requests: Option<Requests>,
+    /// An unreplicated space: the sequence its `requests.table` is as of (0: none). Replay
+    /// records the keys of flushed records after it (their changes are in segments).
+    pub(crate) requests_as_of: u64,
+    /// Keyed writes queued and not applied yet, by key (a request whose caller gave up
+    /// waiting is still under way: a repeat meanwhile must not write again).
+    pub(crate) pending_requests: HashMap<String, u32>,
 }
 
 /// One memory space.
@@ -92,6 +98,8 @@ impl Space {
                 frozen_raft: None,
                 requests: Requests::default(),
                 frozen_requests: None,
+                requests_as_of: 0,
+                pending_requests: HashMap::new(),
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -116,11 +124,12 @@ impl Space {
             return Ok(None);
         }
         let meta = SpaceMeta::decode(&disk.read(&meta_path).at(&meta_path)?)?;
-        let (raft, requests) = if meta.replicated {
+        let (raft, requests, requests_as_of) = if meta.replicated {
             let (raft, requests) = read_raft_state_with(disk, &dir)?.unwrap_or_default();
-            (Some(raft), requests)
+            (Some(raft), requests, 0)
         } else {
-            (None, read_requests(disk, &dir))
+            let (requests, as_of) = read_requests(disk, &dir);
+            (None, requests, as_of)
         };
         let mut ranges = Vec::new();
         let mut removed = false;
@@ -203,6 +212,8 @@ impl Space {
                 frozen_raft: None,
                 requests,
                 frozen_requests: None,
+                requests_as_of,
+                pending_requests: HashMap::new(),
             }),
             last_used: AtomicU64::new(0),
             files: Mutex::new(()),
@@ -443,27 +454,53 @@ impl SpaceState {
                     }
                 }
             }
-            Op::Request(c) => {
-                let Command { op, request } = *c;
-                let Some((key, at_us)) = request else {
-                    return self.apply(seq, op);
-                };
-                // A repeat of a key the table holds is skipped (the caller answers it from the
-                // table before writing; this keeps replay and races to the same outcome).
-                if self.requests.repeat_of(&key, seq, 0, at_us).is_some() {
-                    return Ok(());
-                }
-                let answer = Answer::of(&op, |id| self.contains(id.as_str()).unwrap_or(false));
-                self.apply(seq, op)?;
-                if let Some(a) = answer {
-                    self.requests.record(&key, seq, 0, at_us, a);
-                }
-            }
+            Op::Request(c) => self.apply_keyed(seq, *c, true)?,
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
             // The replication layer's log: the node never applies these to a space.
             Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {}
         }
         Ok(())
+    }
+
+    /// Applies the keyed write at `seq`: a repeat of a key the table holds changes nothing (the
+    /// caller answers repeats from the table before writing; this keeps replay and any race to
+    /// the same outcome); otherwise the write applies (unless `data` is false: its change is
+    /// in a segment already and only its key is replayed) and its key is recorded with its
+    /// answer. The table is then as of `seq`, at commit and at replay alike.
+    fn apply_keyed(&mut self, seq: u64, c: Command, data: bool) -> Result<()> {
+        let Command { op, request } = c;
+        let Some((key, at_us)) = request else {
+            return if data { self.apply(seq, op) } else { Ok(()) };
+        };
+        if let Some(n) = self.pending_requests.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_requests.remove(&key);
+            }
+        }
+        if self.requests.repeat_of(&key, seq, 0, at_us).is_some() {
+            return Ok(());
+        }
+        // The store writes a keyed forget only for a memory it found, so its answer says the
+        // memory existed (read from the record alone, the same at replay).
+        let answer = Answer::of(&op, |_| true);
+        if data {
+            self.apply(seq, op)?;
+        }
+        if let Some(a) = answer {
+            self.requests.record(&key, seq, 0, at_us, a);
+        }
+        Ok(())
+    }
+
+    /// A record at `seq`, at or below `flushed_seq` (its change is in a segment), met again by
+    /// replay: a keyed write's key is recorded when `requests.table` is older than it (a crash
+    /// after the segment was written and before the table was).
+    pub(crate) fn replay_flushed(&mut self, seq: u64, op: Op) -> Result<()> {
+        match op {
+            Op::Request(c) if seq > self.requests_as_of => self.apply_keyed(seq, *c, false),
+            _ => Ok(()),
+        }
     }
 
     /// Puts `m` (the newest version with an explicit link added or removed) in the active
@@ -503,19 +540,20 @@ pub(crate) fn read_raft_state_with(
     Ok(Some(RaftApplied::decode_with(&disk.read(&p).at(&p)?)?))
 }
 
-/// An unreplicated space's requests table in `dir` (empty when it has none). A table that
-/// does not read is logged and dropped: the next flush writes the table anew, and until then
-/// the keys it held are not recognised (their repeats are applied again).
-fn read_requests(disk: &dyn Disk, dir: &Path) -> Requests {
+/// An unreplicated space's requests table in `dir` and the sequence it is as of (empty, 0 when
+/// it has none). A table that does not read is logged and dropped: the next flush writes the
+/// table anew, and until then the keys it held are not recognised (their repeats are applied
+/// again).
+fn read_requests(disk: &dyn Disk, dir: &Path) -> (Requests, u64) {
     let p = dir.join(REQUESTS_FILE);
     if !disk.exists(&p) {
-        return Requests::default();
+        return (Requests::default(), 0);
     }
-    match disk.read(&p).at(&p).and_then(|b| Requests::decode(&b)) {
+    match disk.read(&p).at(&p).and_then(|b| decode_table_file(&b)) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(path = %p.display(), error = %e, "the space's table of idempotency keys does not read: starting without it");
-            Requests::default()
+            (Requests::default(), 0)
         }
     }
 }

@@ -13,11 +13,23 @@ use super::{check_memories, space_create, Store};
 use crate::error::{Result, StorageError};
 use crate::op::Op;
 use crate::raft::{Command, MAX_REQUEST_KEY};
+use crate::requests::RequestRecord;
 use crate::wal::commit::Commit;
 
 /// A client's `Idempotency-Key` (1 to [`MAX_REQUEST_KEY`] bytes) and when its write was
 /// received (µs since the epoch).
 pub type RequestKey = (String, i64);
+
+/// What a space knows of a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestState {
+    /// A write with the key was applied within ten minutes: its first answer.
+    Recorded(RequestRecord),
+    /// A write with the key is queued and not applied yet.
+    Pending,
+    /// Neither.
+    Unknown,
+}
 
 /// `op` as its record carries it: keyed when `request` is set.
 fn keyed(op: Op, request: Option<RequestKey>) -> Result<Op> {
@@ -37,6 +49,53 @@ fn keyed(op: Op, request: Option<RequestKey>) -> Result<Op> {
 }
 
 impl Store {
+    /// What `space` knows of the request `key` as of `now_us` (`Unknown` for a space that
+    /// does not exist).
+    pub fn request_state(&self, space: &SpaceId, key: &str, now_us: i64) -> Result<RequestState> {
+        let Some(s) = self.inner.catalog.space(space)? else {
+            return Ok(RequestState::Unknown);
+        };
+        let st = s.state.read();
+        Ok(if let Some(rec) = st.requests.get(key, now_us) {
+            RequestState::Recorded(rec.clone())
+        } else if st.pending_requests.contains_key(key) {
+            RequestState::Pending
+        } else {
+            RequestState::Unknown
+        })
+    }
+
+    /// Queues `op` for `space` (which exists), keyed when `request` is set: the key is pending
+    /// until the record is applied, whether or not the caller waits for it.
+    fn submit_keyed_async(
+        &self,
+        space: &SpaceId,
+        op: Op,
+        request: Option<RequestKey>,
+    ) -> Result<Commit> {
+        let Some((key, at_us)) = request else {
+            return self.submit_async(space, op);
+        };
+        let op = keyed(op, Some((key.clone(), at_us)))?;
+        let s = self.inner.catalog.require(space)?;
+        *s.state
+            .write()
+            .pending_requests
+            .entry(key.clone())
+            .or_insert(0) += 1;
+        let out = self.submit_async(space, op);
+        if out.is_err() {
+            let mut st = s.state.write();
+            if let Some(n) = st.pending_requests.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    st.pending_requests.remove(&key);
+                }
+            }
+        }
+        out
+    }
+
     /// [`Store::create_space_with_embedder`], keyed.
     pub fn create_space_keyed(
         &self,
@@ -91,7 +150,7 @@ impl Store {
         request: Option<RequestKey>,
     ) -> Result<Commit> {
         self.check_batch(space, &memories)?;
-        self.submit_async(space, keyed(Op::RememberBatch(memories), request)?)
+        self.submit_keyed_async(space, Op::RememberBatch(memories), request)
     }
 
     /// [`Store::remember_auto_link_async`], keyed.
@@ -102,7 +161,7 @@ impl Store {
         request: Option<RequestKey>,
     ) -> Result<Commit> {
         self.check_auto_link(space, &memories)?;
-        self.submit_async(space, keyed(Op::RememberAutoLink(memories), request)?)
+        self.submit_keyed_async(space, Op::RememberAutoLink(memories), request)
     }
 
     /// [`Store::forget`], keyed. A memory that is not there is not forgotten: nothing is

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use engram_core::{MemoryId, SpaceId};
-use engram_storage::requests::{Answer, Requests, REQUESTS_FILE};
+use engram_storage::requests::{decode_table_file, Answer, REQUESTS_FILE};
 use engram_storage::wal::{scan_wal_file, WalFileHeader};
 use engram_storage::{op_code, Command, Op, Store};
 
@@ -100,9 +100,13 @@ fn reads_wal_v4_fixture() {
         assert_eq!(&bytes[end - payload.len()..end], &payload[..]);
     }
     // The table the flush wrote: the three keys before it.
-    let table =
-        Requests::decode(&std::fs::read(src.join("spaces/keyed").join(REQUESTS_FILE)).unwrap())
+    let (table, as_of) =
+        decode_table_file(&std::fs::read(src.join("spaces/keyed").join(REQUESTS_FILE)).unwrap())
             .unwrap();
+    assert_eq!(
+        as_of, 4,
+        "the flushed records: the creation, the batch, c, the forget"
+    );
     assert_eq!(table.len(), 3);
     assert_eq!(
         table.get("create-1", AT).unwrap().answer,
