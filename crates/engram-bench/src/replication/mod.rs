@@ -218,22 +218,6 @@ where
     F: Fn(u64, Memory) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send,
 {
-    drive_paced(rt, cfg, None, write)
-}
-
-/// [`drive`], the n-th write started no sooner than `n / rate` seconds after the start when
-/// `rate` (writes/s) is set: an open load at that rate, as long as the writers keep up.
-pub(crate) fn drive_paced<F, Fut>(
-    rt: &tokio::runtime::Runtime,
-    cfg: &Config,
-    rate: Option<f64>,
-    write: F,
-) -> Result<Run>
-where
-    F: Fn(u64, Memory) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<()>> + Send,
-{
-    let start = tokio::time::Instant::now();
     let write = Arc::new(write);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -250,10 +234,6 @@ where
                 let mut k = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
-                    if let Some(rate) = rate {
-                        tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / rate))
-                            .await;
-                    }
                     let mut m = pool[k % pool.len()].clone();
                     k += 1;
                     m.id = util::memory_id(n);
