@@ -31,7 +31,7 @@ impl ReplicaNode {
         if self.heartbeats.swap(true, Ordering::AcqRel) {
             return;
         }
-        let every = Duration::from_millis(self.config.heartbeat_interval.max(1));
+        let every = self.heartbeat;
         let me = self.me.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every / 2);
