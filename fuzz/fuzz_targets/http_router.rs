@@ -1,4 +1,5 @@
-//! Every route's body decoding and query parsing, through the real router in process: any
+//! Every route's body decoding, query parsing and headers (`X-Memory-Space`,
+//! `Idempotency-Key`), through the real router in process: any
 //! bytes, or any JSON (built from the input, with the API's field names so the fuzzer reaches
 //! the validation behind the parser), must get an answer that is not a 500, and never a
 //! panic, an abort or a stack overflow.
@@ -114,6 +115,9 @@ struct Input {
     query: Vec<(Key, String)>,
     payload: Option<Payload>,
     space_header: Option<String>,
+    /// `Idempotency-Key` headers: any bytes, any number of them (a repeat of an input's key
+    /// meets the table a previous input filled).
+    idempotency_keys: Vec<Vec<u8>>,
 }
 
 fn key(k: &Key) -> String {
@@ -193,6 +197,11 @@ fuzz_target!(|input: Input| {
     if let Some(s) = &input.space_header {
         if let Ok(v) = axum::http::HeaderValue::from_str(s) {
             req = req.header("x-memory-space", v);
+        }
+    }
+    for k in input.idempotency_keys.iter().take(3) {
+        if let Ok(v) = axum::http::HeaderValue::from_bytes(k) {
+            req = req.header("idempotency-key", v);
         }
     }
     let Ok(req) = req.body(Body::from(body)) else {
