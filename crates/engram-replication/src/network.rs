@@ -127,6 +127,20 @@ impl Peer {
             Err(e) => Err(unreachable(e)),
         }
     }
+
+    /// One append request (marking the target as sent to, for the heartbeat driver) and its
+    /// reply.
+    async fn append(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+        ttl: Duration,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.contact.mark(self.target);
+        match self.rpc(Message::Append(req), ttl).await? {
+            Message::AppendReply(r) => Ok(r),
+            other => Err(RPCError::Network(unexpected(&other))),
+        }
+    }
 }
 
 /// AppendEntries requests a peer's replication stream has in flight at once. The default
@@ -174,18 +188,17 @@ impl<S> Pipeline<S>
 where
     S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin + Send + 'static,
 {
-    fn send(&mut self, req: AppendEntriesRequest<TypeConfig>) {
+    /// Sends the input's next request, or notes that the input has ended.
+    fn take(&mut self, req: Option<AppendEntriesRequest<TypeConfig>>) {
+        let Some(req) = req else {
+            self.input_done = true;
+            return;
+        };
         let prev = req.prev_log_id;
         let last = req.entries.last().map(|e| e.log_id).or(prev);
-        self.peer.contact.mark(self.peer.target);
         let (peer, ttl) = (self.peer.clone(), self.ttl);
         self.inflight.push_back(Box::pin(async move {
-            let reply = match peer.rpc(Message::Append(req), ttl).await {
-                Ok(Message::AppendReply(r)) => Ok(r),
-                Ok(other) => Err(RPCError::Network(unexpected(&other))),
-                Err(e) => Err(e.into()),
-            };
-            ((prev, last), reply)
+            ((prev, last), peer.append(req, ttl).await)
         }));
     }
 
@@ -197,10 +210,8 @@ where
                 if self.input_done {
                     return None;
                 }
-                match self.input.next().await {
-                    Some(req) => self.send(req),
-                    None => self.input_done = true,
-                }
+                let req = self.input.next().await;
+                self.take(req);
                 continue;
             }
             if self.input_done || self.inflight.len() >= STREAM_WINDOW {
@@ -209,10 +220,7 @@ where
             tokio::select! {
                 biased;
                 reply = self.inflight.next() => return reply,
-                req = self.input.next() => match req {
-                    Some(req) => self.send(req),
-                    None => self.input_done = true,
-                },
+                req = self.input.next() => self.take(req),
             }
         }
     }
@@ -230,11 +238,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.contact.mark(self.target);
-        match self.rpc(Message::Append(rpc), option.hard_ttl()).await? {
-            Message::AppendReply(r) => Ok(r),
-            other => Err(RPCError::Network(unexpected(&other))),
-        }
+        self.append(rpc, option.hard_ttl()).await
     }
 
     /// Pipelined: up to [`STREAM_WINDOW`] requests in flight, replies yielded in order. The
