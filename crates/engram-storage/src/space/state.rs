@@ -472,12 +472,7 @@ impl SpaceState {
         let Some((key, at_us)) = request else {
             return if data { self.apply(seq, op) } else { Ok(()) };
         };
-        if let Some(n) = self.pending_requests.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.pending_requests.remove(&key);
-            }
-        }
+        self.unpend_request(&key);
         if self.requests.repeat_of(&key, seq, 0, at_us).is_some() {
             return Ok(());
         }
@@ -491,6 +486,16 @@ impl SpaceState {
             self.requests.record(&key, seq, 0, at_us, a);
         }
         Ok(())
+    }
+
+    /// One queued write with `key` is no longer pending (applied, or never queued).
+    pub(crate) fn unpend_request(&mut self, key: &str) {
+        if let Some(n) = self.pending_requests.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_requests.remove(key);
+            }
+        }
     }
 
     /// A record at `seq`, at or below `flushed_seq` (its change is in a segment), met again by

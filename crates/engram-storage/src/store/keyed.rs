@@ -85,13 +85,7 @@ impl Store {
             .or_insert(0) += 1;
         let out = self.submit_async(space, op);
         if out.is_err() {
-            let mut st = s.state.write();
-            if let Some(n) = st.pending_requests.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    st.pending_requests.remove(&key);
-                }
-            }
+            s.state.write().unpend_request(&key);
         }
         out
     }
