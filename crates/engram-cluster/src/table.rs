@@ -191,6 +191,60 @@ impl PlacementTable {
         })
     }
 
+    /// A table from what [`PlacementTable::epoch`], [`PlacementTable::config`],
+    /// [`PlacementTable::members`], [`PlacementTable::tokens`] and
+    /// [`PlacementTable::retired`] return: how a table is stored and read back (the cluster's
+    /// metadata snapshots). Checked: the configuration and every node within their limits,
+    /// every token owned by a member, each member holding tokens, no member also retired.
+    pub fn from_parts(
+        epoch: Epoch,
+        config: PlacementConfig,
+        members: BTreeMap<NodeId, NodeInfo>,
+        tokens: BTreeMap<u64, NodeId>,
+        retired: BTreeMap<NodeId, Retired>,
+    ) -> Result<Self, ClusterError> {
+        config.validate()?;
+        if members.len() > MAX_NODES || tokens.len() > MAX_TOKENS {
+            return Err(ClusterError::Limit(format!(
+                "{} members and {} tokens (at most {MAX_NODES} and {MAX_TOKENS})",
+                members.len(),
+                tokens.len()
+            )));
+        }
+        for (id, info) in &members {
+            if info.id != *id {
+                return Err(ClusterError::InvalidNode {
+                    id: *id,
+                    reason: format!("listed under the id of {}", info.id),
+                });
+            }
+            info.validate()?;
+        }
+        if let Some((_, owner)) = tokens.iter().find(|(_, o)| !members.contains_key(o)) {
+            return Err(ClusterError::NotMember(*owner));
+        }
+        for id in members.keys() {
+            if !tokens.values().any(|o| o == id) {
+                return Err(ClusterError::InvalidNode {
+                    id: *id,
+                    reason: "a member without tokens".into(),
+                });
+            }
+        }
+        if let Some(id) = retired.keys().find(|id| members.contains_key(id)) {
+            return Err(ClusterError::AlreadyMember(*id));
+        }
+        let ring = Ring::build(&tokens, &members);
+        Ok(Self {
+            epoch,
+            config,
+            members,
+            tokens,
+            retired,
+            ring,
+        })
+    }
+
     /// A placement of `nodes` joined one after another (epoch = number of nodes), balanced with
     /// `catalog`.
     pub fn with_nodes(

@@ -36,6 +36,30 @@ impl SpaceId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name of the cluster's metadata raft group ([`SpaceId::METADATA_GROUP`]): a group
+    /// name, never a space. Its `.` is outside the alphabet of space ids, so no space can
+    /// share its name (a space's group is named by the space's id).
+    pub fn metadata_group() -> Self {
+        Self(Self::METADATA_GROUP.to_string())
+    }
+
+    /// The metadata group's name (see [`SpaceId::metadata_group`]).
+    pub const METADATA_GROUP: &'static str = "cluster.meta";
+
+    /// A raft group's name: a space id, or the metadata group's.
+    pub fn group(id: impl Into<String>) -> Result<Self, CoreError> {
+        let id = id.into();
+        if id == Self::METADATA_GROUP {
+            return Ok(Self(id));
+        }
+        Self::new(id)
+    }
+
+    /// Whether this names the metadata group rather than a space.
+    pub fn is_metadata_group(&self) -> bool {
+        self.0 == Self::METADATA_GROUP
+    }
 }
 
 impl fmt::Display for SpaceId {

@@ -80,6 +80,15 @@ pub enum Message {
     },
     /// The reply to `Quiesce` and `Wake`.
     Ack,
+    /// From a node outside the cluster, to any member (group `cluster.meta`): propose that it
+    /// joins (forwarded once to the metadata group's leader); the reply is a `ProposeReply`.
+    Join(crate::meta::NodeRecord),
+    /// Asks a node how many space groups it leads and holds resident (any group name).
+    Status,
+    StatusReply {
+        led: u64,
+        resident: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +120,9 @@ mod kind {
     pub const QUIESCE: u8 = 12;
     pub const WAKE: u8 = 13;
     pub const ACK: u8 = 14;
+    pub const JOIN: u8 = 15;
+    pub const STATUS: u8 = 16;
+    pub const STATUS_REPLY: u8 = 17;
 }
 
 fn put_vote(out: &mut Vec<u8>, v: &Vote) {
@@ -327,6 +339,15 @@ impl Message {
             Message::Error(why) => put_str16(&mut out, truncated(why)),
             Message::Quiesce { from } | Message::Wake { from } => put_u64(&mut out, *from),
             Message::Ack => {}
+            Message::Join(n) => put_bytes(
+                &mut out,
+                &crate::meta::MetaCommand::Join(n.clone()).encode(),
+            ),
+            Message::Status => {}
+            Message::StatusReply { led, resident } => {
+                put_u64(&mut out, *led);
+                put_u64(&mut out, *resident);
+            }
         }
         out
     }
@@ -347,6 +368,9 @@ impl Message {
             Message::Quiesce { .. } => kind::QUIESCE,
             Message::Wake { .. } => kind::WAKE,
             Message::Ack => kind::ACK,
+            Message::Join(_) => kind::JOIN,
+            Message::Status => kind::STATUS,
+            Message::StatusReply { .. } => kind::STATUS_REPLY,
         }
     }
 
@@ -363,7 +387,7 @@ impl Message {
             ));
         }
         let k = r.u8("kind")?;
-        let group = SpaceId::new(r.str16("group")?).map_err(|e| CodecError(e.to_string()))?;
+        let group = SpaceId::group(r.str16("group")?).map_err(|e| CodecError(e.to_string()))?;
         let msg = match k {
             kind::APPEND => {
                 let vote = read_vote(&mut r)?;
@@ -487,6 +511,15 @@ impl Message {
                 from: r.u64("from")?,
             },
             kind::ACK => Message::Ack,
+            kind::JOIN => match crate::meta::MetaCommand::decode(read_bytes(&mut r, "join")?)? {
+                crate::meta::MetaCommand::Join(n) => Message::Join(n),
+                _ => return bad("a join that is another metadata command"),
+            },
+            kind::STATUS => Message::Status,
+            kind::STATUS_REPLY => Message::StatusReply {
+                led: r.u64("led")?,
+                resident: r.u64("resident")?,
+            },
             other => return bad(format!("message kind {other}")),
         };
         r.finish("message")?;
@@ -612,6 +645,20 @@ mod tests {
             Message::Quiesce { from: 3 },
             Message::Wake { from: 2 },
             Message::Ack,
+            Message::Status,
+            Message::StatusReply {
+                led: 3,
+                resident: 9,
+            },
+            Message::Join(crate::meta::NodeRecord {
+                name: "n2".into(),
+                http: "http://127.0.0.1:7432".into(),
+                cluster: "127.0.0.1:7433".into(),
+                rack: "r1".into(),
+                capacity: 100,
+                state: crate::meta::NodeState::Joining,
+                incarnation: 77,
+            }),
         ]
     }
 

@@ -16,17 +16,20 @@
 //!   as the space's files.
 
 mod batch;
+pub mod cluster;
 pub mod codec;
 mod heartbeat;
 /// The consensus engine, at the exact version this crate pins (for its callers' configs).
 pub use openraft;
 pub mod frame;
 pub mod log_store;
+pub mod meta;
 pub mod network;
 pub mod node;
 pub mod residency;
 pub mod runtime;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 
 pub use batch::MAX_IN_FLIGHT;

@@ -184,6 +184,15 @@ impl NodeLog {
         }
     }
 
+    /// Whether `group` has any raft state on this node: a vote, an entry, or a purge point
+    /// (so it was initialised here, or has heard from a leader).
+    pub fn has_state(&self, group: &SpaceId) -> bool {
+        self.groups.lock().get(group).is_some_and(|g| {
+            let l = g.log.lock();
+            l.meta.vote.is_some() || l.meta.purged.is_some() || !l.entries.is_empty()
+        })
+    }
+
     /// The groups that have a log on this node.
     pub fn groups(&self) -> Vec<SpaceId> {
         self.groups.lock().keys().cloned().collect()

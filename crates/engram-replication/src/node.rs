@@ -34,8 +34,8 @@ pub struct ReplicaNode {
     /// across a group's start and shutdown): a slow start never holds heartbeats up.
     pub(crate) beats: parking_lot::RwLock<HashMap<SpaceId, (Group, Arc<Contact>)>>,
     pub(crate) id: u64,
-    store: Arc<Store>,
-    log: Arc<NodeLog>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) log: Arc<NodeLog>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: Arc<openraft::Config>,
     /// How often a quiet follower hears from its leader (the configured `heartbeat_interval`;
@@ -50,6 +50,8 @@ pub struct ReplicaNode {
     pub(crate) generation: AtomicU64,
     /// Writes waiting to be proposed, per group.
     proposals: Arc<Proposals>,
+    /// The cluster's metadata group, once started (`meta`).
+    pub(crate) meta: crate::meta::MetaCell,
 }
 
 impl ReplicaNode {
@@ -93,6 +95,7 @@ impl ReplicaNode {
             received: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             proposals: Arc::new(Proposals::default()),
+            meta: Default::default(),
         }))
     }
 
@@ -228,6 +231,13 @@ impl ReplicaNode {
 
     async fn dispatch(&self, space: &SpaceId, msg: Message) -> Message {
         let fail = |e: &dyn std::fmt::Display| Message::Error(e.to_string());
+        if let Message::Status = msg {
+            let (led, resident) = self.led_and_resident().await;
+            return Message::StatusReply { led, resident };
+        }
+        if space.is_metadata_group() {
+            return self.dispatch_meta(msg).await;
+        }
         match msg {
             Message::Append(a) => match self.resident(space, Use::Message).await {
                 Ok(g) => match g.append_entries(a).await {
@@ -249,6 +259,9 @@ impl ReplicaNode {
                     Err(e) => fail(&e),
                 }
             }
+            Message::Propose(c) if matches!(c.op, engram_storage::Op::Meta(_)) => {
+                fail(&"a metadata command for a space's group")
+            }
             Message::Propose(c) => Message::ProposeReply(self.propose(space, c).await),
             Message::ReadIds => Message::ReadIdsReply(self.read_ids(space).await),
             Message::Quiesce { from } => match self.quiesce_follower(space, from).await {
@@ -266,6 +279,57 @@ impl ReplicaNode {
         }
     }
 
+    /// What the metadata group's peers send it.
+    async fn dispatch_meta(&self, msg: Message) -> Message {
+        let fail = |e: &dyn std::fmt::Display| Message::Error(e.to_string());
+        let Some(m) = self.meta.get() else {
+            return fail(&"this node has no metadata group");
+        };
+        match msg {
+            Message::Append(a) => match m.raft.append_entries(a).await {
+                Ok(r) => Message::AppendReply(r),
+                Err(e) => fail(&e),
+            },
+            Message::Vote(v) => match m.raft.vote(v).await {
+                Ok(r) => Message::VoteReply(r),
+                Err(e) => fail(&e),
+            },
+            Message::Snapshot { vote, snapshot } => {
+                let space = SpaceId::metadata_group();
+                let snap = match self.receive_files(&space, snapshot) {
+                    Ok(s) => s,
+                    Err(e) => return fail(&e),
+                };
+                match m.raft.install_full_snapshot(vote, snap).await {
+                    Ok(r) => Message::SnapshotReply(r),
+                    Err(e) => fail(&e),
+                }
+            }
+            Message::Propose(c) => Message::ProposeReply(self.propose_meta_here(c).await),
+            Message::Join(n) => {
+                let name = n.name.clone();
+                match self.propose_meta(&crate::meta::MetaCommand::Join(n)).await {
+                    Ok(a) => {
+                        tracing::info!(node = %name, answer = ?a, "a node asked to join");
+                        Message::ProposeReply(crate::codec::ProposeOutcome::Applied(
+                            crate::types::Response {
+                                index: 0,
+                                at_us: 0,
+                                answer: Some(engram_storage::requests::Answer::Meta(a.encode())),
+                                repeat: false,
+                            },
+                        ))
+                    }
+                    Err(e) => fail(&e),
+                }
+            }
+            other => Message::Error(format!(
+                "not a request of the metadata group: {:?}",
+                std::mem::discriminant(&other)
+            )),
+        }
+    }
+
     /// Writes a received snapshot's files under `snapshots/<space>/` and installs it.
     async fn receive_snapshot(
         &self,
@@ -274,6 +338,17 @@ impl ReplicaNode {
         snapshot: SnapshotTransfer,
     ) -> io::Result<Message> {
         let g = self.resident(space, Use::Message).await?;
+        let snap = self.receive_files(space, snapshot)?;
+        let r = g
+            .install_full_snapshot(vote, snap)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Message::SnapshotReply(r))
+    }
+
+    /// Writes a received snapshot's files, durably, into a new directory of
+    /// `snapshots/<group>/`.
+    fn receive_files(&self, space: &SpaceId, snapshot: SnapshotTransfer) -> io::Result<Snapshot> {
         let disk = self.store.disk().clone();
         let n = self.received.fetch_add(1, Ordering::Relaxed);
         let dir: PathBuf = self
@@ -289,18 +364,24 @@ impl ReplicaNode {
             f.sync()?;
         }
         disk.sync_dir(&dir)?;
-        let snap = Snapshot {
+        Ok(Snapshot {
             meta: SnapshotMeta {
                 last_log_id: snapshot.last_log_id,
                 last_membership: snapshot.membership,
             },
             snapshot: SnapshotFiles { dir },
-        };
-        let r = g
-            .install_full_snapshot(vote, snap)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Message::SnapshotReply(r))
+        })
+    }
+
+    /// How many resident space groups this node leads, and how many are resident.
+    pub async fn led_and_resident(&self) -> (u64, u64) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let groups = self.running().await;
+        let led = groups
+            .iter()
+            .filter(|(_, g)| g.metrics().borrow_watched().current_leader == Some(self.id))
+            .count();
+        (led as u64, groups.len() as u64)
     }
 
     /// The last log index `space`'s group has applied on this node.

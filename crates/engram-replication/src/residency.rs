@@ -92,6 +92,12 @@ impl ReplicaNode {
     /// heartbeats then wake this node with a fresh lease), and wakes this node's ticker only
     /// if the leader cannot be reached (so that an election can replace it).
     pub(crate) async fn resident(&self, space: &SpaceId, use_: Use) -> io::Result<Group> {
+        if space.is_metadata_group() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the metadata group is not a space's group",
+            ));
+        }
         let (raft, ask_leader) = {
             let mut groups = self.groups.lock().await;
             match groups.get_mut(space) {

@@ -31,10 +31,10 @@ pub struct SnapshotFiles {
 }
 
 pub type Snapshot = openraft::Snapshot<CommittedLeaderId<u64>, u64, NodeAddr, SnapshotFiles>;
-type Meta = SnapshotMeta<CommittedLeaderId<u64>, u64, NodeAddr>;
+pub(crate) type Meta = SnapshotMeta<CommittedLeaderId<u64>, u64, NodeAddr>;
 
 /// The newest snapshot built or installed, shared with the builders.
-type Current = Arc<Mutex<Option<(Meta, PathBuf)>>>;
+pub(crate) type Current = Arc<Mutex<Option<(Meta, PathBuf)>>>;
 
 /// One space as its group's state machine.
 pub struct SpaceStateMachine {
@@ -59,7 +59,8 @@ impl SpaceStateMachine {
             .map_err(io_err)?
             .unwrap_or_default();
         let snapshots = store.root().join("snapshots").join(space.as_str());
-        let kept = keep_snapshot(&**store.disk(), &snapshots, &applied, purged)?;
+        let upto = applied.applied.map_or(0, |p| p.index);
+        let kept = keep_snapshot(&**store.disk(), &snapshots, upto, purged)?;
         Ok(Self {
             store,
             space,
@@ -79,7 +80,7 @@ impl SpaceStateMachine {
     }
 }
 
-fn snapshot_meta(state: &RaftApplied) -> io::Result<Meta> {
+pub(crate) fn snapshot_meta(state: &RaftApplied) -> io::Result<Meta> {
     Ok(SnapshotMeta {
         last_log_id: state.applied.map(log_id),
         last_membership: StoredMembership::new(
@@ -90,7 +91,7 @@ fn snapshot_meta(state: &RaftApplied) -> io::Result<Meta> {
 }
 
 /// A name for a new snapshot directory: `what` and the clock (unique within the group).
-fn snapshot_dir_name(what: &str) -> String {
+pub(crate) fn snapshot_dir_name(what: &str) -> String {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -102,7 +103,7 @@ fn snapshot_dir_name(what: &str) -> String {
 pub const SEALED: &str = "sealed";
 
 /// Marks the filled snapshot directory `dir` complete (see [`SEALED`]).
-fn seal(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
+pub(crate) fn seal(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
     disk.sync_dir(dir)?;
     let mut f = disk.create(&dir.join(SEALED))?;
     f.sync()?;
@@ -111,13 +112,13 @@ fn seal(disk: &dyn Disk, dir: &Path) -> io::Result<()> {
 
 /// The snapshot an earlier run left in `snapshots` that stays current: the complete one
 /// (built or installed, and [`SEALED`]) holding the most applied, of those a restarted group
-/// can serve (no newer than what the space holds applied, no older than the log's purged
-/// entries: the entries after it must still be in the log). Every other directory there is
-/// removed.
-fn keep_snapshot(
+/// can serve (applied up to no further than `upto`, what the state machine holds applied,
+/// and no older than the log's purged entries: the entries after it must still be in the
+/// log). Every other directory there is removed.
+pub(crate) fn keep_snapshot(
     disk: &dyn Disk,
     snapshots: &Path,
-    applied: &RaftApplied,
+    upto: u64,
     purged: Option<LogPos>,
 ) -> io::Result<Option<(Meta, PathBuf)>> {
     if !disk.exists(snapshots) {
@@ -146,7 +147,7 @@ fn keep_snapshot(
         };
         let index = |a: &RaftApplied| a.applied.map_or(0, |p| p.index);
         let servable = state.applied.is_some()
-            && index(&state) <= index(applied)
+            && index(&state) <= upto
             && purged.is_none_or(|p| index(&state) >= p.index);
         if servable && best.as_ref().is_none_or(|(b, _)| index(&state) > index(b)) {
             best = Some((state, dir));
@@ -164,7 +165,13 @@ fn keep_snapshot(
 }
 
 /// Makes the newest snapshot `(meta, dir)` and removes the directories of older ones.
-fn make_current(disk: &dyn Disk, current: &Current, snapshots: &Path, meta: Meta, dir: PathBuf) {
+pub(crate) fn make_current(
+    disk: &dyn Disk,
+    current: &Current,
+    snapshots: &Path,
+    meta: Meta,
+    dir: PathBuf,
+) {
     let mut cur = current.lock();
     *cur = Some((meta, dir.clone()));
     if let Ok(names) = disk.list_dir(snapshots) {
@@ -219,13 +226,8 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<crate::types::LogId>, StoredMembership), io::Error> {
-        Ok((
-            self.applied.applied.map(log_id),
-            StoredMembership::new(
-                self.applied.membership_at.map(log_id),
-                membership_of(&self.applied.membership)?,
-            ),
-        ))
+        let m = snapshot_meta(&self.applied)?;
+        Ok((m.last_log_id, m.last_membership))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>

@@ -63,6 +63,10 @@ pub enum Op {
     /// the time it was received. Applying it records the key and the write's answer in the
     /// space's requests table. Format version 4.
     Request(Box<Command>),
+    /// A command of the cluster's metadata group (its bytes are the metadata layer's, see
+    /// `engram-replication`'s `meta`): only ever inside a log entry of that group, never a
+    /// record of its own nor a command of a space's group. Format version 5.
+    Meta(Vec<u8>),
 }
 
 /// One memory's entry in [`Op::AutoLinks`].
@@ -89,6 +93,7 @@ pub mod code {
     pub const RAFT_META: u8 = 11;
     pub const RAFT_TRUNCATE: u8 = 12;
     pub const REQUEST: u8 = 13;
+    pub const META: u8 = 14;
 }
 
 impl Op {
@@ -107,6 +112,7 @@ impl Op {
             Op::RaftMeta(_) => code::RAFT_META,
             Op::RaftTruncate(_) => code::RAFT_TRUNCATE,
             Op::Request(_) => code::REQUEST,
+            Op::Meta(_) => code::META,
         }
     }
 
@@ -130,7 +136,7 @@ impl Op {
     /// space's creation or drop, nor a raft record.
     pub fn is_data(&self) -> bool {
         let op = self.inner();
-        !matches!(op, Op::SpaceCreate { .. } | Op::SpaceDrop) && !op.is_raft()
+        !matches!(op, Op::SpaceCreate { .. } | Op::SpaceDrop | Op::Meta(_)) && !op.is_raft()
     }
 
     /// How many changes the operation carries: the memories of a batch, else one.
@@ -143,7 +149,7 @@ impl Op {
                 EntryBody::Commands(cs) => cs.iter().map(|c| c.op.changes()).sum(),
                 _ => 0,
             },
-            Op::RaftMeta(_) | Op::RaftTruncate(_) => 0,
+            Op::RaftMeta(_) | Op::RaftTruncate(_) | Op::Meta(_) => 0,
             Op::Request(c) => c.op.changes(),
             _ => 1,
         }
@@ -205,6 +211,7 @@ impl Op {
                 out.push(c.op.code());
                 c.op.encode_payload(out);
             }
+            Op::Meta(bytes) => out.extend_from_slice(bytes),
         }
     }
 
@@ -272,6 +279,7 @@ impl Op {
             code::RAFT_ENTRY => Op::RaftEntry(Box::new(LogEntry::decode(&mut r)?)),
             code::RAFT_META => Op::RaftMeta(GroupMeta::decode(&mut r)?),
             code::RAFT_TRUNCATE => Op::RaftTruncate(decode_truncate(&mut r)?),
+            code::META => Op::Meta(r.take(r.remaining(), "metadata command")?.to_vec()),
             code::REQUEST => {
                 let Some(request) = decode_request(&mut r)? else {
                     return corrupted("a keyed write without its key");

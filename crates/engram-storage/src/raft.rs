@@ -315,7 +315,7 @@ pub(crate) fn decode_request(r: &mut Reader<'_>) -> Result<Option<(String, i64)>
 /// A command's operation code: a data operation (1 to 9).
 fn command_code(r: &mut Reader<'_>) -> Result<u8> {
     let op_code = r.u8("command operation")?;
-    if !(code::REMEMBER..=code::AUTO_LINKS).contains(&op_code) {
+    if !(code::REMEMBER..=code::AUTO_LINKS).contains(&op_code) && op_code != code::META {
         return corrupted(format!("operation {op_code} inside a log entry"));
     }
     Ok(op_code)

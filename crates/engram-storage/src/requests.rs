@@ -112,6 +112,9 @@ pub enum Answer {
     },
     SpaceCreated,
     SpaceDropped,
+    /// What a command of the cluster's metadata group came to (its bytes are the metadata
+    /// layer's): carried back to the node that proposed it, never recorded in a table.
+    Meta(Vec<u8>),
 }
 
 impl Answer {
@@ -150,7 +153,8 @@ impl Answer {
             | Op::RaftEntry(_)
             | Op::RaftMeta(_)
             | Op::RaftTruncate(_)
-            | Op::Request(_) => return None,
+            | Op::Request(_)
+            | Op::Meta(_) => return None,
         })
     }
 
@@ -184,6 +188,11 @@ impl Answer {
             }
             Answer::SpaceCreated => out.push(5),
             Answer::SpaceDropped => out.push(6),
+            Answer::Meta(bytes) => {
+                out.push(7);
+                put_u32(out, bytes.len() as u32);
+                out.extend_from_slice(bytes);
+            }
         }
     }
 
@@ -228,6 +237,10 @@ impl Answer {
             },
             5 => Answer::SpaceCreated,
             6 => Answer::SpaceDropped,
+            7 => {
+                let n = r.u32("metadata answer length")? as usize;
+                Answer::Meta(r.take(n, "metadata answer")?.to_vec())
+            }
             k => return corrupted(format!("answer kind {k}")),
         })
     }

@@ -34,6 +34,8 @@ mod wal_v2;
 mod wal_v3;
 #[path = "format_fixtures/wal_v4.rs"]
 mod wal_v4;
+#[path = "format_fixtures/wal_v5.rs"]
+mod wal_v5;
 
 use index_v1::{check_index_files, INDEX_FIXTURE_FILES};
 
@@ -272,7 +274,11 @@ fn run(store: &Store, steps: Vec<Step>) {
             Op::RememberAutoLink(_) | Op::AutoLinks(_) => {
                 unreachable!("version 1 has no automatic-link operations")
             }
-            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) | Op::Request(_) => {
+            Op::RaftEntry(_)
+            | Op::RaftMeta(_)
+            | Op::RaftTruncate(_)
+            | Op::Request(_)
+            | Op::Meta(_) => {
                 unreachable!("version 1 has neither raft records nor keyed writes")
             }
         }
@@ -552,8 +558,8 @@ fn check_wal_files(root: &Path) {
         assert_eq!(&bytes[0..8], b"ENGRWAL\0");
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
         assert_eq!(
-            WAL_FORMAT_VERSION, 4,
-            "this build writes version 4 and reads 1 to 3"
+            WAL_FORMAT_VERSION, 5,
+            "this build writes version 5 and reads 1 to 4"
         );
         let header = WalFileHeader::decode(&bytes).unwrap();
         assert_eq!(header.first_sequence, first, "{name}");

@@ -126,6 +126,11 @@ fn apply_is_idempotent_by_index_and_raft_state_follows_flushes() {
     assert!(store
         .apply_replicated(&s, 7, Some(Op::RaftTruncate(None)), &at(7))
         .is_err());
+    // Nor is the metadata group's command ever a space's.
+    assert!(store
+        .apply_replicated(&s, 7, Some(Op::Meta(b"x".to_vec())), &at(7))
+        .is_err());
+    assert_eq!(ids(&store, "r"), ["b"].map(String::from).into());
 }
 
 #[test]

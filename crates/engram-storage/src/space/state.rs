@@ -456,8 +456,9 @@ impl SpaceState {
             }
             Op::Request(c) => self.apply_keyed(seq, *c, true)?,
             Op::SpaceCreate { .. } | Op::SpaceDrop => {}
-            // The replication layer's log: the node never applies these to a space.
-            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) => {}
+            // The replication layer's log and the metadata group's commands: never a space's
+            // (`Store::apply_entry` refuses a metadata command in a space's group).
+            Op::RaftEntry(_) | Op::RaftMeta(_) | Op::RaftTruncate(_) | Op::Meta(_) => {}
         }
         Ok(())
     }

@@ -156,6 +156,13 @@ impl Store {
                     "a raft record is not a command".into(),
                 ))
             }
+            Some(Command {
+                op: Op::Meta(_), ..
+            }) => {
+                return Err(StorageError::Invalid(
+                    "a metadata command in a space's group".into(),
+                ))
+            }
             Some(c) => (Some(c.op), c.request),
             None => (None, None),
         };

@@ -15,10 +15,11 @@ use crate::codec::Reader;
 use crate::error::{corrupted, Result, StorageError};
 
 pub const WAL_FILE_MAGIC: [u8; 8] = *b"ENGRWAL\0";
-/// The version this build writes: 4 adds the keyed write (code 13) to version 3, which added
+/// The version this build writes: 5 adds the metadata group's command (code 14, inside a log
+/// entry only) to version 4, which added the keyed write (code 13) to version 3, which added
 /// the raft records (codes 10 to 12) to version 2, which added the automatic-link operations
-/// (codes 8 and 9) to version 1; it reads all four.
-pub const WAL_FORMAT_VERSION: u32 = 4;
+/// (codes 8 and 9) to version 1; it reads all five.
+pub const WAL_FORMAT_VERSION: u32 = 5;
 /// The oldest version this build reads.
 pub const WAL_FORMAT_VERSION_MIN: u32 = 1;
 pub const WAL_FILE_HEADER_LEN: usize = 32;
@@ -97,7 +98,7 @@ mod tests {
         // Version 1 (no automatic-link operations) still reads; an unknown one is refused.
         assert_eq!(WalFileHeader::decode(&h.encode_version(1)).unwrap(), h);
         assert!(matches!(
-            WalFileHeader::decode(&h.encode_version(5)),
+            WalFileHeader::decode(&h.encode_version(WAL_FORMAT_VERSION + 1)),
             Err(StorageError::UnsupportedVersion(_))
         ));
         assert!(WalFileHeader::decode(&h.encode_version(0)).is_err());

@@ -18,6 +18,7 @@ use engram_core::SpaceId;
 
 use crate::codec::Reader;
 use crate::error::{corrupted, Result};
+use crate::op::code;
 use crate::op::Op;
 
 pub const RECORD_MAGIC: [u8; 4] = *b"EWR1";
@@ -62,6 +63,11 @@ pub fn encode_record(
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Whether `op` is a raft record's code: its group may be the metadata group.
+fn is_raft(op: u8) -> bool {
+    matches!(op, code::RAFT_ENTRY | code::RAFT_META | code::RAFT_TRUNCATE)
+}
+
 /// A record read back from bytes: borrowed, verified.
 #[derive(Debug, Clone)]
 pub struct DecodedRecord<'a> {
@@ -73,14 +79,24 @@ pub struct DecodedRecord<'a> {
 }
 
 impl DecodedRecord<'_> {
+    /// The record's space; a raft record's group may be the metadata group
+    /// ([`SpaceId::metadata_group`]).
     pub fn space_id(&self) -> Result<SpaceId> {
-        match SpaceId::new(self.space) {
+        let id = if is_raft(self.header.op) {
+            SpaceId::group(self.space)
+        } else {
+            SpaceId::new(self.space)
+        };
+        match id {
             Ok(s) => Ok(s),
             Err(e) => corrupted(e.to_string()),
         }
     }
 
     pub fn op(&self) -> Result<Op> {
+        if self.header.op == code::META {
+            return corrupted("a metadata command outside a log entry");
+        }
         Op::decode_payload(self.header.op, self.payload)
     }
 }
@@ -124,7 +140,7 @@ pub fn decode_record(bytes: &[u8], max_len: usize) -> Result<DecodedRecord<'_>> 
     }
     let space = match std::str::from_utf8(&bytes[RECORD_HEADER_LEN..RECORD_HEADER_LEN + space_len])
     {
-        Ok(s) if SpaceId::is_valid(s) => s,
+        Ok(s) if SpaceId::is_valid(s) || (is_raft(op) && s == SpaceId::METADATA_GROUP) => s,
         _ => return corrupted("space id is not valid"),
     };
     Ok(DecodedRecord {
@@ -179,5 +195,33 @@ mod tests {
         encode_record(&mut buf, 1, 1, &SpaceId::new("s").unwrap(), 1, &[0; 100]);
         assert!(decode_record(&buf, 64).is_err());
         assert!(decode_record(&buf[..buf.len() - 1], 1 << 20).is_err());
+    }
+
+    #[test]
+    fn only_raft_records_name_the_metadata_group_and_its_command_never_stands_alone() {
+        let meta = SpaceId::metadata_group();
+        for op in [code::RAFT_ENTRY, code::RAFT_META, code::RAFT_TRUNCATE] {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, 1, 1, &meta, op, &[]);
+            let rec = decode_record(&buf, 1 << 20).unwrap();
+            assert!(rec.space_id().unwrap().is_metadata_group());
+        }
+        for op in [code::REMEMBER, code::SPACE_CREATE, code::META] {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, 1, 1, &meta, op, &[]);
+            assert!(decode_record(&buf, 1 << 20).is_err(), "op {op}");
+        }
+        // Operation 14 in a space's record: the record reads, its operation is corrupt.
+        let mut buf = Vec::new();
+        encode_record(
+            &mut buf,
+            1,
+            1,
+            &SpaceId::new("s").unwrap(),
+            code::META,
+            b"x",
+        );
+        let rec = decode_record(&buf, 1 << 20).unwrap();
+        assert!(rec.op().is_err());
     }
 }

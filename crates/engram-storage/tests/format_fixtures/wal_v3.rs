@@ -51,7 +51,7 @@ pub(super) fn memory(id: &str) -> Memory {
     }
 }
 
-fn pos(term: u64, index: u64) -> LogPos {
+pub(super) fn pos(term: u64, index: u64) -> LogPos {
     LogPos { term, index }
 }
 
@@ -150,7 +150,7 @@ fn applied_at(index: u64) -> RaftApplied {
 }
 
 /// Keeps every raft record (the generator has no replication layer).
-struct KeepAll;
+pub(super) struct KeepAll;
 
 impl RaftRetention for KeepAll {
     fn min_needed_seq(&self) -> Option<u64> {
@@ -214,14 +214,7 @@ fn generate_wal_v3_fixture() {
 #[test]
 fn reads_wal_v3_fixture() {
     let src = wal_v3_dir();
-    let wal = relative_files(&src.join("wal"));
-    assert_eq!(wal.len(), 1, "{wal:?}");
-    let bytes = std::fs::read(src.join("wal").join(&wal[0])).unwrap();
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 3);
-    let header = WalFileHeader::decode(&bytes).unwrap();
-    assert_eq!(&header.encode_version(3)[..], &bytes[..32]);
-    let out = scan_wal_file(&bytes, true, 1 << 20);
-    assert!(out.bad.is_empty() && out.torn_tail.is_none());
+    let (bytes, out) = read_fixture_wal(&src, 3);
     let raft: Vec<Op> = out
         .records
         .iter()
@@ -294,4 +287,25 @@ fn reads_wal_v3_fixture() {
         .request_record(&rep(), "request-4", 1_700_000_000_000_000)
         .unwrap()
         .is_some());
+}
+
+/// The one WAL file of the fixture in `src`: its bytes and what a scan finds, checked to be of
+/// `version`, to re-encode its header exactly and to scan clean.
+pub(super) fn read_fixture_wal(
+    src: &Path,
+    version: u32,
+) -> (Vec<u8>, engram_storage::wal::ScanOutcome) {
+    let wal = relative_files(&src.join("wal"));
+    assert_eq!(wal.len(), 1, "{wal:?}");
+    let bytes = std::fs::read(src.join("wal").join(&wal[0])).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(bytes[8..12].try_into().unwrap()),
+        version
+    );
+    let header = WalFileHeader::decode(&bytes).unwrap();
+    assert_eq!(&header.encode_version(version)[..], &bytes[..32]);
+    let out = scan_wal_file(&bytes, true, 1 << 20);
+    assert!(out.bad.is_empty(), "{:?}", out.bad);
+    assert!(out.torn_tail.is_none(), "{:?}", out.torn_tail);
+    (bytes, out)
 }

@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 
 use engram_core::{MemoryId, SpaceId};
 use engram_storage::requests::{decode_table_file, Answer, REQUESTS_FILE};
-use engram_storage::wal::{scan_wal_file, WalFileHeader};
 use engram_storage::{op_code, Command, Op, Store};
 
-use super::relative_files;
 use super::wal_v3::{memory, options};
 
 const AT: i64 = 1_800_000_000_000_000;
@@ -71,14 +69,7 @@ fn generate_wal_v4_fixture() {
 #[test]
 fn reads_wal_v4_fixture() {
     let src = wal_v4_dir();
-    let wal = relative_files(&src.join("wal"));
-    assert_eq!(wal.len(), 1, "{wal:?}");
-    let bytes = std::fs::read(src.join("wal").join(&wal[0])).unwrap();
-    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
-    let header = WalFileHeader::decode(&bytes).unwrap();
-    assert_eq!(&header.encode_version(4)[..], &bytes[..32]);
-    let out = scan_wal_file(&bytes, true, 1 << 20);
-    assert!(out.bad.is_empty() && out.torn_tail.is_none());
+    let (bytes, out) = super::wal_v3::read_fixture_wal(&src, 4);
     // The flush checkpointed the WAL: what is left is the link and its key.
     let ops: Vec<&Op> = out.records.iter().map(|r| &r.op).collect();
     assert_eq!(
