@@ -71,6 +71,10 @@ pub struct EngineOptions {
     /// Debian descriptions, 1,000 synopsis cues, MiniLM: hit@1 0.829 against 0.784, hit@5
     /// 0.939 against 0.933; flat for lexical weights 0.2 to 0.6: hit@1 0.823-0.835).
     pub fusion: recall::Fusion,
+    /// Create the `default` space at open when it is missing (a single node). A cluster node
+    /// does not: its spaces, `default` included, are the cluster's, created through its
+    /// metadata and replicated.
+    pub create_default: bool,
 }
 
 /// A model-backed text embedder, for [`EngineOptions::text_model`].
@@ -106,6 +110,7 @@ impl Default for EngineOptions {
             link_index_ef_construction: 48,
             text_model: None,
             fusion: recall::Fusion::Convex { lexical: 0.5 },
+            create_default: true,
         }
     }
 }
@@ -162,7 +167,7 @@ pub struct SpaceInfo {
 
 /// The spaces of one node.
 pub struct Engine {
-    store: Store,
+    store: Arc<Store>,
     opts: EngineOptions,
     embedders: Mutex<HashMap<usize, Arc<dyn Embedder>>>,
     /// Per space, the in-memory index behind auto-linking ([`link_index`]), and the rules of
@@ -200,12 +205,12 @@ impl Engine {
         let linking = Arc::new(Linking::new(&opts));
         // The store links what recovery brings back pending, and every write that asks for
         // automatic links.
-        let store = Store::open_with_linker(
+        let store = Arc::new(Store::open_with_linker(
             Arc::new(engram_storage::RealDisk),
             dir,
             opts.store.clone(),
             Some(linking.clone()),
-        )?;
+        )?);
         let engine = Engine {
             store,
             opts,
@@ -214,7 +219,7 @@ impl Engine {
             requests: keyed::Requests::default(),
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
-        if !engine.store.space_exists(&default)? {
+        if engine.opts.create_default && !engine.store.space_exists(&default)? {
             let dimension = engine.opts.default_dimension;
             match engine.store.create_space_with_embedder(
                 &default,
@@ -226,6 +231,11 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// The node's store (shared with the replication layer of a cluster node).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     /// The storage engine's counters (lock-free).

@@ -2,6 +2,7 @@
 //! [`AppState`]. Nothing below this crate knows HTTP.
 
 mod auth;
+pub mod cluster;
 mod error;
 pub mod metrics;
 mod routes;
@@ -41,6 +42,8 @@ pub struct AppState {
     /// Batches the text embeddings of the engine's model (`EngineOptions::text_model`) across
     /// concurrent requests; `None` embeds inline in each request.
     pub embed_queue: Option<Arc<engram_embed::EmbedQueue>>,
+    /// The cluster this node is part of (`None`: a single node).
+    pub cluster: Option<Arc<engram_replication::cluster::ClusterNode>>,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
             limits: Limits::default(),
             auth: Arc::new(Auth::default()),
             embed_queue: None,
+            cluster: None,
         }
     }
 }
@@ -78,6 +82,8 @@ pub fn app(state: AppState) -> Router {
             get(routes::get_memory).delete(routes::forget),
         )
         .route("/api/v1/memories/{id}/links", post(routes::link))
+        .route("/api/v1/cluster/nodes", get(cluster::nodes))
+        .route("/api/v1/cluster/spaces/{id}", get(cluster::space))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
@@ -85,6 +91,10 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::node_header,
         ))
         .with_state(state)
 }

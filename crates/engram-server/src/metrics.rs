@@ -84,6 +84,21 @@ pub async fn render(State(st): State<AppState>, q: crate::routes::Params) -> Res
         metrics::counter!(name).absolute(v.load(Ordering::Relaxed));
     }
     metrics::gauge!("engram_index_pending_segments").set(engine.pending_index_builds() as f64);
+    if let Some(c) = &st.cluster {
+        let state = c.state();
+        metrics::gauge!("engram_cluster_epoch").set(state.epoch as f64);
+        metrics::gauge!("engram_cluster_spaces").set(state.spaces.len() as f64);
+        metrics::gauge!("engram_cluster_spaces_without_quorum")
+            .set(crate::cluster::under_replicated(c).len() as f64);
+        for s in ["joining", "live", "down", "leaving", "removed"] {
+            let n = state
+                .nodes
+                .values()
+                .filter(|n| n.state.as_str() == s)
+                .count();
+            metrics::gauge!("engram_cluster_nodes", "state" => s).set(n as f64);
+        }
+    }
     // Per space, for the spaces open now (counting loads nothing).
     for id in engine.loaded_space_ids() {
         if let Ok(s) = engine.space_status(&id) {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::wire::{self, BatchIn, MemoryIn, RecallIn, SpaceIn};
 use crate::{ApiError, AppState, Grant};
 
-type Reply = Result<(StatusCode, Json<Value>), ApiError>;
+pub(crate) type Reply = Result<(StatusCode, Json<Value>), ApiError>;
 pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -56,7 +56,7 @@ const RECALL_GET: &[&str] = &[
     "ef",
 ];
 
-fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|Path(id)| id)
         .map_err(|e| ApiError::Invalid(format!("bad path: {}", e.body_text())))
 }

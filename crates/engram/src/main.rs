@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use engram_engine::{Engine, EngineOptions};
+use engram_replication::cluster::{ClusterNode, ClusterOptions};
 use engram_server::{app, AppState};
 
 mod client;
+mod cluster_cli;
 
 /// Engram's allocator: see engram-bench (write path allocation in the kernel with glibc).
 #[global_allocator]
@@ -118,6 +120,20 @@ enum Command {
         #[command(flatten)]
         conn: client::Conn,
     },
+    /// The cluster a server belongs to.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        #[command(flatten)]
+        conn: client::Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// The nodes (state, rack, spaces led and held, addresses), the epoch, and the spaces
+    /// without a quorum of live replicas.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -168,6 +184,44 @@ struct StartArgs {
     /// Existing spaces keep the embedder they were created with.
     #[arg(long, value_enum, env = "ENGRAM_EMBEDDER", default_value_t = EmbedderKind::Auto)]
     embedder: EmbedderKind,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// The cluster flags of `engram start` (shared/API.md, "Cluster"). Without `--node-id` and
+/// `--cluster-addr` the server is a single node.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// This node's name in the cluster: 1-64 characters of a-z 0-9 _ -. A restart from the
+    /// same data directory rejoins as the same node.
+    #[arg(long, requires = "cluster_addr")]
+    node_id: Option<String>,
+    /// Where the other nodes reach this one (HOST:PORT): the cluster port is bound there
+    /// (on all interfaces when HOST is a name). Without a cluster secret it must be a
+    /// loopback address.
+    #[arg(long, requires = "node_id")]
+    cluster_addr: Option<String>,
+    /// Cluster addresses of members to join through (comma-separated). Without it, a node
+    /// that never joined starts a new cluster of one.
+    #[arg(long, value_delimiter = ',', requires = "node_id")]
+    join: Vec<String>,
+    /// This node's rack (failure domain): a space's replicas go to distinct racks where
+    /// there are enough.
+    #[arg(long, requires = "node_id")]
+    rack: Option<String>,
+    /// Copies of each space (the first node's setting is the cluster's).
+    #[arg(long, default_value_t = 3, requires = "node_id")]
+    replicas: u32,
+    /// A file holding the cluster secret (32 bytes or more, mode 0600): nodes with another
+    /// secret are refused.
+    #[arg(long, requires = "node_id")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Seconds of silence after which a node is marked down.
+    #[arg(long, default_value_t = 30, requires = "node_id")]
+    down_after: u64,
+    /// Moves of spaces between nodes, in MB/s per node (rebalancing, when it moves spaces).
+    #[arg(long, default_value_t = 10.0, requires = "node_id")]
+    rebalance_rate: f64,
 }
 
 /// The directory `scripts/fetch-model` fills by default: `$ENGRAM_MODEL_DIR`, else
@@ -328,6 +382,11 @@ fn main() -> std::process::ExitCode {
         Command::Status { conn } => client::Api::new(conn)
             .and_then(|api| client::status(&api))
             .map(|()| true),
+        Command::Cluster { action, conn } => client::Api::new(conn)
+            .and_then(|api| match action {
+                ClusterAction::Status => cluster_cli::status(&api),
+            })
+            .map(|()| true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -401,6 +460,11 @@ fn start(args: StartArgs) -> Result<()> {
             opts.default_dimension
         ),
     }
+    if args.cluster.node_id.is_some() {
+        // A cluster node's spaces are the cluster's (created through its metadata).
+        opts.create_default = false;
+    }
+    let cluster = cluster_options(&args)?;
     let engine = Engine::open(&args.data_dir, opts)
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
     let engine = Arc::new(engine);
@@ -413,7 +477,7 @@ fn start(args: StartArgs) -> Result<()> {
         embed_queue,
         ..AppState::new(engine.clone())
     };
-    let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port)));
+    let served = runtime.block_on(serve(state, SocketAddr::new(args.bind, args.port), cluster));
     // Requests are done: make the memtables segments so the next start replays little, and
     // give every segment its index so that the next start recalls at full speed at once.
     if let Err(e) = engine.compact() {
@@ -442,24 +506,123 @@ fn start(args: StartArgs) -> Result<()> {
     served
 }
 
-async fn serve(state: AppState, addr: SocketAddr) -> Result<()> {
+async fn serve(
+    mut state: AppState,
+    addr: SocketAddr,
+    cluster: Option<(ClusterOptions, Option<IpAddr>)>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    if let Some((opts, bind_ip)) = cluster {
+        state.cluster = Some(start_cluster(&state, opts, bind_ip, local).await?);
+    }
     // The handlers are installed before the listening line: a SIGTERM right after it must
     // stop the server cleanly, not kill it with the default disposition.
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     println!("engram listening on http://{local}");
+    let cluster = state.cluster.clone();
     let router = app(state);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal(term, int))
         .await
         .context("serving")?;
+    if let Some(c) = &cluster {
+        c.stop().await;
+    }
     tracing::info!("stopped accepting requests; flushing");
     Ok(())
+}
+
+/// The cluster options of `engram start`, checked, and the IP to bind the cluster port to
+/// (`None`: all interfaces, for a cluster address given by name); `None` for a single node.
+fn cluster_options(args: &StartArgs) -> Result<Option<(ClusterOptions, Option<IpAddr>)>> {
+    let c = &args.cluster;
+    let (Some(name), Some(addr)) = (&c.node_id, &c.cluster_addr) else {
+        return Ok(None);
+    };
+    if !engram_core::SpaceId::is_valid(name) {
+        bail!("--node-id {name:?}: 1-64 characters of a-z 0-9 _ -");
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("--cluster-addr {addr:?}: expected HOST:PORT"))?;
+    let ip: Option<IpAddr> = host.parse().ok();
+    let secret = match &c.cluster_secret_file {
+        Some(f) => Some(engram_replication::transport::read_secret(f)?),
+        None => None,
+    };
+    if secret.is_none() && !ip.is_some_and(|ip| ip.is_loopback()) {
+        bail!(
+            "--cluster-addr {addr}: without --cluster-secret-file the cluster port is bound to              a loopback address only (anyone who reaches it could join the cluster)"
+        );
+    }
+    if !(c.rebalance_rate > 0.0 && c.rebalance_rate.is_finite()) {
+        bail!(
+            "--rebalance-rate {}: expected a positive number of MB/s",
+            c.rebalance_rate
+        );
+    }
+    if !(1..=engram_cluster::limits::MAX_COPIES as u32).contains(&c.replicas) {
+        bail!(
+            "--replicas {}: expected 1 to {}",
+            c.replicas,
+            engram_cluster::limits::MAX_COPIES
+        );
+    }
+    let mut o = ClusterOptions::new(name, &format!("{host}:{port}"), "");
+    o.join = c.join.clone();
+    if let Some(r) = &c.rack {
+        o.rack = r.clone();
+    }
+    o.replicas = c.replicas;
+    o.secret = secret;
+    o.down_after = std::time::Duration::from_secs(c.down_after.max(1));
+    Ok(Some((o, ip)))
+}
+
+/// Binds the cluster port and starts (bootstraps or joins) the cluster node; the HTTP API
+/// is at `http` (its URL is what other nodes and clients are told).
+async fn start_cluster(
+    state: &AppState,
+    mut opts: ClusterOptions,
+    bind_ip: Option<IpAddr>,
+    http: SocketAddr,
+) -> Result<Arc<ClusterNode>> {
+    let (host, port) = opts
+        .cluster_addr
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(0)))
+        .unwrap_or_default();
+    let bind = SocketAddr::new(bind_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on the cluster address {bind}"))?;
+    // Port 0 picks a free port: the one bound is the one the others are told.
+    let bound = listener
+        .local_addr()
+        .context("reading the cluster address")?;
+    opts.cluster_addr = format!("{host}:{}", bound.port());
+    let http_host = if http.ip().is_unspecified() {
+        host.clone()
+    } else {
+        http.ip().to_string()
+    };
+    opts.http_url = format!("http://{http_host}:{}", http.port());
+    let name = opts.name.clone();
+    let node = ClusterNode::start(state.engine.store().clone(), listener, opts)
+        .await
+        .with_context(|| format!("starting cluster node {name}"))?;
+    tracing::info!(
+        node = %name,
+        cluster_addr = %node.me.cluster,
+        "cluster node started"
+    );
+    Ok(node)
 }
 
 /// Resolves on SIGTERM or SIGINT.
