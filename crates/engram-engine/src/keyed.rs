@@ -67,7 +67,7 @@ fn under_way(key: &str) -> EngineError {
     ))
 }
 
-fn other_kind(key: &str) -> EngineError {
+pub(crate) fn other_kind(key: &str) -> EngineError {
     EngineError::Conflict(format!(
         "Idempotency-Key {key:?} was used within the last 10 minutes by a different kind of write in this space"
     ))
@@ -155,6 +155,7 @@ impl Engine {
         dimension: Option<u32>,
         key: Option<&str>,
     ) -> Result<SpaceInfo> {
+        self.not_clustered()?;
         let keyed = self.keyed(id, key)?;
         if let Keyed::Repeat(rec) = &keyed {
             return match rec.answer {
@@ -178,6 +179,7 @@ impl Engine {
 
     /// [`Engine::drop_space`] with an idempotency key (remembered in memory: see the module).
     pub fn drop_space_keyed(&self, id: &SpaceId, key: Option<&str>) -> Result<()> {
+        self.not_clustered()?;
         if id.as_str() == DEFAULT_SPACE {
             return Err(EngineError::Invalid(
                 "the default space cannot be dropped".into(),
@@ -252,6 +254,34 @@ impl Engine {
                 _ => Err(other_kind(key.unwrap_or_default())),
             };
         }
+        self.check_link(space, from, to, weight)?;
+        self.store
+            .link_keyed(space, from, to, weight, keyed.request())?;
+        Ok(weight)
+    }
+}
+
+impl Engine {
+    /// A cluster node's spaces are made and dropped through the cluster (its metadata and
+    /// the space's group), never by the engine alone.
+    fn not_clustered(&self) -> Result<()> {
+        if self.is_clustered() {
+            return Err(EngineError::Unavailable(
+                "on a cluster node, spaces are created and dropped through the cluster".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A link's checks: both memories exist in the space, not a link to itself, a weight in
+    /// (0, 1].
+    pub(crate) fn check_link(
+        &self,
+        space: &SpaceId,
+        from: &MemoryId,
+        to: &MemoryId,
+        weight: f32,
+    ) -> Result<()> {
         let exists = |id: &MemoryId| -> Result<()> {
             if self
                 .store
@@ -274,10 +304,7 @@ impl Engine {
                 "link weight {weight} is outside (0, 1]"
             )));
         }
-        exists(to)?;
-        self.store
-            .link_keyed(space, from, to, weight, keyed.request())?;
-        Ok(weight)
+        exists(to)
     }
 }
 

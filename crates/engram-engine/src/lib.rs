@@ -20,6 +20,7 @@ mod keyed;
 mod link_index;
 mod linking;
 mod recall;
+mod replicated;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,7 @@ pub use engram_storage::{
 pub use error::{EngineError, Result};
 pub use keyed::check_key;
 pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
+pub use replicated::{ProposeFuture, Proposed, Replicate};
 
 /// The space every node has.
 pub const DEFAULT_SPACE: &str = "default";
@@ -175,6 +177,8 @@ pub struct Engine {
     linking: Arc<Linking>,
     /// The idempotency keys of requests under way, and of recent drops ([`keyed`]).
     requests: keyed::Requests,
+    /// How writes to replicated spaces are proposed (a cluster node's; see `replicated.rs`).
+    replicator: std::sync::OnceLock<Arc<dyn Replicate>>,
 }
 
 impl Engine {
@@ -217,6 +221,7 @@ impl Engine {
             embedders: Mutex::new(HashMap::new()),
             linking,
             requests: keyed::Requests::default(),
+            replicator: std::sync::OnceLock::new(),
         };
         let default = SpaceId::new(DEFAULT_SPACE)?;
         if engine.opts.create_default && !engine.store.space_exists(&default)? {
@@ -300,7 +305,7 @@ impl Engine {
 
     /// What a space of `dimension` created now records as its text embedder: the model's name
     /// if the model has that dimension, else nothing (the hashing embedder).
-    fn embedder_tag(&self, dimension: u32) -> &str {
+    pub fn embedder_tag(&self, dimension: u32) -> &str {
         match &self.opts.text_model {
             Some(m) if m.0.dimension() == dimension as usize => m.0.name(),
             _ => "",

@@ -23,7 +23,7 @@ impl Engine {
     }
 
     /// The target of a write to a space that exists.
-    fn existing(&self, space: &SpaceId) -> Result<Target> {
+    pub(crate) fn existing(&self, space: &SpaceId) -> Result<Target> {
         Ok(Target::Existing {
             dim: self.dimension(space)?,
         })
@@ -123,7 +123,7 @@ impl Engine {
 
     /// The memories to store, each with whether its automatic links are still to be made
     /// (after the acknowledgement), and whether any is.
-    fn prepare_batch(
+    pub(crate) fn prepare_batch(
         &self,
         space: &SpaceId,
         target: &Target,
@@ -309,6 +309,11 @@ impl Engine {
         batch: Vec<NewMemory>,
         key: Option<&str>,
     ) -> Result<Vec<Stored>> {
+        // A replicated space's write goes to its group (`replicated.rs`).
+        let batch = match self.remember_replicated(space, batch, key).await? {
+            Ok(stored) => return Ok(stored),
+            Err(batch) => batch,
+        };
         let keyed = self.keyed(space, key)?;
         if let Keyed::Repeat(rec) = &keyed {
             return stored_answer(key.unwrap_or_default(), rec);
@@ -370,7 +375,7 @@ impl Engine {
 }
 
 /// The space a write goes to.
-enum Target {
+pub(crate) enum Target {
     /// One that exists, of `dim` dimensions.
     Existing { dim: usize },
     /// One the write creates: nothing stored yet; text embedded by `embedder`.
@@ -389,7 +394,7 @@ enum FirstWrite {
 }
 
 /// A batch's size within 1..=[`limits::MAX_BATCH`], and no id twice.
-fn check_batch(batch: &[NewMemory]) -> Result<()> {
+pub(crate) fn check_batch(batch: &[NewMemory]) -> Result<()> {
     if batch.is_empty() {
         return Err(EngineError::Invalid(
             "a batch needs at least one memory".into(),

@@ -52,6 +52,9 @@ pub struct ReplicaNode {
     proposals: Arc<Proposals>,
     /// The cluster's metadata group, once started (`meta`).
     pub(crate) meta: crate::meta::MetaCell,
+    /// When each space group last heard from its leader (an append, a snapshot, a quiesce):
+    /// how stale a follower's read may be.
+    heard: parking_lot::Mutex<HashMap<SpaceId, std::time::Instant>>,
 }
 
 impl ReplicaNode {
@@ -96,6 +99,7 @@ impl ReplicaNode {
             generation: AtomicU64::new(0),
             proposals: Arc::new(Proposals::default()),
             meta: Default::default(),
+            heard: Default::default(),
         }))
     }
 
@@ -214,6 +218,22 @@ impl ReplicaNode {
         Ok(ids)
     }
 
+    /// Before a linearizable read of `space` on this node: confirms with a quorum that this
+    /// node leads the group and waits until everything committed before is applied (within an
+    /// election timeout). `Err` with the leader this node knows when it does not lead, or
+    /// cannot confirm it.
+    pub async fn read_barrier(&self, space: &SpaceId) -> Result<(), Option<u64>> {
+        let g = self.group(space).await.map_err(|_| None)?;
+        let patience = Duration::from_millis(self.config.election_timeout_max * 2);
+        match tokio::time::timeout(patience, g.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(f.leader_id)
+            }
+            _ => Err(None),
+        }
+    }
+
     /// Handles a request frame from another node or a client; returns the reply frame.
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
         let (group, msg) = match Message::decode(request) {
@@ -237,6 +257,14 @@ impl ReplicaNode {
         }
         if space.is_metadata_group() {
             return self.dispatch_meta(msg).await;
+        }
+        if matches!(
+            msg,
+            Message::Append(_) | Message::Snapshot { .. } | Message::Quiesce { .. }
+        ) {
+            self.heard
+                .lock()
+                .insert(space.clone(), std::time::Instant::now());
         }
         match msg {
             Message::Append(a) => match self.resident(space, Use::Message).await {
@@ -371,6 +399,13 @@ impl ReplicaNode {
             },
             snapshot: SnapshotFiles { dir },
         })
+    }
+
+    /// How long ago this node's replica of `space` last heard from the group's leader
+    /// (`None`: never, since this process started): a bound on how stale a read from it is
+    /// (a quiesced group hears nothing while nothing is written).
+    pub fn since_leader(&self, space: &SpaceId) -> Option<std::time::Duration> {
+        self.heard.lock().get(space).map(|t| t.elapsed())
     }
 
     /// How many resident space groups this node leads, and how many are resident.

@@ -4,6 +4,7 @@
 mod auth;
 pub mod cluster;
 mod error;
+pub mod forward;
 pub mod metrics;
 mod routes;
 mod wire;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub embed_queue: Option<Arc<engram_embed::EmbedQueue>>,
     /// The cluster this node is part of (`None`: a single node).
     pub cluster: Option<Arc<engram_replication::cluster::ClusterNode>>,
+    /// Sends requests routed to another node (`forward.rs`).
+    pub forwarder: Arc<forward::Forwarder>,
 }
 
 impl AppState {
@@ -54,6 +57,7 @@ impl AppState {
             auth: Arc::new(Auth::default()),
             embed_queue: None,
             cluster: None,
+            forwarder: Arc::new(forward::Forwarder::default()),
         }
     }
 }
@@ -88,6 +92,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

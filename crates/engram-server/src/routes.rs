@@ -362,7 +362,8 @@ pub async fn forget(
     grant.check(&space)?;
     if st
         .engine
-        .forget_keyed(&space, &id, idempotency_key(&headers)?)?
+        .forget_keyed_async(&space, &id, idempotency_key(&headers)?)
+        .await?
     {
         Ok((StatusCode::OK, Json(json!({ "deleted": id.as_str() }))))
     } else {
@@ -402,7 +403,8 @@ pub async fn link(
     // even once `from` is gone).
     let weight = st
         .engine
-        .link_keyed(&space, &from, &to, req.weight as f32, key)?;
+        .link_keyed_async(&space, &from, &to, req.weight as f32, key)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "from": from.as_str(), "to": to.as_str(), "weight": wire::num(weight) })),

@@ -73,7 +73,6 @@ const NOT_YET: &[&str] = &[
     "recency_half_life_s",
     "expires_at",
     "ttl_s",
-    "consistency",
 ];
 
 /// Deepest nesting of arrays and objects a request body may have (metadata needs 2; a

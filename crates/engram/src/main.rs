@@ -622,6 +622,11 @@ async fn start_cluster(
         cluster_addr = %node.me.cluster,
         "cluster node started"
     );
+    state
+        .engine
+        .set_replicator(Arc::new(engram_server::forward::GroupProposer(
+            node.clone(),
+        )));
     Ok(node)
 }
 

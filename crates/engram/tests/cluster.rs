@@ -80,19 +80,21 @@ fn wait_live(s: &Server, names: &[&str]) -> Value {
     }
 }
 
+/// Three nodes in `dir` with one secret (its file's path returned): n1 bootstraps, n2 joins
+/// through n1, n3 through n2.
+fn three(dir: &Path) -> (String, [Server; 3]) {
+    let secret = secret_file(dir, "secret", "a cluster secret of more than 32 bytes\n");
+    let n1 = node(dir, "n1", &secret, None).unwrap();
+    let n2 = node(dir, "n2", &secret, Some(&cluster_addr(&n1, "n1"))).unwrap();
+    let n3 = node(dir, "n3", &secret, Some(&cluster_addr(&n2, "n2"))).unwrap();
+    (secret, [n1, n2, n3])
+}
+
 #[test]
 fn processes_form_a_cluster_and_refuse_impostors() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = secret_file(
-        dir.path(),
-        "secret",
-        "a cluster secret of more than 32 bytes\n",
-    );
-    let n1 = node(dir.path(), "n1", &secret, None).unwrap();
+    let (secret, [n1, n2, n3]) = three(dir.path());
     let a1 = cluster_addr(&n1, "n1");
-    let n2 = node(dir.path(), "n2", &secret, Some(&a1)).unwrap();
-    let a2 = cluster_addr(&n2, "n2");
-    let n3 = node(dir.path(), "n3", &secret, Some(&a2)).unwrap();
     let v = wait_live(&n1, &["n1", "n2", "n3"]);
     assert_eq!(v["replicas"], 3);
     assert!(v["epoch"].as_u64().unwrap() >= 4, "{v}");
@@ -153,4 +155,128 @@ fn processes_form_a_cluster_and_refuse_impostors() {
         .as_str()
         .unwrap()
         .contains("single node"));
+}
+
+fn send(
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Option<String>, Value) {
+    let client = reqwest::blocking::Client::new();
+    let mut r = client.request(method, url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().unwrap();
+    let status = r.status().as_u16();
+    let node = r
+        .headers()
+        .get("x-engram-node")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, node, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn writes_and_reads_reach_the_leader_through_any_node() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, [n1, n2, n3]) = three(dir.path());
+    wait_live(&n1, &["n1", "n2", "n3"]);
+    let all = [&n1, &n2, &n3];
+
+    // A space created through one node; a second creation is a conflict.
+    let body = serde_json::json!({"id": "s1", "dimension": 4});
+    let (status, _, v) = send(
+        Method::POST,
+        &n2.url("/api/v1/spaces"),
+        &[],
+        Some(body.clone()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, _, _) = send(Method::POST, &n3.url("/api/v1/spaces"), &[], Some(body));
+    assert_eq!(status, 409);
+
+    // A keyed write through one node, its repeat through another: the first answer.
+    let memory = serde_json::json!({"content": "the cat sat", "embedding": [1.0, 0.5, 0.25, 0.0]});
+    let h = [("x-memory-space", "s1"), ("idempotency-key", "k-1")];
+    let (status, leader, first) = send(
+        Method::POST,
+        &n3.url("/api/v1/memories/remember"),
+        &h,
+        Some(memory.clone()),
+    );
+    assert_eq!(status, 201, "{first}");
+    let leader = leader.unwrap();
+    let (status, who, again) = send(
+        Method::POST,
+        &n1.url("/api/v1/memories/remember"),
+        &h,
+        Some(memory),
+    );
+    assert_eq!((status, who.as_deref()), (201, Some(leader.as_str())));
+    assert_eq!(again["memory_id"], first["memory_id"]);
+    let id = first["memory_id"].as_str().unwrap();
+
+    // Reads through any node are executed by the leader; stale ones by the node asked.
+    for s in all {
+        let url = s.url(&format!("/api/v1/memories/{id}?space=s1"));
+        let (status, who, m) = send(Method::GET, &url, &[], None);
+        assert_eq!(
+            (status, who.as_deref()),
+            (200, Some(leader.as_str())),
+            "{m}"
+        );
+        assert_eq!(m["content"], "the cat sat");
+        let (status, who, m) = send(Method::GET, &format!("{url}&consistency=stale"), &[], None);
+        assert_eq!(status, 200, "{m}");
+        assert!(m["staleness_ms"].is_u64(), "{m}");
+        assert_ne!(who, None);
+    }
+    let recall = serde_json::json!({"embedding": [1.0, 0.5, 0.25, 0.0], "mode": "similarity"});
+    let (status, who, r) = send(
+        Method::POST,
+        &n2.url("/api/v1/memories/recall"),
+        &[("x-memory-space", "s1")],
+        Some(recall),
+    );
+    assert_eq!(
+        (status, who.as_deref()),
+        (200, Some(leader.as_str())),
+        "{r}"
+    );
+    assert!(r.to_string().contains(id), "{r}");
+
+    // A first write creates its space, as on a single node; the catalog lists both.
+    let (status, _, v) = send(
+        Method::POST,
+        &n1.url("/api/v1/memories/remember"),
+        &[],
+        Some(serde_json::json!({"content": "into the default space"})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (_, _, list) = send(Method::GET, &n3.url("/api/v1/spaces"), &[], None);
+    let ids: Vec<&str> = list["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["default", "s1"]);
+
+    // Dropped through one node: gone through every node.
+    let (status, _, v) = send(Method::DELETE, &n2.url("/api/v1/spaces/s1"), &[], None);
+    assert_eq!(status, 200, "{v}");
+    for s in all {
+        let url = s.url(&format!("/api/v1/memories/{id}?space=s1"));
+        let (status, _, v) = send(Method::GET, &url, &[], None);
+        assert_eq!(status, 404, "{v}");
+        assert_eq!(v["error"]["code"], "SPACE_NOT_FOUND");
+    }
+    for s in [n1, n2, n3] {
+        assert!(s.stop().success());
+    }
 }

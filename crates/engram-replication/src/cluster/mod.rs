@@ -41,6 +41,9 @@ use crate::transport::HttpTransport;
 use crate::types::NodeAddr;
 use crate::ReplicaNode;
 
+mod spaces;
+pub use spaces::{SpaceError, PATIENCE};
+
 /// The node's identity file in its data directory.
 pub const IDENTITY_FILE: &str = "node.id";
 const IDENTITY_MAGIC: [u8; 8] = *b"ENGRNODE";
@@ -126,6 +129,9 @@ pub struct ClusterNode {
     stop: watch::Sender<bool>,
     /// The metadata group's term this node has led since when (for `mark_down_and_up`).
     leading: parking_lot::Mutex<Option<(u64, tokio::time::Instant)>>,
+    /// The leaders of space groups this node does not hold, as proposals and forwards found
+    /// them (`spaces.rs`).
+    leaders: parking_lot::Mutex<std::collections::HashMap<SpaceId, u64>>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -251,6 +257,7 @@ impl ClusterNode {
             opts,
             stop,
             leading: parking_lot::Mutex::new(None),
+            leaders: Default::default(),
         });
         cluster.spawn_tasks(stopped);
         if initialized {
