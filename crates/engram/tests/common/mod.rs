@@ -38,8 +38,16 @@ impl Server {
         } else {
             &["--embedder", "hashing"]
         };
+        // A free port unless the test chose one.
+        let port: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args(["start", "--port", "0", "--data-dir"])
+            .arg("start")
+            .args(port)
+            .arg("--data-dir")
             .arg(dir)
             .args(default)
             .args(extra)
