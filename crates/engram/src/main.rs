@@ -613,6 +613,8 @@ async fn start_cluster(
         http.ip().to_string()
     };
     opts.http_url = format!("http://{http_host}:{}", http.port());
+    let dim = state.engine.options().default_dimension;
+    opts.default_space = Some((dim, state.engine.embedder_tag(dim).to_string()));
     let name = opts.name.clone();
     let node = ClusterNode::start(state.engine.store().clone(), listener, opts)
         .await

@@ -494,5 +494,9 @@ fn the_checker_catches_what_it_should() {
     assert!(has("never written"), "{bad:?}");
     assert!(has("acknowledged write w1 lost"), "{bad:?}");
     assert!(has("replicas diverge on w2"), "{bad:?}");
-    assert_eq!(bad.len(), 5, "the read before the acknowledgement is fine: {bad:?}");
+    assert_eq!(
+        bad.len(),
+        5,
+        "the read before the acknowledgement is fine: {bad:?}"
+    );
 }

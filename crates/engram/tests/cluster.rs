@@ -188,6 +188,16 @@ fn writes_and_reads_reach_the_leader_through_any_node() {
     wait_live(&n1, &["n1", "n2", "n3"]);
     let all = [&n1, &n2, &n3];
 
+    // The default space exists once the cluster has a node for each replica.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, list) = send(Method::GET, &n2.url("/api/v1/spaces"), &[], None);
+        if list.to_string().contains("\"default\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no default space: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A space created through one node; a second creation is a conflict.
     let body = serde_json::json!({"id": "s1", "dimension": 4});
     let (status, _, v) = send(

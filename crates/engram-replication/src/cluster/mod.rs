@@ -73,6 +73,9 @@ pub struct ClusterOptions {
     pub meta_config: openraft::Config,
     /// How long a join may take before the start fails.
     pub join_timeout: Duration,
+    /// The `default` space's dimension and text embedder: the metadata leader creates it
+    /// once the cluster has as many live nodes as a space has replicas (`None`: never).
+    pub default_space: Option<(u32, String)>,
 }
 
 impl ClusterOptions {
@@ -90,6 +93,7 @@ impl ClusterOptions {
             space_config: space_config(),
             meta_config: crate::meta::meta_config(),
             join_timeout: Duration::from_secs(60),
+            default_space: None,
         }
     }
 }
@@ -459,6 +463,7 @@ impl ClusterNode {
                     tracing::debug!(error = %e, "metadata membership change failed; retrying");
                 }
                 c.mark_down_and_up().await;
+                c.create_default_space().await;
             }
         });
         let weak = Arc::downgrade(self);
@@ -513,6 +518,39 @@ impl ClusterNode {
                 Ok(()) => tracing::info!(%space, "space group initialised"),
                 Err(e) => tracing::debug!(%space, error = %e, "space group not initialised"),
             }
+        }
+    }
+
+    /// On the metadata leader, once the cluster has as many live nodes as a space has
+    /// replicas: creates the `default` space (shared/API.md: it always exists), once.
+    async fn create_default_space(&self) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let Some((dimension, embedder)) = &self.opts.default_space else {
+            return;
+        };
+        let Some(m) = self.node.meta() else { return };
+        if m.raft.metrics().borrow_watched().state != openraft::ServerState::Leader {
+            return;
+        }
+        let state = self.state();
+        let default = SpaceId::default_space();
+        let live = state
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Live)
+            .count();
+        if state.spaces.contains_key(&default) || live < state.placement.config().copies {
+            return;
+        }
+        // One nonce for every attempt: whichever node's creation lands first, it is the same.
+        let nonce = engram_cluster::hash::placement_hash(b"the default space").max(1);
+        let now = engram_storage::now_us();
+        match self
+            .create_space(&default, *dimension, embedder, now, nonce)
+            .await
+        {
+            Ok(_) => tracing::info!("the default space was created"),
+            Err(e) => tracing::debug!(error = %e, "the default space is not created yet"),
         }
     }
 
