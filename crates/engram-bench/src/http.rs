@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::dataset::{Clusters, Shape};
 use crate::util::{self, compare, report, Better, DIM};
 
-struct Config {
+pub(crate) struct Config {
     warmup: Duration,
     window: Duration,
     recall_memories: usize,
@@ -25,7 +25,7 @@ struct Config {
 }
 
 impl Config {
-    fn new(quick: bool) -> Self {
+    pub(crate) fn new(quick: bool) -> Self {
         if quick {
             Self {
                 warmup: Duration::from_millis(500),
@@ -72,7 +72,7 @@ pub(crate) fn engram_binary() -> Result<PathBuf> {
 }
 
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub base: String,
 }
 
@@ -135,7 +135,7 @@ fn memory_body(n: u64, rest: &str) -> String {
 }
 
 /// A pool of serialised memory bodies without their id (see [`memory_body`]).
-fn body_pool(clusters: &Clusters, seed: u64, auto_link: bool) -> Arc<Vec<String>> {
+pub(crate) fn body_pool(clusters: &Clusters, seed: u64, auto_link: bool) -> Arc<Vec<String>> {
     let mut rng = util::rng(seed);
     Arc::new(
         (0..512)
@@ -153,11 +153,11 @@ fn body_pool(clusters: &Clusters, seed: u64, auto_link: bool) -> Arc<Vec<String>
 }
 
 /// Makes the (JSON) body of request `n`.
-type BodyFn = Arc<dyn Fn(u64) -> String + Send + Sync>;
+pub(crate) type BodyFn = Arc<dyn Fn(u64) -> String + Send + Sync>;
 
 /// CPU seconds used so far by the threads of process `pid`: (the background indexer's, all
 /// the others'). Zero where /proc is missing.
-fn cpu_seconds(pid: u32) -> (f64, f64) {
+pub(crate) fn cpu_seconds(pid: u32) -> (f64, f64) {
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let (mut indexer, mut rest) = (0.0, 0.0);
@@ -189,24 +189,24 @@ fn cpu_seconds(pid: u32) -> (f64, f64) {
 
 /// Latencies and throughput of one fixed-time load, and the server's CPU time per item in
 /// the measured window (the indexer's apart).
-struct Load {
-    per_s: f64,
-    latencies_ns: Vec<u64>,
-    cpu_us_per_item: f64,
+pub(crate) struct Load {
+    pub(crate) per_s: f64,
+    pub(crate) latencies_ns: Vec<u64>,
+    pub(crate) cpu_us_per_item: f64,
     indexer_cpu_us_per_item: f64,
     /// This process's (the load generator's) CPU time per item.
     client_cpu_us_per_item: f64,
 }
 
 impl Load {
-    fn p_ms(&self, p: f64) -> f64 {
+    pub(crate) fn p_ms(&self, p: f64) -> f64 {
         util::percentile(&self.latencies_ns, p) as f64 / 1e6
     }
 }
 
 /// `clients` tasks each post `body(n)` to `path` in a loop; counts `per_request` items per
 /// 201. Warm-up, then a measured window.
-fn load(
+pub(crate) fn load(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
     server_pid: u32,

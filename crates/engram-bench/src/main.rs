@@ -3,6 +3,7 @@
 //!
 //! Usage: `engram-bench <suite> [--quick]`.
 
+mod cluster;
 mod dataset;
 mod http;
 mod ingest;
@@ -46,6 +47,7 @@ const SUITES: &[&str] = &[
     "placement",
     "text",
     "replication",
+    "cluster",
 ];
 
 fn main() -> ExitCode {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         "placement" => placement::run(quick),
         "text" => text::run(quick),
         "replication" => replication::run(quick),
+        "cluster" => cluster::run(quick),
         s => {
             eprintln!(
                 "error: unknown suite {s:?} (available: {})\n{USAGE}",

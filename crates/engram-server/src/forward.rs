@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::AppState;
 
+/// How long a forwarded request may take before it is a 503.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Marks a forwarded request (its value: the sender's epoch).
 pub const HOP_HEADER: &str = "x-engram-hop";
 /// On a 503 from a node that does not lead the space: the leader it knows.
@@ -562,9 +565,11 @@ impl Forwarder {
             .body(http_body_util::Full::new(body))
             .map_err(|e| e.to_string())?;
         *req.headers_mut() = headers;
-        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+        // A leader that is paused or cut off answers nothing: after this long the request is
+        // a 503 (the client retries; a new leader is elected meanwhile).
+        let resp = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(req))
             .await
-            .map_err(|_| "no answer in 60 s".to_string())?
+            .map_err(|_| format!("no answer in {FORWARD_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(parts, Body::new(body)))

@@ -290,3 +290,119 @@ fn writes_and_reads_reach_the_leader_through_any_node() {
         assert!(s.stop().success());
     }
 }
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A leader paused (SIGSTOP) while the others elect a new one cannot acknowledge the write it
+/// was sent once it resumes: the write is refused with 503 and `Retry-After`, and is nowhere.
+#[test]
+fn a_paused_leader_cannot_acknowledge_after_losing_leadership() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, nodes) = three(dir.path());
+    wait_live(&nodes[0], &["n1", "n2", "n3"]);
+    let body = serde_json::json!({"id": "p", "dimension": 4});
+    let (status, _, v) = send(
+        Method::POST,
+        &nodes[0].url("/api/v1/spaces"),
+        &[],
+        Some(body),
+    );
+    assert_eq!(status, 201, "{v}");
+    let memory =
+        |id: &str| serde_json::json!({"id": id, "content": id, "embedding": [1.0, 0.0, 0.0, 0.5]});
+    let h = [("x-memory-space", "p")];
+    let (status, leader, v) = send(
+        Method::POST,
+        &nodes[0].url("/api/v1/memories/remember"),
+        &h,
+        Some(memory("first")),
+    );
+    assert_eq!(status, 201, "{v}");
+    let l = ["n1", "n2", "n3"]
+        .iter()
+        .position(|n| Some(*n) == leader.as_deref())
+        .unwrap();
+    let other = (l + 1) % 3;
+    let pid = nodes[l].child.id() as i32;
+    // SAFETY: signals to our own child.
+    unsafe { kill(pid, 19) };
+    // A write sent to the paused leader waits in its socket.
+    let url = nodes[l].url("/api/v1/memories/remember");
+    let stale = std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let r = client
+            .post(url)
+            .header("x-memory-space", "p")
+            .json(&serde_json::json!({"id": "stale", "content": "stale", "embedding": [1.0, 0.0, 0.0, 0.5]}))
+            .send()
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), retry)
+    });
+    // The others elect a leader and take writes; meanwhile a write is a 503 with Retry-After,
+    // never a false success.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_503 = false;
+    loop {
+        let r = reqwest::blocking::Client::new()
+            .post(nodes[other].url("/api/v1/memories/remember"))
+            .header("x-memory-space", "p")
+            .header("idempotency-key", "fresh")
+            .json(&memory("fresh"))
+            .timeout(Duration::from_secs(8))
+            .send();
+        if let Ok(r) = r {
+            match r.status().as_u16() {
+                201 => break,
+                503 => {
+                    let after: u64 = r.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(after >= 1);
+                    saw_503 = true;
+                }
+                s => panic!("a write during the election answered {s}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no new leader took the write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(saw_503, "the first writes after the pause found no leader");
+    unsafe { kill(pid, 18) };
+    let (status, retry) = stale.join().unwrap();
+    assert_eq!(status, 503, "the deposed leader answered {status}");
+    assert!(retry.is_some());
+    // Nowhere: read through every node, linearizably.
+    for s in &nodes {
+        let url = s.url("/api/v1/memories/stale?space=p");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, v) = send(Method::GET, &url, &[], None);
+            if status == 404 {
+                assert_eq!(v["error"]["code"], "MEMORY_NOT_FOUND");
+                break;
+            }
+            assert_eq!(status, 503, "{v}");
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (status, _, _) = send(
+            Method::GET,
+            &s.url("/api/v1/memories/fresh?space=p"),
+            &[],
+            None,
+        );
+        assert_eq!(status, 200);
+    }
+}

@@ -98,14 +98,18 @@ impl ClusterOptions {
     }
 }
 
-/// The space groups' timings on real processes: a follower that hears nothing from its
-/// leader for 1 to 2 s starts an election, so a killed leader is replaced within about 3 s.
+/// The space groups' timings on real processes. A follower keeps its leader's lease for the
+/// longest election timeout after it last heard from it and only then starts an election
+/// (openraft's rule), and two followers whose leases expire together may split the vote and
+/// wait another timeout: 0.5 to 1 s keeps a killed leader's replacement near 1 s and the
+/// unlucky case under 3 s (`engram-bench cluster`, part failover). Heartbeats go to quiet
+/// followers every 150 ms.
 pub fn space_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "engram".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: 150,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         ..Default::default()
     }
@@ -136,6 +140,8 @@ pub struct ClusterNode {
     /// The leaders of space groups this node does not hold, as proposals and forwards found
     /// them (`spaces.rs`).
     leaders: parking_lot::Mutex<std::collections::HashMap<SpaceId, u64>>,
+    /// Spaces whose group this node will initialise if the primary's does not reach it.
+    initialising: Arc<parking_lot::Mutex<std::collections::HashSet<SpaceId>>>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -240,6 +246,8 @@ impl ClusterNode {
         let id = raft_id(&opts.name);
         transport.set_address(id, &opts.cluster_addr);
         let node = ReplicaNode::open(id, store, transport.clone(), opts.space_config.clone())?;
+        // Idle groups quiesce and at most 1,000 stay resident (`residency.rs`).
+        node.start_residency();
         let meta = node.open_meta(opts.meta_config.clone()).await?;
         let initialized = meta.raft.is_initialized().await.map_err(io::Error::other)?;
         let (stop, stopped) = watch::channel(false);
@@ -262,6 +270,7 @@ impl ClusterNode {
             stop,
             leading: parking_lot::Mutex::new(None),
             leaders: Default::default(),
+            initialising: Default::default(),
         });
         cluster.spawn_tasks(stopped);
         if initialized {
@@ -514,10 +523,37 @@ impl ClusterNode {
                     )
                 })
                 .collect();
-            match self.node.initialize(space, members).await {
-                Ok(()) => tracing::info!(%space, "space group initialised"),
-                Err(e) => tracing::debug!(%space, error = %e, "space group not initialised"),
+            if rec.replicas[0] == me {
+                match self.node.initialize(space, members).await {
+                    Ok(()) => tracing::info!(%space, "space group initialised"),
+                    Err(e) => tracing::debug!(%space, error = %e, "space group not initialised"),
+                }
+                continue;
             }
+            // The other replicas wait for the primary's group (initialising together, they
+            // would split the first vote and wait an election timeout); one still without
+            // raft state after that initialises it itself (the primary may be down).
+            if !self.initialising.lock().insert(space.clone()) {
+                continue;
+            }
+            let node = self.node.clone();
+            let space = space.clone();
+            let waiting = self.initialising.clone();
+            let wait = Duration::from_millis(self.opts.space_config.election_timeout_max * 3);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if !node.log.has_state(&space) {
+                    match node.initialize(&space, members).await {
+                        Ok(()) => {
+                            tracing::info!(%space, "space group initialised (the primary was silent)")
+                        }
+                        Err(e) => {
+                            tracing::debug!(%space, error = %e, "space group not initialised")
+                        }
+                    }
+                }
+                waiting.lock().remove(&space);
+            });
         }
     }
 

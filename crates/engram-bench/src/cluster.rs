@@ -1,0 +1,444 @@
+//! The cluster suite: three real `engram` processes on loopback ports (data under one
+//! temporary directory, a shared secret), and a single node in the same run as the baseline.
+//!
+//! Parts (`ENGRAM_BENCH_PARTS`):
+//! - `write`: single remembers from 64 clients over HTTP (768-d embeddings, no automatic
+//!   links) to a single node, then to the leader of a space of the three-node cluster:
+//!   throughput and P99 of each, and their ratio (goal: the cluster at least 60 % of the
+//!   single node, P99 at most the single node's + 2 ms).
+//! - `recall`: recall latency through the space's leader and through a node that forwards to
+//!   it (one hop), and the share of requests the leader executed (goal 100 %).
+//! - `failover`: SIGKILL the leader of a space, then write through another node until a write
+//!   is acknowledged; 20 kills (5 with `--quick`), each followed by a restart of the killed
+//!   node; P50 and P99 (goal P99 ≤ 3 s).
+//! - `idle`: 10,000 spaces (1,000 with `--quick`) created through the API, then CPU and RSS of
+//!   each node over 10 s of idleness.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::dataset::{Clusters, Shape};
+use crate::http::{body_pool, cpu_seconds, engram_binary, load, start_server, Config, Server};
+use crate::util::{self, compare, report, Better, DIM};
+
+const NAMES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Node {
+    server: Option<Server>,
+    http: u16,
+    cluster: u16,
+}
+
+struct Cluster {
+    exe: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    secret: String,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start(exe: &Path, dir: &Path) -> Result<Cluster> {
+        std::fs::create_dir_all(dir)?;
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "the cluster bench's secret, 32 bytes or more")?;
+        let mut c = Cluster {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            secret: secret.display().to_string(),
+            nodes: Vec::new(),
+        };
+        for _ in 0..3 {
+            c.nodes.push(Node {
+                server: None,
+                http: free_port()?,
+                cluster: free_port()?,
+            });
+        }
+        for i in 0..3 {
+            c.start_node(i)?;
+        }
+        c.wait_live()?;
+        Ok(c)
+    }
+
+    fn start_node(&mut self, i: usize) -> Result<()> {
+        let n = &self.nodes[i];
+        let join: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("127.0.0.1:{}", self.nodes[j].cluster))
+            .collect();
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("start")
+            .args(["--port", &n.http.to_string(), "--embedder", "hashing"])
+            .arg("--data-dir")
+            .arg(self.dir.join(NAMES[i]))
+            .args(["--node-id", NAMES[i]])
+            .args(["--cluster-addr", &format!("127.0.0.1:{}", n.cluster)])
+            .args(["--cluster-secret-file", &self.secret]);
+        if i > 0 {
+            cmd.args(["--join", &join.join(",")]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a node")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let Some(base) = line.trim().strip_prefix("engram listening on ") else {
+            let _ = child.kill();
+            bail!("node {} did not start: {line:?}", NAMES[i]);
+        };
+        self.nodes[i].server = Some(Server {
+            child,
+            base: base.to_string(),
+        });
+        Ok(())
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].http)
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].server.as_ref().map_or(0, |s| s.child.id())
+    }
+
+    fn wait_live(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = reqwest::blocking::get(format!("{}/api/v1/cluster/nodes", self.url(0)))
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| {
+                    v["nodes"]
+                        .as_array()
+                        .is_some_and(|ns| ns.len() == 3 && ns.iter().all(|n| n["state"] == "live"))
+                });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster never had three live nodes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the node leading `space` (asked of node `via`), once it has one.
+    fn leader(&self, via: usize, space: &str) -> Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Value =
+                reqwest::blocking::get(format!("{}/api/v1/cluster/spaces/{space}", self.url(via)))?
+                    .json()?;
+            if let Some(name) = v["leader"]["id"].as_str() {
+                if let Some(i) = NAMES.iter().position(|n| *n == name) {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("space {space} has no leader: {v}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn post(client: &reqwest::blocking::Client, url: &str, body: &Value, key: &str) -> Option<u16> {
+    client
+        .post(url)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+fn create_space(client: &reqwest::blocking::Client, url: &str, space: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = post(
+            client,
+            &format!("{url}/api/v1/spaces"),
+            &json!({"id": space, "dimension": DIM}),
+            &format!("create-{space}"),
+        );
+        if s == Some(201) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("space {space} was not created ({s:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn rss_kb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn run(quick: bool) -> Result<()> {
+    let parts = util::selected_parts(&["write", "recall", "failover", "idle"])?;
+    let exe = engram_binary()?;
+    let root = tempfile::Builder::new()
+        .prefix("engram-bench-cluster-")
+        .tempdir_in(util::bench_root())?;
+    println!(
+        "# engram-bench cluster suite, {} mode, on {}",
+        if quick { "quick" } else { "full" },
+        util::machine_description()
+    );
+    let cfg = Config::new(quick);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut rng = util::rng(21);
+    let clusters = Arc::new(Clusters::new(&mut rng, Shape::realistic(DIM)));
+    let pool = body_pool(&clusters, 22, false);
+
+    if parts.iter().any(|p| p == "write") {
+        let single_dir = root.path().join("single");
+        let single = start_server(&exe, &single_dir)?;
+        let p = pool.clone();
+        let one = load(
+            &rt,
+            &cfg,
+            single.child.id(),
+            format!("{}/api/v1/memories/remember?space=w", single.base),
+            64,
+            1,
+            Arc::new(move |n| format!("{{\"id\":\"m{n}\",{}", p[n as usize % p.len()])),
+        )?;
+        drop(single);
+        let c = Cluster::start(&exe, &root.path().join("write"))?;
+        create_space(&client, &c.url(0), "w")?;
+        let l = c.leader(0, "w")?;
+        let p = pool.clone();
+        let three = load(
+            &rt,
+            &cfg,
+            c.pid(l),
+            format!("{}/api/v1/memories/remember?space=w", c.url(l)),
+            64,
+            1,
+            Arc::new(move |n| format!("{{\"id\":\"m{n}\",{}", p[n as usize % p.len()])),
+        )?;
+        println!(
+            "# remember, 64 clients, {DIM}-d, no automatic links: single node {:.0}/s P99 {:.2} ms; three nodes (to the leader) {:.0}/s P99 {:.2} ms; leader CPU {:.0} µs per write",
+            one.per_s,
+            one.p_ms(99.0),
+            three.per_s,
+            three.p_ms(99.0),
+            three.cpu_us_per_item
+        );
+        report("cluster_remember_single_per_s", one.per_s, "ops/s");
+        report("cluster_remember_three_per_s", three.per_s, "ops/s");
+        let ratio = three.per_s / one.per_s * 100.0;
+        report("cluster_remember_share_of_single", ratio, "%");
+        compare(
+            "cluster_remember_share_of_single",
+            ratio,
+            "%",
+            Better::Higher,
+            None,
+            Some(60.0),
+        );
+        report("cluster_remember_single_p99_ms", one.p_ms(99.0), "ms");
+        report("cluster_remember_three_p99_ms", three.p_ms(99.0), "ms");
+        let extra = three.p_ms(99.0) - one.p_ms(99.0);
+        report("cluster_remember_p99_over_single_ms", extra, "ms");
+        compare(
+            "cluster_remember_p99_over_single_ms",
+            extra,
+            "ms",
+            Better::Lower,
+            None,
+            Some(2.0),
+        );
+    }
+
+    if parts.iter().any(|p| p == "recall" || p == "failover") {
+        let mut c = Cluster::start(&exe, &root.path().join("cluster"))?;
+        create_space(&client, &c.url(0), "r")?;
+        let l = c.leader(0, "r")?;
+        let other = (l + 1) % 3;
+        for i in 0..2_000u64 {
+            let p = &pool[i as usize % pool.len()];
+            let body: Value = serde_json::from_str(&format!("{{\"id\":\"m{i}\",{p}"))?;
+            let url = format!("{}/api/v1/memories/remember?space=r", c.url(l));
+            post(&client, &url, &body, &format!("seed-{i}"));
+        }
+        if parts.iter().any(|p| p == "recall") {
+            let queries = if quick { 300 } else { 2_000 };
+            let mut by_leader = 0usize;
+            let mut total = 0usize;
+            let mut lat = |via: usize| -> Result<Vec<u64>> {
+                let mut out = Vec::new();
+                for q in 0..queries {
+                    let mut rng = util::rng(q as u64);
+                    let cue = json!({"embedding": clusters.point(&mut rng), "max_results": 10});
+                    let t = Instant::now();
+                    let r = client
+                        .post(format!("{}/api/v1/memories/recall?space=r", c.url(via)))
+                        .json(&cue)
+                        .send()?;
+                    out.push(t.elapsed().as_nanos() as u64);
+                    total += 1;
+                    if r.headers()
+                        .get("x-engram-node")
+                        .and_then(|v| v.to_str().ok())
+                        == Some(NAMES[l])
+                    {
+                        by_leader += 1;
+                    }
+                    anyhow::ensure!(r.status().is_success(), "recall answered {}", r.status());
+                }
+                out.sort_unstable();
+                Ok(out)
+            };
+            let direct = lat(l)?;
+            let hop = lat(other)?;
+            let ms = |v: &[u64], p| util::percentile(v, p) as f64 / 1e6;
+            println!(
+                "# recall of 10 among 2,000 memories, one client: direct P50 {:.2} P99 {:.2} ms; through a non-leader P50 {:.2} P99 {:.2} ms",
+                ms(&direct, 50.0),
+                ms(&direct, 99.0),
+                ms(&hop, 50.0),
+                ms(&hop, 99.0)
+            );
+            report("cluster_recall_direct_p99_ms", ms(&direct, 99.0), "ms");
+            report("cluster_recall_forwarded_p99_ms", ms(&hop, 99.0), "ms");
+            let share = by_leader as f64 / total as f64 * 100.0;
+            report("cluster_requests_executed_by_leader", share, "%");
+            compare(
+                "cluster_requests_executed_by_leader",
+                share,
+                "%",
+                Better::Higher,
+                None,
+                Some(100.0),
+            );
+        }
+        if parts.iter().any(|p| p == "failover") {
+            let kills = if quick { 5 } else { 20 };
+            let mut took = Vec::new();
+            for k in 0..kills {
+                let l = c.leader(0, "r").or_else(|_| c.leader(1, "r"))?;
+                let via = (l + 1) % 3;
+                c.nodes[l].server = None;
+                let t = Instant::now();
+                let mut n = 0u64;
+                loop {
+                    let p = &pool[n as usize % pool.len()];
+                    let body: Value = serde_json::from_str(&format!("{{\"id\":\"f{k}-{n}\",{p}"))?;
+                    let url = format!("{}/api/v1/memories/remember?space=r", c.url(via));
+                    if post(&client, &url, &body, &format!("f{k}-{n}")) == Some(201) {
+                        break;
+                    }
+                    n += 1;
+                    if t.elapsed() > Duration::from_secs(60) {
+                        bail!("no write was acknowledged within 60 s of kill {k}");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                took.push(t.elapsed().as_nanos() as u64);
+                c.start_node(l)?;
+                c.wait_live()?;
+            }
+            took.sort_unstable();
+            let ms = |p| util::percentile(&took, p) as f64 / 1e6;
+            println!(
+                "# failover: SIGKILL of the leader to the first acknowledged write through another node, {kills} kills: P50 {:.0} ms, P99 {:.0} ms, max {:.0} ms",
+                ms(50.0),
+                ms(99.0),
+                ms(100.0)
+            );
+            report("cluster_failover_p50_ms", ms(50.0), "ms");
+            report("cluster_failover_p99_ms", ms(99.0), "ms");
+            compare(
+                "cluster_failover_p99_ms",
+                ms(99.0),
+                "ms",
+                Better::Lower,
+                None,
+                Some(3000.0),
+            );
+        }
+    }
+
+    if parts.iter().any(|p| p == "idle") {
+        let c = Cluster::start(&exe, &root.path().join("idle"))?;
+        let spaces = if quick { 1_000 } else { 10_000 };
+        let t = Instant::now();
+        let urls: Vec<String> = (0..3).map(|i| c.url(i)).collect();
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = (0..8)
+                .map(|w| {
+                    let (client, urls) = (&client, &urls);
+                    s.spawn(move || -> Result<()> {
+                        for i in (w..spaces).step_by(8) {
+                            create_space(client, &urls[i % 3], &format!("s{i}"))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("a creating thread")?;
+            }
+            Ok(())
+        })?;
+        println!(
+            "# {spaces} spaces created through the API in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        // Let groups quiesce, then measure.
+        std::thread::sleep(Duration::from_secs(5));
+        let before: Vec<f64> = (0..3)
+            .map(|i| {
+                let (a, b) = cpu_seconds(c.pid(i));
+                a + b
+            })
+            .collect();
+        let window = Duration::from_secs(10);
+        std::thread::sleep(window);
+        for i in 0..3 {
+            let (a, b) = cpu_seconds(c.pid(i));
+            let cores = (a + b - before[i]) / window.as_secs_f64();
+            let rss = rss_kb(c.pid(i)) / 1024.0;
+            println!(
+                "# idle node {}: {:.4} cores, RSS {:.0} MB",
+                NAMES[i], cores, rss
+            );
+            report(&format!("cluster_idle_{}_cores", NAMES[i]), cores, "cores");
+            report(&format!("cluster_idle_{}_rss_mb", NAMES[i]), rss, "MB");
+        }
+    }
+    Ok(())
+}
