@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::dataset::{Clusters, Shape};
-use crate::http::{body_pool, cpu_seconds, engram_binary, load, start_server, Config, Server};
+use crate::http::{body_pool, engram_binary, load, start_server, Config, Server};
 use crate::util::{self, compare, report, Better, DIM};
 
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -185,6 +185,23 @@ fn create_space(client: &reqwest::blocking::Client, url: &str, space: &str) -> R
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// CPU seconds of process `pid` so far, its exited threads included (`/proc/PID/stat`; the
+/// per-thread sum would lose the threads tokio retires while idle).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|x| x.parse::<f64>().ok()).sum::<f64>()
+    }) / tick
 }
 
 fn rss_kb(pid: u32) -> f64 {
@@ -418,19 +435,14 @@ pub fn run(quick: bool) -> Result<()> {
             "# {spaces} spaces created through the API in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        // Let groups quiesce, then measure.
-        std::thread::sleep(Duration::from_secs(5));
-        let before: Vec<f64> = (0..3)
-            .map(|i| {
-                let (a, b) = cpu_seconds(c.pid(i));
-                a + b
-            })
-            .collect();
+        // Let groups quiesce (a leader quiesces its group after 2 s without a request, once
+        // every follower holds its log), then measure.
+        std::thread::sleep(Duration::from_secs(30));
+        let before: Vec<f64> = (0..3).map(|i| process_cpu_seconds(c.pid(i))).collect();
         let window = Duration::from_secs(10);
         std::thread::sleep(window);
         for i in 0..3 {
-            let (a, b) = cpu_seconds(c.pid(i));
-            let cores = (a + b - before[i]) / window.as_secs_f64();
+            let cores = (process_cpu_seconds(c.pid(i)) - before[i]) / window.as_secs_f64();
             let rss = rss_kb(c.pid(i)) / 1024.0;
             println!(
                 "# idle node {}: {:.4} cores, RSS {:.0} MB",
