@@ -22,7 +22,7 @@ use engram_replication::meta::SpaceRecord;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, Grant};
 
 /// How long a forwarded request may take before it is a 503.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -226,6 +226,12 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
             .parse()
             .map_err(|_| ApiError::Invalid("a bad URI".into()))?;
     }
+    // What the request's API key may touch (the authentication layer puts it there).
+    let grant = parts
+        .extensions
+        .get::<Grant>()
+        .cloned()
+        .unwrap_or(Grant(None));
     let Some(c) = st.cluster.clone() else {
         let req = Request::from_parts(parts, Body::from(bytes));
         let resp = next.run(req).await;
@@ -237,9 +243,11 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
     };
     match k {
         Kind::Local => unreachable!("handled above"),
-        Kind::ListSpaces => Ok(list_spaces(&st, &c)),
-        Kind::CreateSpace => Ok(create_space(&st, &c, &parts.headers, json().as_ref()).await),
-        Kind::DropSpace(id) => Ok(drop_space(&c, &parts.headers, &id).await),
+        Kind::ListSpaces => Ok(list_spaces(&st, &c, &grant)),
+        Kind::CreateSpace => {
+            Ok(create_space(&st, &c, &grant, &parts.headers, json().as_ref()).await)
+        }
+        Kind::DropSpace(id) => Ok(drop_space(&c, &grant, &parts.headers, &id).await),
         Kind::Space { write, creates } => {
             let named_in_body = !parts.headers.contains_key("x-memory-space")
                 && !rest.split('&').any(|p| p.starts_with("space="))
@@ -249,6 +257,9 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
                 let req = Request::from_parts(parts, Body::from(bytes));
                 return Ok(next.run(req).await);
             };
+            // The key's spaces, checked before anything is created or forwarded (the
+            // executing node checks again).
+            grant.check(&space)?;
             let state = c.state();
             let rec = match state.spaces.get(&space) {
                 Some(r) => r.clone(),
@@ -433,11 +444,12 @@ async fn forward(
 /// `GET /api/v1/spaces` on a cluster node: the catalog, with this node's replica's count of
 /// memories where it holds one (`null` elsewhere: a count would cost a request to another
 /// node per space).
-fn list_spaces(st: &AppState, c: &ClusterNode) -> Response {
+fn list_spaces(st: &AppState, c: &ClusterNode, grant: &Grant) -> Response {
     let state = c.state();
     let spaces: Vec<Value> = state
         .spaces
         .iter()
+        .filter(|(id, _)| grant.allows(id))
         .map(|(id, rec)| {
             let memories = if rec.replicas.contains(&c.id()) {
                 st.engine.space_info(id).ok().map(|i| i.memories)
@@ -459,6 +471,7 @@ fn list_spaces(st: &AppState, c: &ClusterNode) -> Response {
 async fn create_space(
     st: &AppState,
     c: &ClusterNode,
+    grant: &Grant,
     headers: &HeaderMap,
     body: Option<&Value>,
 ) -> Response {
@@ -476,6 +489,9 @@ async fn create_space(
         Ok(id) => id,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Err(e) = grant.check(&id) {
+        return e.into_response();
+    }
     let dim = req
         .dimension
         .unwrap_or(st.engine.options().default_dimension);
@@ -508,11 +524,14 @@ async fn create_space(
 }
 
 /// `DELETE /api/v1/spaces/{id}` on a cluster node.
-async fn drop_space(c: &ClusterNode, headers: &HeaderMap, id: &str) -> Response {
+async fn drop_space(c: &ClusterNode, grant: &Grant, headers: &HeaderMap, id: &str) -> Response {
     let id = match SpaceId::new(id) {
         Ok(id) => id,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Err(e) = grant.check(&id) {
+        return e.into_response();
+    }
     if id.as_str() == engram_engine::DEFAULT_SPACE {
         return ApiError::Invalid("the default space cannot be dropped".into()).into_response();
     }

@@ -19,6 +19,16 @@ fn secret_file(dir: &Path, name: &str, secret: &str) -> String {
 }
 
 fn node(dir: &Path, name: &str, secret: &str, join: Option<&str>) -> Result<Server, String> {
+    node_with(dir, name, secret, join, &[])
+}
+
+fn node_with(
+    dir: &Path,
+    name: &str,
+    secret: &str,
+    join: Option<&str>,
+    extra: &[&str],
+) -> Result<Server, String> {
     let data = dir.join(name);
     let mut args = vec![
         "--node-id",
@@ -28,6 +38,7 @@ fn node(dir: &Path, name: &str, secret: &str, join: Option<&str>) -> Result<Serv
         "--cluster-secret-file",
         secret,
     ];
+    args.extend(extra);
     if let Some(j) = join {
         args.extend(["--join", j]);
     }
@@ -405,4 +416,103 @@ fn a_paused_leader_cannot_acknowledge_after_losing_leadership() {
         );
         assert_eq!(status, 200);
     }
+}
+
+/// With API keys, a cluster node checks a key's spaces before it creates, drops, lists or
+/// forwards anything, as a single node's handlers do.
+#[test]
+fn a_key_reaches_only_its_spaces_on_a_cluster() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(
+        dir.path(),
+        "secret",
+        "a cluster secret of more than 32 bytes\n",
+    );
+    let config = dir.path().join("keys.toml");
+    std::fs::write(
+        &config,
+        "[[api_keys]]\nkey = \"alice-key-1\"\nspaces = [\"alice\"]\n\n[[api_keys]]\nkey = \"admin-key-1\"\nspaces = [\"*\"]\n",
+    )
+    .unwrap();
+    let keys = ["--config", config.to_str().unwrap()];
+    let n1 = node_with(dir.path(), "n1", &secret, None, &keys).unwrap();
+    let a1 = cluster_addr_with(&n1, "n1", "admin-key-1");
+    let n2 = node_with(dir.path(), "n2", &secret, Some(&a1), &keys).unwrap();
+    let alice = [("authorization", "Bearer alice-key-1")];
+    let admin = [("authorization", "Bearer admin-key-1")];
+    let space = |id: &str| Some(serde_json::json!({"id": id, "dimension": 4}));
+    let (status, _, v) = send(
+        Method::POST,
+        &n2.url("/api/v1/spaces"),
+        &admin,
+        space("bob"),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, _, v) = send(
+        Method::POST,
+        &n2.url("/api/v1/spaces"),
+        &alice,
+        space("alice"),
+    );
+    assert_eq!(status, 201, "{v}");
+    // Another tenant's space: neither dropped, nor created, nor listed, nor written.
+    let (status, _, _) = send(Method::DELETE, &n1.url("/api/v1/spaces/bob"), &alice, None);
+    assert_eq!(status, 403);
+    let (status, _, _) = send(
+        Method::POST,
+        &n1.url("/api/v1/spaces"),
+        &alice,
+        space("carol"),
+    );
+    assert_eq!(status, 403);
+    let memory = serde_json::json!({"content": "x", "embedding": [1.0, 0.0, 0.0, 0.5]});
+    let h = [
+        ("authorization", "Bearer alice-key-1"),
+        ("x-memory-space", "zed"),
+    ];
+    let (status, _, _) = send(
+        Method::POST,
+        &n1.url("/api/v1/memories/remember"),
+        &h,
+        Some(memory),
+    );
+    assert_eq!(status, 403);
+    let (_, _, list) = send(Method::GET, &n1.url("/api/v1/spaces"), &alice, None);
+    let ids: Vec<&str> = list["spaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alice"]);
+    let (_, _, list) = send(Method::GET, &n1.url("/api/v1/spaces"), &admin, None);
+    let all = list.to_string();
+    assert!(
+        all.contains("\"bob\"") && !all.contains("\"zed\"") && !all.contains("\"carol\""),
+        "{all}"
+    );
+    for s in [n1, n2] {
+        assert!(s.stop().success());
+    }
+}
+
+/// [`cluster_addr`] with an API key.
+fn cluster_addr_with(s: &Server, name: &str, key: &str) -> String {
+    let auth = format!("Bearer {key}");
+    let (_, _, v) = send(
+        reqwest::Method::GET,
+        &s.url("/api/v1/cluster/nodes"),
+        &[("authorization", auth.as_str())],
+        None,
+    );
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == name)
+        .unwrap()["cluster_address"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

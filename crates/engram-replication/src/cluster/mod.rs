@@ -110,7 +110,9 @@ pub fn space_config() -> openraft::Config {
         heartbeat_interval: 150,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // A snapshot (the space's files, linked) every 5,000 entries lets the log purge: the
+        // entries are held in memory and the WAL keeps them until then.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
         ..Default::default()
     }
 }
