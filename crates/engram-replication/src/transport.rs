@@ -8,9 +8,10 @@
 //!   itself never travels); the server compares it in constant time and answers 401 to a
 //!   request without the right one, before decoding anything. A node with another secret is
 //!   refused and changes nothing. Without a secret the port must be bound to loopback (the
-//!   caller checks: `engram start`). The traffic is not encrypted: the secret keeps outsiders
-//!   from joining or injecting messages, not from reading them; run the cluster port on a
-//!   private network.
+//!   caller checks: `engram start`). The traffic is not encrypted and the token is the same
+//!   on every request: it keeps out whoever can reach the port but not read its traffic; one
+//!   who can read it can replay the token. Run the cluster port on a private network (a
+//!   per-request HMAC or mTLS is the next step).
 //! - **Bounds and backpressure.** A request body is read up to [`MAX_FRAME`] (a longer one is
 //!   refused with 413 before it is buffered); the server handles at most
 //!   [`MAX_CONCURRENT`] requests at once (more wait for a slot: HTTP/2 flow control then holds
