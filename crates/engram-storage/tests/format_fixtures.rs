@@ -2,9 +2,7 @@
 //! that introduced format version 1, checked in, and read back by every later build. The layout
 //! and the versioning policy are in `docs/format.md`.
 //!
-//! Regenerate (only when deliberately replacing the v1 fixtures, which should never be needed
-//! once they are released):
-//!
+//! Regenerate (only to replace the v1 fixtures deliberately, never once they are released):
 //! ```text
 //! ENGRAM_WRITE_FIXTURES=1 cargo test -p engram-storage --test format_fixtures \
 //!     -- --ignored generate_v1_fixtures

@@ -1,0 +1,185 @@
+//! Tests of `state.rs`.
+use super::*;
+
+fn node(name: &str, incarnation: u64, rack: &str) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        http: format!("http://{name}:7432"),
+        cluster: format!("{name}:7433"),
+        rack: rack.into(),
+        capacity: 100,
+        state: NodeState::Live,
+        incarnation,
+    }
+}
+
+fn create(id: &str, nonce: u64) -> MetaCommand {
+    MetaCommand::CreateSpace {
+        id: SpaceId::new(id).unwrap(),
+        dimension: 8,
+        embedder: "m".into(),
+        created_at_us: 5,
+        nonce,
+    }
+}
+
+fn cluster() -> MetaState {
+    let mut s = MetaState::default();
+    assert_eq!(
+        s.apply(&MetaCommand::Init {
+            copies: 3,
+            vnodes: 16
+        }),
+        MetaAnswer::Done { epoch: 1 }
+    );
+    for (i, rack) in ["a", "b", "c", "a"].iter().enumerate() {
+        let a = s.apply(&MetaCommand::Join(node(&format!("n{i}"), i as u64, rack)));
+        assert_eq!(
+            a,
+            MetaAnswer::Done {
+                epoch: 2 + i as u64
+            }
+        );
+    }
+    s
+}
+
+#[test]
+fn commands_apply_deterministically() {
+    let mut s = cluster();
+    assert_eq!(s.placement.members().len(), 4);
+    // Spaces land on three nodes of distinct racks; the first command creates it.
+    let MetaAnswer::Space(r) = s.apply(&create("s1", 9)) else {
+        panic!()
+    };
+    assert_eq!(r.replicas.len(), 3);
+    let racks: std::collections::BTreeSet<&str> = r
+        .replicas
+        .iter()
+        .map(|id| s.nodes[id].rack.as_str())
+        .collect();
+    assert_eq!(racks.len(), 3, "{r:?}");
+    assert_eq!(s.apply(&create("s1", 10)), MetaAnswer::Space(r.clone()));
+    // A name in use from another data directory is refused; the same one rejoins.
+    let before = s.clone();
+    assert!(matches!(
+        s.apply(&MetaCommand::Join(node("n1", 99, "b"))),
+        MetaAnswer::Refused(_)
+    ));
+    assert_eq!(s, before, "a refused command changes nothing");
+    assert_eq!(
+        s.apply(&MetaCommand::Join(node("n1", 1, "b"))),
+        MetaAnswer::Done { epoch: s.epoch }
+    );
+    assert_eq!(s, before, "a rejoin with nothing new changes nothing");
+    let mut moved = node("n1", 1, "b");
+    moved.http = "http://elsewhere:1".into();
+    assert_eq!(
+        s.apply(&MetaCommand::Join(moved)),
+        MetaAnswer::Done {
+            epoch: before.epoch + 1
+        }
+    );
+    // States, drops.
+    let id = raft_id("n2");
+    assert_eq!(
+        s.apply(&MetaCommand::SetState {
+            id,
+            state: NodeState::Down
+        }),
+        MetaAnswer::Done {
+            epoch: before.epoch + 2
+        }
+    );
+    assert!(matches!(
+        s.apply(&MetaCommand::SetState {
+            id: 12345,
+            state: NodeState::Down
+        }),
+        MetaAnswer::Refused(_)
+    ));
+    let drop = MetaCommand::DropSpace {
+        id: SpaceId::new("s1").unwrap(),
+    };
+    assert!(matches!(s.apply(&drop), MetaAnswer::Done { .. }));
+    assert_eq!(s.apply(&drop), MetaAnswer::NoSpace);
+    // Nothing applies before the cluster is initialised, and it is initialised once.
+    let mut fresh = MetaState::default();
+    assert!(matches!(
+        fresh.apply(&MetaCommand::Join(node("x", 1, "a"))),
+        MetaAnswer::Refused(_)
+    ));
+    assert!(matches!(
+        s.apply(&MetaCommand::Init {
+            copies: 1,
+            vnodes: 1
+        }),
+        MetaAnswer::Refused(_)
+    ));
+    assert!(matches!(
+        MetaState::default().apply(&MetaCommand::Init {
+            copies: 0,
+            vnodes: 1
+        }),
+        MetaAnswer::Refused(_)
+    ));
+}
+
+#[test]
+fn encodings_round_trip_and_every_truncation_is_refused() {
+    let mut s = cluster();
+    for i in 0..10 {
+        s.apply(&create(&format!("s{i}"), i));
+    }
+    let bytes = s.encode();
+    assert_eq!(MetaState::decode(&bytes).unwrap(), s);
+    for n in 0..bytes.len() {
+        assert!(MetaState::decode(&bytes[..n]).is_err(), "{n}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(MetaState::decode(&longer).is_err());
+    let cmds = [
+        MetaCommand::Init {
+            copies: 3,
+            vnodes: 150,
+        },
+        MetaCommand::Join(node("n9", 4, "r")),
+        MetaCommand::SetState {
+            id: 3,
+            state: NodeState::Leaving,
+        },
+        create("s", 1),
+        MetaCommand::DropSpace {
+            id: SpaceId::new("s").unwrap(),
+        },
+    ];
+    for c in cmds {
+        let b = c.encode();
+        assert_eq!(MetaCommand::decode(&b).unwrap(), c);
+        for n in 0..b.len() {
+            assert!(MetaCommand::decode(&b[..n]).is_err());
+        }
+    }
+    let MetaAnswer::Space(r) = s.apply(&create("s1", 0)) else {
+        panic!()
+    };
+    for a in [
+        MetaAnswer::Done { epoch: 7 },
+        MetaAnswer::Refused("no".into()),
+        MetaAnswer::Space(r),
+        MetaAnswer::NoSpace,
+    ] {
+        assert_eq!(MetaAnswer::decode(&a.encode()).unwrap(), a);
+    }
+    // A name outside the alphabet, a state code out of range: refused.
+    let mut bad = node("n1", 1, "a");
+    bad.name = "N 1".into();
+    assert!(MetaCommand::decode(&MetaCommand::Join(bad).encode()).is_err());
+}
+
+#[test]
+fn voters_target_is_odd_and_at_most_five() {
+    let t: Vec<usize> = (0..8).map(super::super::target_voters).collect();
+    assert_eq!(t, [1, 1, 1, 3, 3, 5, 5, 5]);
+}
