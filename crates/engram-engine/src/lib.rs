@@ -40,6 +40,7 @@ pub use error::{EngineError, Result};
 pub use keyed::check_key;
 pub use recall::{FoundBy, Fusion, Recall, RecallItem, RetrievalPath, RRF_K};
 pub use replicated::{ProposeFuture, Proposed, Replicate};
+pub use write::check_batch;
 
 /// The space every node has.
 pub const DEFAULT_SPACE: &str = "default";

@@ -394,7 +394,7 @@ enum FirstWrite {
 }
 
 /// A batch's size within 1..=[`limits::MAX_BATCH`], and no id twice.
-pub(crate) fn check_batch(batch: &[NewMemory]) -> Result<()> {
+pub fn check_batch(batch: &[NewMemory]) -> Result<()> {
     if batch.is_empty() {
         return Err(EngineError::Invalid(
             "a batch needs at least one memory".into(),

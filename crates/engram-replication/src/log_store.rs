@@ -153,6 +153,11 @@ impl NodeLog {
         });
         let records = store.attach_raft(log.clone());
         let result = log.rebuild(records);
+        // Groups whose replay ended empty (reset: their space was dropped) are forgotten.
+        log.groups.lock().retain(|_, g| {
+            let l = g.log.lock();
+            l.meta != GroupMeta::default() || !l.entries.is_empty()
+        });
         log.loading.store(false, Ordering::SeqCst);
         result?;
         Ok(log)
@@ -202,6 +207,29 @@ impl NodeLog {
     /// WAL files that hold them.
     pub fn remove(&self, group: &SpaceId) {
         self.groups.lock().remove(group);
+    }
+
+    /// Erases a group's raft state durably: records that empty its log and clear its vote
+    /// follow every earlier record of it in the WAL, so a replay ends with nothing (and
+    /// [`NodeLog::open`] forgets it); then forgets it here.
+    pub async fn reset(&self, group: &SpaceId) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store
+            .append_raft(
+                group,
+                vec![Op::RaftTruncate(None), Op::RaftMeta(GroupMeta::default())],
+                Box::new(move |durable| {
+                    let _ = tx.send(durable.is_some());
+                }),
+            )
+            .map_err(io_err)?;
+        if !rx.await.unwrap_or(false) {
+            return Err(io_err(format!(
+                "the reset of group {group} did not become durable"
+            )));
+        }
+        self.groups.lock().remove(group);
+        Ok(())
     }
 
     /// Queues `meta` as the group's state record (the caller holds the group's log lock, so

@@ -35,6 +35,9 @@ pub struct ReplicaNode {
     pub(crate) beats: parking_lot::RwLock<HashMap<SpaceId, (Group, Arc<Contact>)>>,
     pub(crate) id: u64,
     pub(crate) store: Arc<Store>,
+    /// Groups of dropped spaces: never started again (a late message from a peer that has
+    /// not yet seen the drop would give them raft state) until their space is created anew.
+    pub(crate) retired: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
     pub(crate) log: Arc<NodeLog>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: Arc<openraft::Config>,
@@ -100,6 +103,7 @@ impl ReplicaNode {
             proposals: Arc::new(Proposals::default()),
             meta: Default::default(),
             heard: Default::default(),
+            retired: Default::default(),
         }))
     }
 
@@ -258,18 +262,22 @@ impl ReplicaNode {
         if space.is_metadata_group() {
             return self.dispatch_meta(msg).await;
         }
-        if matches!(
-            msg,
-            Message::Append(_) | Message::Snapshot { .. } | Message::Quiesce { .. }
-        ) {
-            self.heard
-                .lock()
-                .insert(space.clone(), std::time::Instant::now());
-        }
+        // When the leader's message arrived (a reply that accepts it dates the replica).
+        let arrived = std::time::Instant::now();
+        let heard = |ok: bool| {
+            if ok {
+                self.heard.lock().insert(space.clone(), arrived);
+            }
+        };
         match msg {
             Message::Append(a) => match self.resident(space, Use::Message).await {
                 Ok(g) => match g.append_entries(a).await {
-                    Ok(r) => Message::AppendReply(r),
+                    Ok(r) => {
+                        // Only an append this replica took in full from the current leader
+                        // shows it holds everything: not a conflict, not a deposed leader's.
+                        heard(r.is_success());
+                        Message::AppendReply(r)
+                    }
                     Err(e) => fail(&e),
                 },
                 Err(e) => fail(&e),
@@ -282,8 +290,13 @@ impl ReplicaNode {
                 Err(e) => fail(&e),
             },
             Message::Snapshot { vote, snapshot } => {
+                let sent = vote;
                 match self.receive_snapshot(space, vote, snapshot).await {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        // Installed: the replica answers with the sender's vote.
+                        heard(matches!(&m, Message::SnapshotReply(r) if r.vote == sent));
+                        m
+                    }
                     Err(e) => fail(&e),
                 }
             }
@@ -293,7 +306,11 @@ impl ReplicaNode {
             Message::Propose(c) => Message::ProposeReply(self.propose(space, c).await),
             Message::ReadIds => Message::ReadIdsReply(self.read_ids(space).await),
             Message::Quiesce { from } => match self.quiesce_follower(space, from).await {
-                Ok(()) => Message::Ack,
+                Ok(()) => {
+                    // The leader quiesces only followers that hold its whole log.
+                    heard(true);
+                    Message::Ack
+                }
                 Err(e) => fail(&e),
             },
             Message::Wake { .. } => match self.resident(space, Use::Message).await {
@@ -401,11 +418,61 @@ impl ReplicaNode {
         })
     }
 
+    /// Retires the group of a dropped space on this node: stops it, drops the space's data
+    /// where the group had not applied the drop yet, and erases its raft state (log, vote,
+    /// snapshots) durably, so that neither a restart nor a space created anew under the same
+    /// name finds the old group. It is not started again until [`ReplicaNode::unretire`].
+    pub async fn retire_group(&self, space: &SpaceId) -> io::Result<()> {
+        self.retired.lock().insert(space.clone());
+        let resident = self.groups.lock().await.remove(space);
+        if let Some(r) = resident {
+            let _ = r.raft.shutdown().await;
+        }
+        self.heard.lock().remove(space);
+        match self.store.drop_space(space) {
+            Ok(_) | Err(engram_storage::StorageError::SpaceNotFound(_)) => {}
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+        self.log.reset(space).await?;
+        let snapshots = self.store.root().join("snapshots").join(space.as_str());
+        let disk = self.store.disk();
+        if disk.exists(&snapshots) {
+            disk.remove_dir_all(&snapshots)?;
+        }
+        Ok(())
+    }
+
+    /// Lets the group of `space` start again (the space was created anew).
+    pub fn unretire(&self, space: &SpaceId) {
+        self.retired.lock().remove(space);
+    }
+
     /// How long ago this node's replica of `space` last heard from the group's leader
     /// (`None`: never, since this process started): a bound on how stale a read from it is
     /// (a quiesced group hears nothing while nothing is written).
     pub fn since_leader(&self, space: &SpaceId) -> Option<std::time::Duration> {
         self.heard.lock().get(space).map(|t| t.elapsed())
+    }
+
+    /// A bound on how stale this node's replica of `space` may be: on the group's leader,
+    /// how long ago a quorum last acknowledged it (a leader cut off from its quorum may have
+    /// been replaced meanwhile); elsewhere [`ReplicaNode::since_leader`]. `None`: unknown.
+    pub async fn staleness(&self, space: &SpaceId) -> Option<std::time::Duration> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        use openraft::Instant as _;
+        let resident = self.groups.lock().await.get(space).map(|r| r.raft.clone());
+        if let Some(g) = resident {
+            let metrics = g.metrics();
+            let m = metrics.borrow_watched();
+            if m.state == openraft::ServerState::Leader {
+                return Some(
+                    m.last_quorum_acked
+                        .as_ref()
+                        .map_or(std::time::Duration::ZERO, |t| t.elapsed()),
+                );
+            }
+        }
+        self.since_leader(space)
     }
 
     /// How many resident space groups this node leads, and how many are resident.

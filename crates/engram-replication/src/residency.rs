@@ -121,6 +121,12 @@ impl ReplicaNode {
                     (r.raft.clone(), ask)
                 }
                 None => {
+                    if self.retired.lock().contains(space) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("the group of memory space {space} was retired (the space was dropped)"),
+                        ));
+                    }
                     let (raft, contact) = self.start_group(space).await?;
                     self.beats
                         .write()

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,8 +98,15 @@ pub struct HttpTransport {
 impl HttpTransport {
     /// A transport sending `secret`'s token (none: no token, for a loopback-only cluster).
     pub fn new(secret: Option<&[u8]>) -> Arc<Self> {
+        Self::with_local_ip(secret, None)
+    }
+
+    /// As [`HttpTransport::new`], its connections leaving from `local_ip` (`None`: the
+    /// system's choice).
+    pub fn with_local_ip(secret: Option<&[u8]>, local_ip: Option<IpAddr>) -> Arc<Self> {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_local_address(local_ip);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -239,6 +239,7 @@ async fn metadata_group_bootstraps_joins_places_and_restarts() {
     // And the group still takes changes.
     let cmd = MetaCommand::DropSpace {
         id: SpaceId::new("s0").unwrap(),
+        nonce: None,
     };
     assert!(matches!(
         propose(&nodes[1], cmd).await,

@@ -8,6 +8,7 @@
 //! `"staleness_ms"`. A write to a space the catalog does not hold creates it, as on a single
 //! node. `consistency` is accepted by a single node too (every read there is current).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +19,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use engram_core::SpaceId;
 use engram_replication::cluster::{ClusterNode, SpaceError};
-use engram_replication::meta::SpaceRecord;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::{AppState, Grant};
+
+mod catalog;
+use catalog::{create_space, drop_space, list_spaces, nonce};
 
 /// How long a forwarded request may take before it is a 503.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,18 +96,14 @@ fn space_error(e: SpaceError) -> Response {
     }
 }
 
-/// Takes `consistency` out of the query string; the rest of the query, and the value.
-fn take_query_consistency(query: &str) -> Result<(String, Option<String>), ApiError> {
-    let mut found = None;
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("consistency", v)) => found = Some(v.to_string()),
-            _ if pair == "consistency" => found = Some(String::new()),
-            _ => rest.push(pair),
-        }
-    }
-    Ok((rest.join("&"), found))
+/// The query string as the handlers decode it (axum's `Query`: serde_urlencoded into a
+/// map, percent-decoded, the last of a repeated name wins), so that routing and the handler
+/// always agree on the space; and `consistency`, taken out of it.
+fn route_query(query: &str) -> Result<(HashMap<String, String>, Option<String>), ApiError> {
+    let mut map: HashMap<String, String> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::Invalid(format!("bad query string: {e}")))?;
+    let consistency = map.remove("consistency");
+    Ok((map, consistency))
 }
 
 fn parse_consistency(v: Option<&str>) -> Result<Consistency, ApiError> {
@@ -119,19 +118,28 @@ fn parse_consistency(v: Option<&str>) -> Result<Consistency, ApiError> {
 
 /// The request's space (header, query, body field, else `default`), as the handlers take it;
 /// `None` when it is not a valid id (the handler answers the 400).
-fn space_of(headers: &HeaderMap, query: &str, body: Option<&Value>) -> Option<SpaceId> {
+fn space_of(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: Option<&Value>,
+) -> Option<SpaceId> {
     if let Some(h) = headers.get("x-memory-space") {
         return SpaceId::new(h.to_str().ok()?).ok();
     }
-    for pair in query.split('&') {
-        if let Some(("space", v)) = pair.split_once('=') {
-            return SpaceId::new(v).ok();
-        }
+    if let Some(v) = query.get("space") {
+        return SpaceId::new(v.as_str()).ok();
     }
     if let Some(Value::String(s)) = body.and_then(|b| b.get("memory_space_id")) {
         return SpaceId::new(s.as_str()).ok();
     }
     Some(SpaceId::default_space())
+}
+
+/// Whether a JSON body may name `memory_space_id`: it holds the name, or an escape (`\u`)
+/// that could spell it.
+fn may_name_space(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"memory_space_id").is_some()
+        || memchr::memmem::find(body, b"\\u").is_some()
 }
 
 /// The dimension a first write gives its space: its first embedding's length, else the
@@ -144,18 +152,6 @@ fn first_write_dimension(st: &AppState, body: Option<&Value>) -> u32 {
     match first.and_then(|m| m.get("embedding")) {
         Some(Value::Array(e)) if !e.is_empty() => e.len() as u32,
         _ => st.engine.options().default_dimension,
-    }
-}
-
-/// A nonce for a creation: from its idempotency key when it has one (a repeat is the same
-/// creation), else random.
-fn nonce(headers: &HeaderMap) -> u64 {
-    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(k) => engram_cluster::hash::placement_hash(k.as_bytes()).max(1),
-        None => {
-            let t = engram_storage::now_us() as u64;
-            engram_cluster::hash::placement_hash(&t.to_le_bytes()) ^ u64::from(std::process::id())
-        }
     }
 }
 
@@ -183,8 +179,7 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
             ))
         })?;
     // `consistency` (query or body) is routing's: taken out before the handler sees it.
-    let query = parts.uri.query().unwrap_or("").to_string();
-    let (rest, mut wanted) = take_query_consistency(&query)?;
+    let (query, mut wanted) = route_query(parts.uri.query().unwrap_or(""))?;
     // The body is parsed only when routing needs it (a space or a dimension it names, or a
     // `consistency` field): most requests pass through untouched.
     let parse = |b: &[u8]| -> Option<Value> {
@@ -215,8 +210,17 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
     let mut json =
         move || -> Option<Value> { parsed.take().unwrap_or_else(|| parse(&original_for_json)) };
     let consistency = parse_consistency(wanted.as_deref())?;
+    let reads = matches!(k, Kind::ListSpaces | Kind::Space { write: false, .. });
+    if wanted.is_some() && !reads {
+        return Err(ApiError::Invalid(
+            "consistency applies to reads (get, recall, listing); a write is acknowledged once a majority of the space's replicas have it"
+                .into(),
+        ));
+    }
     let original_uri = parts.uri.clone();
     if wanted.is_some() {
+        let rest = serde_urlencoded::to_string(&query)
+            .map_err(|e| ApiError::Invalid(format!("bad query string: {e}")))?;
         let pq = if rest.is_empty() {
             parts.uri.path().to_string()
         } else {
@@ -250,10 +254,10 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
         Kind::DropSpace(id) => Ok(drop_space(&c, &grant, &parts.headers, &id).await),
         Kind::Space { write, creates } => {
             let named_in_body = !parts.headers.contains_key("x-memory-space")
-                && !rest.split('&').any(|p| p.starts_with("space="))
-                && memchr::memmem::find(&bytes, b"\"memory_space_id\"").is_some();
+                && !query.contains_key("space")
+                && may_name_space(&bytes);
             let body = if named_in_body { json() } else { None };
-            let Some(space) = space_of(&parts.headers, &rest, body.as_ref()) else {
+            let Some(space) = space_of(&parts.headers, &query, body.as_ref()) else {
                 let req = Request::from_parts(parts, Body::from(bytes));
                 return Ok(next.run(req).await);
             };
@@ -264,6 +268,9 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
             let rec = match state.spaces.get(&space) {
                 Some(r) => r.clone(),
                 None if creates => {
+                    // What the handler would refuse creates nothing.
+                    let batch = parts.uri.path().ends_with("/batch");
+                    crate::routes::check_first_write(batch, &parts.headers, &query, &bytes)?;
                     let dim = first_write_dimension(&st, json().as_ref());
                     let tag = st.engine.embedder_tag(dim).to_string();
                     let now = engram_storage::now_us();
@@ -275,24 +282,43 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
                         Err(e) => return Ok(space_error(e)),
                     }
                 }
-                None => {
-                    return Err(ApiError::SpaceNotFound(format!(
-                        "memory space {:?} does not exist",
-                        space.as_str()
-                    )))
-                }
+                None => match c.catalog_barrier().await {
+                    // The catalog here is current: the space does not exist.
+                    Ok(()) => match c.state().spaces.get(&space) {
+                        Some(r) => r.clone(),
+                        None => {
+                            return Err(ApiError::SpaceNotFound(format!(
+                                "memory space {:?} does not exist",
+                                space.as_str()
+                            )))
+                        }
+                    },
+                    // This node's catalog may lag (a restart, a partition): the metadata
+                    // leader has the last word (one hop; it sends a request for a space
+                    // it does not lead back with the leader's name, which is tried next).
+                    Err(Some(meta)) if meta != c.id() && !parts.headers.contains_key(HOP_HEADER) => {
+                        let req = Request::from_parts(parts, Body::from(original_bytes));
+                        return Ok(forward(&st, &c, &space, &[], meta, req, original_uri).await);
+                    }
+                    Err(_) => {
+                        return Ok(unavailable(format!(
+                            "the cluster's catalog cannot confirm whether memory space {:?} exists (its metadata group has no leader at the moment); retry",
+                            space.as_str()
+                        )))
+                    }
+                },
             };
             let stale = !write && consistency == Consistency::Stale;
             let forwarded = parts.headers.contains_key(HOP_HEADER);
             let req = Request::from_parts(parts, Body::from(bytes.clone()));
             if stale && rec.replicas.contains(&c.id()) {
-                let since = c.node.since_leader(&space);
-                let leader = c.leader_hint(&space, &rec).await;
-                let ms = if leader == c.id() {
-                    0
-                } else {
-                    since.map_or(u64::MAX, |d| d.as_millis() as u64)
-                };
+                // Unknown (never heard from a leader since this process started): the
+                // largest number, not a made-up small one.
+                let ms = c
+                    .node
+                    .staleness(&space)
+                    .await
+                    .map_or(u64::MAX, |d| d.as_millis() as u64);
                 let resp = next.run(req).await;
                 return Ok(with_staleness(resp, ms).await);
             }
@@ -312,7 +338,7 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
             // request as it came (a stale read keeps its wish: the replica answers it).
             let (parts, _) = req.into_parts();
             let req = Request::from_parts(parts, Body::from(original_bytes));
-            Ok(forward(&st, &c, &space, &rec, leader, req, original_uri).await)
+            Ok(forward(&st, &c, &space, &rec.replicas, leader, req, original_uri).await)
         }
     }
 }
@@ -366,7 +392,7 @@ async fn forward(
     st: &AppState,
     c: &Arc<ClusterNode>,
     space: &SpaceId,
-    rec: &SpaceRecord,
+    replicas: &[u64],
     to: u64,
     req: Request,
     uri: axum::http::Uri,
@@ -419,8 +445,7 @@ async fn forward(
             }
             Err(e) => {
                 // The node did not answer: ask another replica next time.
-                let next = rec
-                    .replicas
+                let next = replicas
                     .iter()
                     .copied()
                     .find(|r| *r != target && *r != c.id());
@@ -439,114 +464,6 @@ async fn forward(
         "memory space {:?} has no reachable leader; retry",
         space.as_str()
     ))
-}
-
-/// `GET /api/v1/spaces` on a cluster node: the catalog, with this node's replica's count of
-/// memories where it holds one (`null` elsewhere: a count would cost a request to another
-/// node per space).
-fn list_spaces(st: &AppState, c: &ClusterNode, grant: &Grant) -> Response {
-    let state = c.state();
-    let spaces: Vec<Value> = state
-        .spaces
-        .iter()
-        .filter(|(id, _)| grant.allows(id))
-        .map(|(id, rec)| {
-            let memories = if rec.replicas.contains(&c.id()) {
-                st.engine.space_info(id).ok().map(|i| i.memories)
-            } else {
-                None
-            };
-            json!({
-                "id": id.as_str(),
-                "dimension": rec.dimension,
-                "memories": memories,
-                "created_at": crate::wire::format_timestamp(rec.created_at_us),
-            })
-        })
-        .collect();
-    (StatusCode::OK, axum::Json(json!({ "spaces": spaces }))).into_response()
-}
-
-/// `POST /api/v1/spaces` on a cluster node: the catalog, then the space's group.
-async fn create_space(
-    st: &AppState,
-    c: &ClusterNode,
-    grant: &Grant,
-    headers: &HeaderMap,
-    body: Option<&Value>,
-) -> Response {
-    let parsed: Result<crate::wire::SpaceIn, ApiError> = match body {
-        Some(v) => crate::wire::parse(&serde_json::to_vec(v).unwrap_or_default()),
-        None => Err(ApiError::Invalid(
-            "the body must be a JSON object like {\"id\": \"alice\"}".into(),
-        )),
-    };
-    let req = match parsed {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let id = match SpaceId::new(req.id) {
-        Ok(id) => id,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    if let Err(e) = grant.check(&id) {
-        return e.into_response();
-    }
-    let dim = req
-        .dimension
-        .unwrap_or(st.engine.options().default_dimension);
-    if dim == 0 || dim as usize > engram_core::limits::MAX_DIMENSION {
-        return ApiError::Invalid(format!(
-            "dimension {dim} is outside 1..={}",
-            engram_core::limits::MAX_DIMENSION
-        ))
-        .into_response();
-    }
-    let tag = st.engine.embedder_tag(dim).to_string();
-    let now = engram_storage::now_us();
-    match c.create_space(&id, dim, &tag, now, nonce(headers)).await {
-        Ok((rec, true)) => (
-            StatusCode::CREATED,
-            axum::Json(json!({
-                "id": id.as_str(),
-                "dimension": rec.dimension,
-                "memories": 0,
-                "created_at": crate::wire::format_timestamp(rec.created_at_us),
-            })),
-        )
-            .into_response(),
-        Ok((_, false)) => {
-            ApiError::Conflict(format!("memory space {:?} already exists", id.as_str()))
-                .into_response()
-        }
-        Err(e) => space_error(e),
-    }
-}
-
-/// `DELETE /api/v1/spaces/{id}` on a cluster node.
-async fn drop_space(c: &ClusterNode, grant: &Grant, headers: &HeaderMap, id: &str) -> Response {
-    let id = match SpaceId::new(id) {
-        Ok(id) => id,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    if let Err(e) = grant.check(&id) {
-        return e.into_response();
-    }
-    if id.as_str() == engram_engine::DEFAULT_SPACE {
-        return ApiError::Invalid("the default space cannot be dropped".into()).into_response();
-    }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| (k.to_string(), engram_storage::now_us()));
-    match c.drop_space(&id, key).await {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(json!({ "dropped": id.as_str() })),
-        )
-            .into_response(),
-        Err(e) => space_error(e),
-    }
 }
 
 /// Sends forwarded requests: HTTP/1.1 with keep-alive to the other nodes' APIs.

@@ -243,10 +243,8 @@ pub async fn remember(
 ) -> Reply {
     let query = params(q, SPACE_ONLY)?;
     let key = idempotency_key(&headers)?;
-    let req: MemoryIn = wire::parse(&body(b)?)?;
-    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
+    let (space, new) = parse_remember(&headers, &query, &body(b)?)?;
     grant.check(&space)?;
-    let new = req.into_new()?;
     let mut one = [new];
     embed_missing(&st, &space, &mut one).await?;
     let [new] = one;
@@ -276,18 +274,27 @@ pub async fn remember(
     ))
 }
 
-pub async fn batch(
-    State(st): State<AppState>,
-    Extension(grant): Extension<Grant>,
-    headers: HeaderMap,
-    q: Params,
-    b: Result<Bytes, BytesRejection>,
-) -> Reply {
-    let query = params(q, SPACE_ONLY)?;
-    let key = idempotency_key(&headers)?;
-    let req: BatchIn = wire::parse(&body(b)?)?;
-    let space = space_of(&headers, &query, req.memory_space_id.as_deref())?;
-    grant.check(&space)?;
+/// A remember request's space and memory, checked as far as they can be without the
+/// space's state.
+fn parse_remember(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(SpaceId, NewMemory), ApiError> {
+    let req: MemoryIn = wire::parse(body)?;
+    let space = space_of(headers, query, req.memory_space_id.as_deref())?;
+    Ok((space, req.into_new()?))
+}
+
+/// A batch request's space and memories, checked as far as they can be without the space's
+/// state.
+fn parse_batch(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(SpaceId, Vec<NewMemory>), ApiError> {
+    let req: BatchIn = wire::parse(body)?;
+    let space = space_of(headers, query, req.memory_space_id.as_deref())?;
     engram_core::limits::check_batch_len(req.memories.len()).map_err(ApiError::TooLarge)?;
     let mut batch = Vec::with_capacity(req.memories.len());
     for (i, m) in req.memories.into_iter().enumerate() {
@@ -305,6 +312,52 @@ pub async fn batch(
             e => e,
         })?);
     }
+    Ok((space, batch))
+}
+
+/// Checks a write that would create its space (a cluster node creates it in the catalog
+/// first): what the handler would refuse without the space's state is refused before the
+/// space exists, so a refused first write creates nothing. `batch`: the batch route.
+pub(crate) fn check_first_write(
+    batch: bool,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    wire::check_query(query.keys(), SPACE_ONLY)?;
+    idempotency_key(headers)?;
+    let memories = if batch {
+        parse_batch(headers, query, body)?.1
+    } else {
+        vec![parse_remember(headers, query, body)?.1]
+    };
+    engram_engine::check_batch(&memories)?;
+    // The space's dimension is the first embedding's: another length would be refused.
+    let mut dims = memories
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.embedding.as_ref().map(|e| (i, e.len())));
+    if let Some((_, first)) = dims.next() {
+        if let Some((i, other)) = dims.find(|&(_, d)| d != first) {
+            return Err(ApiError::Invalid(format!(
+                "memory {i}: embedding of {other} dimensions, the first has {first} (one space, one dimension)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn batch(
+    State(st): State<AppState>,
+    Extension(grant): Extension<Grant>,
+    headers: HeaderMap,
+    q: Params,
+    b: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let query = params(q, SPACE_ONLY)?;
+    let key = idempotency_key(&headers)?;
+    let (space, mut batch) = parse_batch(&headers, &query, &body(b)?)?;
+    grant.check(&space)?;
     embed_missing(&st, &space, &mut batch).await?;
     wait_for_linker(&st, &space, batch.iter().any(|m| m.auto_link)).await;
     let stored = st

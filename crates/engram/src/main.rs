@@ -201,6 +201,10 @@ struct ClusterArgs {
     /// loopback address.
     #[arg(long, requires = "node_id")]
     cluster_addr: Option<String>,
+    /// The cluster address the other nodes are told, when they reach this node through
+    /// something in between (NAT, a proxy) rather than at --cluster-addr itself.
+    #[arg(long, requires = "node_id")]
+    cluster_advertise: Option<String>,
     /// Cluster addresses of members to join through (comma-separated). Without it, a node
     /// that never joined starts a new cluster of one.
     #[arg(long, value_delimiter = ',', requires = "node_id")]
@@ -506,17 +510,13 @@ fn start(args: StartArgs) -> Result<()> {
     served
 }
 
-async fn serve(
-    mut state: AppState,
-    addr: SocketAddr,
-    cluster: Option<(ClusterOptions, Option<IpAddr>)>,
-) -> Result<()> {
+async fn serve(mut state: AppState, addr: SocketAddr, cluster: Option<ClusterStart>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr().context("reading the bound address")?;
-    if let Some((opts, bind_ip)) = cluster {
-        state.cluster = Some(start_cluster(&state, opts, bind_ip, local).await?);
+    if let Some(start) = cluster {
+        state.cluster = Some(start_cluster(&state, start, local).await?);
     }
     // The handlers are installed before the listening line: a SIGTERM right after it must
     // stop the server cleanly, not kill it with the default disposition.
@@ -537,9 +537,26 @@ async fn serve(
     Ok(())
 }
 
-/// The cluster options of `engram start`, checked, and the IP to bind the cluster port to
-/// (`None`: all interfaces, for a cluster address given by name); `None` for a single node.
-fn cluster_options(args: &StartArgs) -> Result<Option<(ClusterOptions, Option<IpAddr>)>> {
+/// How `engram start` starts its cluster node.
+struct ClusterStart {
+    /// `cluster_addr` is `--cluster-addr` until the port is bound.
+    opts: ClusterOptions,
+    /// The IP to bind the cluster port to (`None`: all interfaces, for a name).
+    bind_ip: Option<IpAddr>,
+    /// `--cluster-advertise`.
+    advertise: Option<String>,
+}
+
+/// Splits `HOST:PORT` (the host may be a bracketed IPv6 address).
+fn host_port(flag: &str, addr: &str) -> Result<(String, u16)> {
+    addr.rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .with_context(|| format!("{flag} {addr:?}: expected HOST:PORT"))
+}
+
+/// The cluster options of `engram start`, checked; `None` for a single node.
+fn cluster_options(args: &StartArgs) -> Result<Option<ClusterStart>> {
     let c = &args.cluster;
     let (Some(name), Some(addr)) = (&c.node_id, &c.cluster_addr) else {
         return Ok(None);
@@ -547,18 +564,31 @@ fn cluster_options(args: &StartArgs) -> Result<Option<(ClusterOptions, Option<Ip
     if !engram_core::SpaceId::is_valid(name) {
         bail!("--node-id {name:?}: 1-64 characters of a-z 0-9 _ -");
     }
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("--cluster-addr {addr:?}: expected HOST:PORT"))?;
+    let (host, port) = host_port("--cluster-addr", addr)?;
     let ip: Option<IpAddr> = host.parse().ok();
+    if let Some(a) = &c.cluster_advertise {
+        let (_, p) = host_port("--cluster-advertise", a)?;
+        if p == 0 {
+            bail!("--cluster-advertise {a}: port 0 is not an address others can reach");
+        }
+    }
+    let loopback = ip.is_some_and(|ip| ip.is_loopback()) || host == "localhost";
+    if !loopback && args.bind.is_loopback() {
+        bail!(
+            "--cluster-addr {addr} with --bind {}: the other nodes forward requests to this \
+             node's HTTP port, which they cannot reach on a loopback address; bind it where \
+             they can (e.g. --bind 0.0.0.0, with API keys or --insecure)",
+            args.bind
+        );
+    }
     let secret = match &c.cluster_secret_file {
         Some(f) => Some(engram_replication::transport::read_secret(f)?),
         None => None,
     };
     if secret.is_none() && !ip.is_some_and(|ip| ip.is_loopback()) {
         bail!(
-            "--cluster-addr {addr}: without --cluster-secret-file the cluster port is bound to              a loopback address only (anyone who reaches it could join the cluster)"
+            "--cluster-addr {addr}: without --cluster-secret-file the cluster port is bound to \
+             a loopback address only (anyone who reaches it could join the cluster)"
         );
     }
     if !(c.rebalance_rate > 0.0 && c.rebalance_rate.is_finite()) {
@@ -582,17 +612,26 @@ fn cluster_options(args: &StartArgs) -> Result<Option<(ClusterOptions, Option<Ip
     o.replicas = c.replicas;
     o.secret = secret;
     o.down_after = std::time::Duration::from_secs(c.down_after.max(1));
-    Ok(Some((o, ip)))
+    o.local_ip = ip.filter(|ip| !ip.is_unspecified());
+    Ok(Some(ClusterStart {
+        opts: o,
+        bind_ip: ip,
+        advertise: c.cluster_advertise.clone(),
+    }))
 }
 
 /// Binds the cluster port and starts (bootstraps or joins) the cluster node; the HTTP API
 /// is at `http` (its URL is what other nodes and clients are told).
 async fn start_cluster(
     state: &AppState,
-    mut opts: ClusterOptions,
-    bind_ip: Option<IpAddr>,
+    start: ClusterStart,
     http: SocketAddr,
 ) -> Result<Arc<ClusterNode>> {
+    let ClusterStart {
+        mut opts,
+        bind_ip,
+        advertise,
+    } = start;
     let (host, port) = opts
         .cluster_addr
         .rsplit_once(':')
@@ -606,7 +645,7 @@ async fn start_cluster(
     let bound = listener
         .local_addr()
         .context("reading the cluster address")?;
-    opts.cluster_addr = format!("{host}:{}", bound.port());
+    opts.cluster_addr = advertise.unwrap_or_else(|| format!("{host}:{}", bound.port()));
     let http_host = if http.ip().is_unspecified() {
         host.clone()
     } else {

@@ -195,7 +195,7 @@ fn send(
 fn writes_and_reads_reach_the_leader_through_any_node() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
-    let (_, [n1, n2, n3]) = three(dir.path());
+    let (secret, [n1, n2, n3]) = three(dir.path());
     wait_live(&n1, &["n1", "n2", "n3"]);
     let all = [&n1, &n2, &n3];
 
@@ -270,6 +270,41 @@ fn writes_and_reads_reach_the_leader_through_any_node() {
         "{r}"
     );
     assert!(r.to_string().contains(id), "{r}");
+    // Routing reads the space as the handler does: percent-encoded, it still goes to the
+    // leader; `consistency` on a write is refused.
+    let (status, who, m) = send(
+        Method::GET,
+        &n2.url(&format!("/api/v1/memories/{id}?space=%73%31")),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (status, who.as_deref()),
+        (200, Some(leader.as_str())),
+        "{m}"
+    );
+    let (status, _, v) = send(
+        Method::POST,
+        &n2.url("/api/v1/memories/remember?space=s1&consistency=stale"),
+        &[],
+        Some(serde_json::json!({"content": "x"})),
+    );
+    assert_eq!(status, 400, "{v}");
+    // A first write the handler refuses creates nothing.
+    let (status, _, v) = send(
+        Method::POST,
+        &n3.url("/api/v1/memories/remember"),
+        &[("x-memory-space", "never")],
+        Some(serde_json::json!({"content": "  "})),
+    );
+    assert_eq!(status, 400, "{v}");
+    let (status, _, v) = send(
+        Method::GET,
+        &n1.url("/api/v1/cluster/spaces/never"),
+        &[],
+        None,
+    );
+    assert_eq!(status, 404, "{v}");
 
     // A first write creates its space, as on a single node; the catalog lists both.
     let (status, _, v) = send(
@@ -297,6 +332,39 @@ fn writes_and_reads_reach_the_leader_through_any_node() {
         assert_eq!(status, 404, "{v}");
         assert_eq!(v["error"]["code"], "SPACE_NOT_FOUND");
     }
+    // Created again under the name: a new, empty space, on every node and after a restart
+    // (the old group's state went with the drop).
+    let (status, _, v) = send(
+        Method::POST,
+        &n3.url("/api/v1/spaces"),
+        &[],
+        Some(serde_json::json!({"id": "s1", "dimension": 4})),
+    );
+    assert_eq!(status, 201, "{v}");
+    // `stale`: the node's own replica.
+    let fresh = |s: &Server, stale: bool| {
+        let q = if stale { "&consistency=stale" } else { "" };
+        let url = s.url(&format!("/api/v1/memories/{id}?space=s1{q}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, v) = send(Method::GET, &url, &[], None);
+            if status == 404 && v["error"]["code"] == "MEMORY_NOT_FOUND" {
+                break;
+            }
+            // Not yet there (an election, a replica catching up); never the old memory.
+            assert!(status == 503 || status == 404, "{status} {v}");
+            assert!(Instant::now() < deadline, "s1 never answered: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for s in all {
+        fresh(s, false);
+        fresh(s, true);
+    }
+    let a1 = cluster_addr(&n1, "n1");
+    assert!(n3.stop().success());
+    let n3 = node(dir.path(), "n3", &secret, Some(&a1)).unwrap();
+    fresh(&n3, true);
     for s in [n1, n2, n3] {
         assert!(s.stop().success());
     }

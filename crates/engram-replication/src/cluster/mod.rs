@@ -54,8 +54,12 @@ const IDENTITY_VERSION: u32 = 1;
 pub struct ClusterOptions {
     /// `--node-id`.
     pub name: String,
-    /// `--cluster-addr`: where the other nodes reach this one.
+    /// Where the other nodes reach this one: `--cluster-advertise`, else `--cluster-addr`.
     pub cluster_addr: String,
+    /// The IP this node's connections to others leave from (`--cluster-addr`'s, when it
+    /// names one): on a host with several addresses, peers see the one the node is bound
+    /// to. `None`: the system's choice.
+    pub local_ip: Option<std::net::IpAddr>,
     /// This node's HTTP API, as clients reach it (`http://host:port`).
     pub http_url: String,
     /// `--join`: cluster addresses of members.
@@ -84,6 +88,7 @@ impl ClusterOptions {
         Self {
             name: name.into(),
             cluster_addr: cluster_addr.into(),
+            local_ip: None,
             http_url: http_url.into(),
             join: Vec::new(),
             rack: engram_cluster::DEFAULT_RACK.into(),
@@ -144,6 +149,11 @@ pub struct ClusterNode {
     leaders: parking_lot::Mutex<std::collections::HashMap<SpaceId, u64>>,
     /// Spaces whose group this node will initialise if the primary's does not reach it.
     initialising: Arc<parking_lot::Mutex<std::collections::HashSet<SpaceId>>>,
+    /// Set while a task creates the `default` space (it may wait for a quorum: not in the
+    /// tick loop, which must keep marking nodes down meanwhile).
+    creating_default: std::sync::atomic::AtomicBool,
+    /// The spaces this node held in the last catalog it handled (`retire_dropped`).
+    held: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -244,7 +254,7 @@ impl ClusterNode {
             state: NodeState::Live,
             incarnation,
         };
-        let transport = HttpTransport::new(opts.secret.as_deref());
+        let transport = HttpTransport::with_local_ip(opts.secret.as_deref(), opts.local_ip);
         let id = raft_id(&opts.name);
         transport.set_address(id, &opts.cluster_addr);
         let node = ReplicaNode::open(id, store, transport.clone(), opts.space_config.clone())?;
@@ -273,6 +283,8 @@ impl ClusterNode {
             leading: parking_lot::Mutex::new(None),
             leaders: Default::default(),
             initialising: Default::default(),
+            creating_default: Default::default(),
+            held: Default::default(),
         });
         cluster.spawn_tasks(stopped);
         if initialized {
@@ -354,6 +366,26 @@ impl ClusterNode {
         match self.node.meta() {
             Some(m) => m.raft.current_leader().await,
             None => None,
+        }
+    }
+
+    /// Makes this node's catalog current, on the metadata leader: it confirms its leadership
+    /// with a quorum and has applied everything committed before this call. Elsewhere,
+    /// `Err(Some(leader))` (ask that node); `Err(None)`: no leader known, or no quorum within
+    /// two election timeouts.
+    pub async fn catalog_barrier(&self) -> Result<(), Option<u64>> {
+        use openraft::error::{LinearizableReadError, RaftError};
+        let Some(m) = self.node.meta() else {
+            return Err(None);
+        };
+        let patience = Duration::from_millis(self.opts.meta_config.election_timeout_max * 2);
+        let read = m.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(patience, read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(f.leader_id)
+            }
+            _ => Err(None),
         }
     }
 
@@ -474,7 +506,7 @@ impl ClusterNode {
                     tracing::debug!(error = %e, "metadata membership change failed; retrying");
                 }
                 c.mark_down_and_up().await;
-                c.create_default_space().await;
+                c.spawn_default_space();
             }
         });
         let weak = Arc::downgrade(self);
@@ -489,6 +521,7 @@ impl ClusterNode {
                 for (id, n) in &state.nodes {
                     c.transport.set_address(*id, &n.cluster);
                 }
+                c.retire_dropped(&state).await;
                 c.start_space_groups(&state).await;
                 drop(c);
                 tokio::select! {
@@ -497,6 +530,40 @@ impl ClusterNode {
                 }
             }
         });
+    }
+
+    /// Retires the groups of spaces this node held that the catalog no longer has (dropped),
+    /// and lets those it holds now start (one dropped and created anew).
+    async fn retire_dropped(&self, state: &MetaState) {
+        let me = self.id();
+        let now: std::collections::HashSet<SpaceId> = state
+            .spaces
+            .iter()
+            .filter(|(_, r)| r.replicas.contains(&me))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in &now {
+            self.node.unretire(s);
+        }
+        let gone: Vec<SpaceId> = {
+            let mut held = self.held.lock();
+            let gone = held
+                .iter()
+                .filter(|s| !state.spaces.contains_key(*s))
+                .cloned()
+                .collect();
+            *held = now;
+            gone
+        };
+        for space in gone {
+            self.leaders.lock().remove(&space);
+            match self.node.retire_group(&space).await {
+                Ok(()) => tracing::info!(%space, "dropped space's group retired"),
+                Err(e) => {
+                    tracing::warn!(%space, error = %e, "retiring a dropped space's group failed")
+                }
+            }
+        }
     }
 
     /// Initialises the group of every space of the catalog that this node holds and has no
@@ -557,6 +624,19 @@ impl ClusterNode {
                 waiting.lock().remove(&space);
             });
         }
+    }
+
+    /// Runs [`ClusterNode::create_default_space`] in a task of its own, one at a time.
+    fn spawn_default_space(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.opts.default_space.is_none() || self.creating_default.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let c = self.clone();
+        tokio::spawn(async move {
+            c.create_default_space().await;
+            c.creating_default.store(false, Ordering::SeqCst);
+        });
     }
 
     /// On the metadata leader, once the cluster has as many live nodes as a space has

@@ -46,11 +46,17 @@ impl ClusterNode {
         let mut last = ProposeOutcome::NotLeader(None);
         let mut tried = 0usize;
         while tokio::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome = if target == self.id() {
-                self.node.propose(space, command.clone()).await
+                // A leader without a quorum never commits: bounded like a remote call.
+                match tokio::time::timeout(left, self.node.propose(space, command.clone())).await {
+                    Ok(o) => o,
+                    Err(_) => ProposeOutcome::Failed(format!(
+                        "not committed within {patience:?} (no quorum of the space's replicas)"
+                    )),
+                }
             } else {
                 let msg = Message::Propose(command.clone()).encode(space);
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match tokio::time::timeout(left, self.transport.call(target, msg)).await {
                     Ok(Ok(reply)) => match Message::decode(&reply) {
                         Ok((_, Message::ProposeReply(o))) => o,
@@ -199,7 +205,11 @@ impl ClusterNode {
             }
             ProposeOutcome::Failed(why) => return Err(SpaceError::Unavailable(why)),
         }
-        let cmd = MetaCommand::DropSpace { id: space.clone() };
+        // The creation this drop found: one made since under the name stays.
+        let cmd = MetaCommand::DropSpace {
+            id: space.clone(),
+            nonce: Some(rec.nonce),
+        };
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match self.node.propose_meta(&cmd).await {

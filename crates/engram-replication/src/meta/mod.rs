@@ -196,7 +196,15 @@ impl ReplicaNode {
                 "only metadata commands go to the metadata group".into(),
             );
         }
-        match m.raft.client_write(Request(Arc::new([command]))).await {
+        // A leader cut off from its quorum never commits: the caller hears so in bounded time.
+        let patience = Duration::from_millis(m.raft.config().election_timeout_max * 3);
+        let write = m.raft.client_write(Request(Arc::new([command])));
+        let Ok(written) = tokio::time::timeout(patience, write).await else {
+            return ProposeOutcome::Failed(format!(
+                "the metadata change was not committed within {patience:?} (no quorum of the metadata group)"
+            ));
+        };
+        match written {
             Ok(r) => match r.data.into_iter().next() {
                 Some(r) => ProposeOutcome::Applied(r),
                 None => ProposeOutcome::Failed("the entry had no answer".into()),

@@ -126,17 +126,11 @@ pub struct SpaceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaCommand {
     /// The cluster's first command (from the node that bootstraps it): placement settings.
-    Init {
-        copies: u32,
-        vnodes: u32,
-    },
+    Init { copies: u32, vnodes: u32 },
     /// A node joins, or rejoins as itself (same incarnation: addresses and rack updated).
     Join(NodeRecord),
     /// A node's state changes (down after silence, live again).
-    SetState {
-        id: u64,
-        state: NodeState,
-    },
+    SetState { id: u64, state: NodeState },
     /// A space is created on the replica set placement gives it now.
     CreateSpace {
         id: SpaceId,
@@ -145,9 +139,8 @@ pub enum MetaCommand {
         created_at_us: i64,
         nonce: u64,
     },
-    DropSpace {
-        id: SpaceId,
-    },
+    /// `nonce`: only the creation with that nonce (not one made since under the name).
+    DropSpace { id: SpaceId, nonce: Option<u64> },
 }
 
 /// What applying a command came to.
@@ -322,11 +315,15 @@ impl MetaState {
                 self.spaces.insert(id.clone(), record.clone());
                 return Ok(MetaAnswer::Space(record));
             }
-            MetaCommand::DropSpace { id } => {
-                return Ok(match self.spaces.remove(id) {
-                    Some(_) => MetaAnswer::Done { epoch: self.epoch },
-                    None => MetaAnswer::NoSpace,
-                })
+            MetaCommand::DropSpace { id, nonce } => {
+                let named = self.spaces.get(id).map(|r| r.nonce);
+                return Ok(match named {
+                    Some(n) if nonce.is_none_or(|want| want == n) => {
+                        self.spaces.remove(id);
+                        MetaAnswer::Done { epoch: self.epoch }
+                    }
+                    _ => MetaAnswer::NoSpace,
+                });
             }
         }
         Ok(MetaAnswer::Done { epoch: self.epoch })
@@ -414,6 +411,7 @@ mod kind {
     pub const SET_STATE: u8 = 3;
     pub const CREATE_SPACE: u8 = 4;
     pub const DROP_SPACE: u8 = 5;
+    pub const DROP_CREATION: u8 = 6;
     pub const DONE: u8 = 1;
     pub const REFUSED: u8 = 2;
     pub const SPACE: u8 = 3;
@@ -453,9 +451,16 @@ impl MetaCommand {
                 put_i64(&mut out, *created_at_us);
                 put_u64(&mut out, *nonce);
             }
-            MetaCommand::DropSpace { id } => {
-                out.push(kind::DROP_SPACE);
+            MetaCommand::DropSpace { id, nonce } => {
+                out.push(if nonce.is_some() {
+                    kind::DROP_CREATION
+                } else {
+                    kind::DROP_SPACE
+                });
                 put_str16(&mut out, id.as_str());
+                if let Some(n) = nonce {
+                    put_u64(&mut out, *n);
+                }
             }
         }
         out
@@ -483,6 +488,11 @@ impl MetaCommand {
             },
             kind::DROP_SPACE => MetaCommand::DropSpace {
                 id: space_id(&mut r)?,
+                nonce: None,
+            },
+            kind::DROP_CREATION => MetaCommand::DropSpace {
+                id: space_id(&mut r)?,
+                nonce: Some(r.u64("nonce")?),
             },
             other => return bad(format!("metadata command {other}")),
         };

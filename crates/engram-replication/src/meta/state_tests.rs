@@ -98,8 +98,16 @@ fn commands_apply_deterministically() {
         }),
         MetaAnswer::Refused(_)
     ));
+    // A drop naming another creation's nonce leaves the space; its own removes it.
+    let nonce = s.spaces[&SpaceId::new("s1").unwrap()].nonce;
+    let other = MetaCommand::DropSpace {
+        id: SpaceId::new("s1").unwrap(),
+        nonce: Some(nonce ^ 1),
+    };
+    assert_eq!(s.apply(&other), MetaAnswer::NoSpace);
     let drop = MetaCommand::DropSpace {
         id: SpaceId::new("s1").unwrap(),
+        nonce: Some(nonce),
     };
     assert!(matches!(s.apply(&drop), MetaAnswer::Done { .. }));
     assert_eq!(s.apply(&drop), MetaAnswer::NoSpace);
@@ -152,6 +160,11 @@ fn encodings_round_trip_and_every_truncation_is_refused() {
         create("s", 1),
         MetaCommand::DropSpace {
             id: SpaceId::new("s").unwrap(),
+            nonce: None,
+        },
+        MetaCommand::DropSpace {
+            id: SpaceId::new("s").unwrap(),
+            nonce: Some(7),
         },
     ];
     for c in cmds {
