@@ -14,8 +14,10 @@
 //!   per-request HMAC or mTLS is the next step).
 //! - **Bounds and backpressure.** A request body is read up to [`MAX_FRAME`] (a longer one is
 //!   refused with 413 before it is buffered); the server handles at most
-//!   [`MAX_CONCURRENT`] requests at once (more wait for a slot: HTTP/2 flow control then holds
-//!   the senders back), and a peer connection carries at most [`MAX_CONCURRENT`] streams.
+//!   [`MAX_CONCURRENT`] requests at once (more wait for a slot, taken before the body is read:
+//!   HTTP/2 flow control then holds the senders back), a peer connection carries at most
+//!   [`MAX_CONCURRENT`] streams, and the port keeps at most [`MAX_CONNECTIONS`] connections
+//!   (more are closed at once).
 //!   A malformed message is answered with the codec's `Error` and a log line, never a panic.
 
 use std::collections::HashMap;
@@ -45,6 +47,8 @@ pub const PATH: &str = "/engram/cluster/v1";
 pub const TOKEN_HEADER: &str = "x-engram-cluster-token";
 /// Requests one server handles at once, and streams one connection carries.
 pub const MAX_CONCURRENT: usize = 1024;
+/// Connections the cluster port keeps open at once (a node keeps one to each peer).
+pub const MAX_CONNECTIONS: usize = 512;
 /// The shortest cluster secret accepted (API.md: 32 bytes or more).
 pub const MIN_SECRET: usize = 32;
 
@@ -211,15 +215,16 @@ async fn handle(
             return Ok(reply(StatusCode::UNAUTHORIZED, Vec::new()));
         }
     }
+    // The slot first: at most MAX_CONCURRENT bodies are buffered at once.
+    let Ok(_slot) = slots.acquire().await else {
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
+    };
     let body = match Limited::new(req.into_body(), MAX_FRAME).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refusing a cluster message");
             return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, Vec::new()));
         }
-    };
-    let Ok(_slot) = slots.acquire().await else {
-        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
     };
     Ok(reply(StatusCode::OK, node.handle(&body).await))
 }
@@ -234,6 +239,7 @@ pub async fn serve(
 ) {
     let token: Option<Arc<str>> = secret.map(|s| Arc::from(token(s)));
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -247,9 +253,16 @@ pub async fn serve(
                 }
             },
         };
+        // A peer keeps one connection; more than MAX_CONNECTIONS at once is not a cluster's
+        // traffic: closed at once, with a log line.
+        let Ok(held) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "cluster port: too many connections; closing this one");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (node, token, slots) = (node.clone(), token.clone(), slots.clone());
         tokio::spawn(async move {
+            let _held = held;
             let service = hyper::service::service_fn(move |req| {
                 handle(req, node.clone(), token.clone(), slots.clone(), peer)
             });
