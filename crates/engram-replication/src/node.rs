@@ -429,16 +429,19 @@ impl ReplicaNode {
             let _ = r.raft.shutdown().await;
         }
         self.heard.lock().remove(space);
+        self.beats.write().remove(space);
         match self.store.drop_space(space) {
             Ok(_) | Err(engram_storage::StorageError::SpaceNotFound(_)) => {}
             Err(e) => return Err(io::Error::other(e.to_string())),
         }
-        self.log.reset(space).await?;
+        // The snapshots before the log: a crash between the two must not leave a snapshot
+        // that a group started anew under the name would take for its own.
         let snapshots = self.store.root().join("snapshots").join(space.as_str());
         let disk = self.store.disk();
         if disk.exists(&snapshots) {
             disk.remove_dir_all(&snapshots)?;
         }
+        self.log.reset(space).await?;
         Ok(())
     }
 

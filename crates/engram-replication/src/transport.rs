@@ -14,10 +14,11 @@
 //!   per-request HMAC or mTLS is the next step).
 //! - **Bounds and backpressure.** A request body is read up to [`MAX_FRAME`] (a longer one is
 //!   refused with 413 before it is buffered); the server handles at most
-//!   [`MAX_CONCURRENT`] requests at once (more wait for a slot, taken before the body is read:
-//!   HTTP/2 flow control then holds the senders back), a peer connection carries at most
-//!   [`MAX_CONCURRENT`] streams, and the port keeps at most [`MAX_CONNECTIONS`] connections
-//!   (more are closed at once).
+//!   [`MAX_CONCURRENT`] requests at once (more wait for a slot: HTTP/2 flow control then holds
+//!   the senders back), a peer connection carries at most [`MAX_CONCURRENT`] streams, and the
+//!   port keeps at most [`MAX_CONNECTIONS`] connections (more are closed at once); the server
+//!   pings each connection every 10 s and closes one silent for 5 s more (a peer gone
+//!   without a FIN does not hold its place).
 //!   A malformed message is answered with the codec's `Error` and a log line, never a panic.
 
 use std::collections::HashMap;
@@ -215,16 +216,19 @@ async fn handle(
             return Ok(reply(StatusCode::UNAUTHORIZED, Vec::new()));
         }
     }
-    // The slot first: at most MAX_CONCURRENT bodies are buffered at once.
-    let Ok(_slot) = slots.acquire().await else {
-        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
-    };
+    // The body before the slot: a request waiting for a slot with its body unread would hold
+    // the connection's flow-control window that the requests holding slots need to finish
+    // theirs. What is buffered meanwhile is bounded by HTTP/2's windows and MAX_CONCURRENT
+    // streams per connection.
     let body = match Limited::new(req.into_body(), MAX_FRAME).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             tracing::warn!(%peer, error = %e, "refusing a cluster message");
             return Ok(reply(StatusCode::PAYLOAD_TOO_LARGE, Vec::new()));
         }
+    };
+    let Ok(_slot) = slots.acquire().await else {
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, Vec::new()));
     };
     Ok(reply(StatusCode::OK, node.handle(&body).await))
 }
@@ -269,6 +273,8 @@ pub async fn serve(
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(MAX_CONCURRENT as u32)
+                .keep_alive_interval(Some(Duration::from_secs(10)))
+                .keep_alive_timeout(Duration::from_secs(5))
                 .max_header_list_size(16 << 10)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {

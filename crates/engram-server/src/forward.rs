@@ -142,19 +142,6 @@ fn may_name_space(body: &[u8]) -> bool {
         || memchr::memmem::find(body, b"\\u").is_some()
 }
 
-/// The dimension a first write gives its space: its first embedding's length, else the
-/// engine's default.
-fn first_write_dimension(st: &AppState, body: Option<&Value>) -> u32 {
-    let first = body.and_then(|b| match b.get("memories") {
-        Some(Value::Array(ms)) => ms.iter().find(|m| m.get("embedding").is_some()),
-        _ => Some(b),
-    });
-    match first.and_then(|m| m.get("embedding")) {
-        Some(Value::Array(e)) if !e.is_empty() => e.len() as u32,
-        _ => st.engine.options().default_dimension,
-    }
-}
-
 /// Routes one request on a cluster node (see the module documentation); on a single node,
 /// takes `consistency` out and runs the handler.
 pub async fn route(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -245,9 +232,39 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
             resp
         });
     };
+    // The catalog's routes read this node's copy of the catalog: a current one (a listing
+    // that is not stale, a drop, which must find the creation it drops).
+    let catalog_read = match &k {
+        Kind::ListSpaces => consistency == Consistency::Linearizable,
+        Kind::DropSpace(_) => true,
+        _ => false,
+    };
+    if catalog_read {
+        let forwarded = parts.headers.contains_key(HOP_HEADER);
+        match c.catalog_barrier().await {
+            Ok(()) => {}
+            Err(Some(meta)) if meta != c.id() && !forwarded => {
+                let req = Request::from_parts(parts, Body::from(original_bytes));
+                return Ok(catalog::forward_to(&st, &c, meta, req, original_uri).await);
+            }
+            Err(_) => {
+                return Ok(unavailable(
+                    "the cluster's catalog has no leader at the moment (an election); retry",
+                ))
+            }
+        }
+    }
     match k {
         Kind::Local => unreachable!("handled above"),
-        Kind::ListSpaces => Ok(list_spaces(&st, &c, &grant)),
+        Kind::ListSpaces => {
+            let resp = list_spaces(&st, &c, &grant);
+            Ok(if consistency == Consistency::Stale {
+                // How far this node's catalog may lag is not tracked: the largest number.
+                with_staleness(resp, u64::MAX).await
+            } else {
+                resp
+            })
+        }
         Kind::CreateSpace => {
             Ok(create_space(&st, &c, &grant, &parts.headers, json().as_ref()).await)
         }
@@ -270,8 +287,8 @@ async fn route_inner(st: AppState, req: Request, next: Next) -> Result<Response,
                 None if creates => {
                     // What the handler would refuse creates nothing.
                     let batch = parts.uri.path().ends_with("/batch");
-                    crate::routes::check_first_write(batch, &parts.headers, &query, &bytes)?;
-                    let dim = first_write_dimension(&st, json().as_ref());
+                    let dim = crate::routes::check_first_write(batch, &parts.headers, &query, &bytes)?
+                        .unwrap_or(st.engine.options().default_dimension);
                     let tag = st.engine.embedder_tag(dim).to_string();
                     let now = engram_storage::now_us();
                     match c

@@ -317,13 +317,15 @@ fn parse_batch(
 
 /// Checks a write that would create its space (a cluster node creates it in the catalog
 /// first): what the handler would refuse without the space's state is refused before the
-/// space exists, so a refused first write creates nothing. `batch`: the batch route.
+/// space exists, so a refused first write creates nothing. `batch`: the batch route. Returns
+/// the dimension the write gives its space (its first embedding's, from `embedding` or
+/// `embedding_b64`; `None`: no embedding, the server's default).
 pub(crate) fn check_first_write(
     batch: bool,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     body: &[u8],
-) -> Result<(), ApiError> {
+) -> Result<Option<u32>, ApiError> {
     wire::check_query(query.keys(), SPACE_ONLY)?;
     idempotency_key(headers)?;
     let memories = if batch {
@@ -337,14 +339,15 @@ pub(crate) fn check_first_write(
         .iter()
         .enumerate()
         .filter_map(|(i, m)| m.embedding.as_ref().map(|e| (i, e.len())));
-    if let Some((_, first)) = dims.next() {
-        if let Some((i, other)) = dims.find(|&(_, d)| d != first) {
-            return Err(ApiError::Invalid(format!(
-                "memory {i}: embedding of {other} dimensions, the first has {first} (one space, one dimension)"
-            )));
-        }
+    let Some((_, first)) = dims.next() else {
+        return Ok(None);
+    };
+    if let Some((i, other)) = dims.find(|&(_, d)| d != first) {
+        return Err(ApiError::Invalid(format!(
+            "memory {i}: embedding of {other} dimensions, the first has {first} (one space, one dimension)"
+        )));
     }
-    Ok(())
+    Ok(Some(first as u32))
 }
 
 pub async fn batch(

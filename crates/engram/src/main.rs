@@ -572,6 +572,12 @@ fn cluster_options(args: &StartArgs) -> Result<Option<ClusterStart>> {
             bail!("--cluster-advertise {a}: port 0 is not an address others can reach");
         }
     }
+    if ip.is_some_and(|ip| ip.is_unspecified()) && c.cluster_advertise.is_none() {
+        bail!(
+            "--cluster-addr {addr}: binds every interface, but the other nodes need an address \
+             to reach this one: give --cluster-advertise HOST:PORT"
+        );
+    }
     let loopback = ip.is_some_and(|ip| ip.is_loopback()) || host == "localhost";
     if !loopback && args.bind.is_loopback() {
         bail!(
@@ -645,12 +651,30 @@ async fn start_cluster(
     let bound = listener
         .local_addr()
         .context("reading the cluster address")?;
+    // The host the others are told for the HTTP API too, when it is bound to every interface.
+    let told_host = match &advertise {
+        Some(a) => a
+            .rsplit_once(':')
+            .map_or(a.as_str(), |(h, _)| h)
+            .to_string(),
+        None => host.clone(),
+    };
     opts.cluster_addr = advertise.unwrap_or_else(|| format!("{host}:{}", bound.port()));
     let http_host = if http.ip().is_unspecified() {
-        host.clone()
+        told_host
     } else {
         http.ip().to_string()
     };
+    if http_host
+        .trim_matches(['[', ']'])
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        bail!(
+            "--cluster-addr {}: the others must be told an address they reach; name one (or give --cluster-advertise HOST:PORT)",
+            opts.cluster_addr
+        );
+    }
     opts.http_url = format!("http://{http_host}:{}", http.port());
     let dim = state.engine.options().default_dimension;
     opts.default_space = Some((dim, state.engine.embedder_tag(dim).to_string()));

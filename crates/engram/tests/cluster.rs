@@ -60,15 +60,26 @@ fn nodes(s: &Server) -> Value {
 }
 
 fn cluster_addr(s: &Server, name: &str) -> String {
-    nodes(s)["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == name)
-        .unwrap()["cluster_address"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    listed_address(name, || nodes(s))
+}
+
+/// The cluster address `name` has in the listing `list` returns, waited for (a node lists
+/// itself once its own join is applied).
+fn listed_address(name: &str, list: impl Fn() -> Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = list();
+        let found = v["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["id"] == name))
+            .and_then(|n| n["cluster_address"].as_str())
+            .map(str::to_string);
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{name} never listed: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `s` sees exactly `names`, all live and answering.
@@ -568,19 +579,14 @@ fn a_key_reaches_only_its_spaces_on_a_cluster() {
 /// [`cluster_addr`] with an API key.
 fn cluster_addr_with(s: &Server, name: &str, key: &str) -> String {
     let auth = format!("Bearer {key}");
-    let (_, _, v) = send(
-        reqwest::Method::GET,
-        &s.url("/api/v1/cluster/nodes"),
-        &[("authorization", auth.as_str())],
-        None,
-    );
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == name)
-        .unwrap()["cluster_address"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    listed_address(name, || {
+        let url = s.url("/api/v1/cluster/nodes");
+        send(
+            reqwest::Method::GET,
+            &url,
+            &[("authorization", auth.as_str())],
+            None,
+        )
+        .2
+    })
 }

@@ -607,11 +607,14 @@ impl ClusterNode {
             }
             let node = self.node.clone();
             let space = space.clone();
+            let nonce = rec.nonce;
             let waiting = self.initialising.clone();
             let wait = Duration::from_millis(self.opts.space_config.election_timeout_max * 3);
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                if !node.log.has_state(&space) {
+                // Still the same creation (not dropped, nor created anew with other members).
+                let same = node.meta_state().spaces.get(&space).map(|r| r.nonce) == Some(nonce);
+                if same && !node.log.has_state(&space) {
                     match node.initialize(&space, members).await {
                         Ok(()) => {
                             tracing::info!(%space, "space group initialised (the primary was silent)")

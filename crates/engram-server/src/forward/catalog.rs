@@ -136,3 +136,38 @@ pub(super) async fn drop_space(
         Err(e) => space_error(e),
     }
 }
+
+/// Sends a catalog request to the metadata leader `to` once (this node's catalog may lag);
+/// its answer is this request's, a failure a 503.
+pub(super) async fn forward_to(
+    st: &AppState,
+    c: &ClusterNode,
+    to: u64,
+    req: axum::extract::Request,
+    uri: axum::http::Uri,
+) -> Response {
+    let state = c.state();
+    let Some(node) = state.nodes.get(&to) else {
+        return super::unavailable("the metadata leader is not a known node; retry");
+    };
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, st.limits.max_body_bytes).await else {
+        return super::unavailable("the request body could not be read");
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers.clone();
+    headers.remove(axum::http::header::HOST);
+    headers.remove(axum::http::header::CONTENT_LENGTH);
+    headers.insert(
+        super::HOP_HEADER,
+        axum::http::HeaderValue::from_str(&state.epoch.to_string()).expect("digits"),
+    );
+    let url = format!("{}{path}", node.http);
+    match st.forwarder.send(&parts.method, &url, headers, bytes).await {
+        Ok(resp) => resp,
+        Err(e) => super::unavailable(format!(
+            "the metadata leader (node {}) could not be reached: {e}; retry",
+            node.name
+        )),
+    }
+}
