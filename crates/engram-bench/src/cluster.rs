@@ -484,32 +484,27 @@ fn write_compare(
     budget: Option<f64>,
 ) -> Result<()> {
     let tag = budget.map_or(String::new(), |b| format!("_budget_{}", (b * 100.0) as u32));
+    // Remembers to `base` from `clients` clients, ids `{prefix}{n}`.
+    let remember_load = |pid: u32, base: &str, clients: usize, prefix: &'static str| {
+        let p = pool.clone();
+        load(
+            rt,
+            cfg,
+            pid,
+            format!("{base}/api/v1/memories/remember?space=w"),
+            clients,
+            1,
+            Arc::new(move |n| format!("{{\"id\":\"{prefix}{n}\",{}", p[n as usize % p.len()])),
+        )
+    };
     let single_dir = root.join(format!("single{tag}"));
     let single = start_server(exe, &single_dir)?;
     let _held = match budget {
         Some(b) => Some(CpuBudget::limit(single.child.id(), b)?),
         None => None,
     };
-    let p = pool.clone();
-    let one_light = load(
-        rt,
-        cfg,
-        single.child.id(),
-        format!("{}/api/v1/memories/remember?space=w", single.base),
-        LIGHT_CLIENTS,
-        1,
-        Arc::new(move |n| format!("{{\"id\":\"l{n}\",{}", p[n as usize % p.len()])),
-    )?;
-    let p = pool.clone();
-    let one = load(
-        rt,
-        cfg,
-        single.child.id(),
-        format!("{}/api/v1/memories/remember?space=w", single.base),
-        64,
-        1,
-        Arc::new(move |n| format!("{{\"id\":\"m{n}\",{}", p[n as usize % p.len()])),
-    )?;
+    let one_light = remember_load(single.child.id(), &single.base, LIGHT_CLIENTS, "l")?;
+    let one = remember_load(single.child.id(), &single.base, 64, "m")?;
     drop(single);
     let c = Cluster::start(exe, &root.join(format!("write{tag}")))?;
     let _held: Vec<CpuBudget> = match budget {
@@ -520,26 +515,8 @@ fn write_compare(
     };
     create_space(client, &c.url(0), "w")?;
     let l = c.leader(0, "w")?;
-    let p = pool.clone();
-    let three_light = load(
-        rt,
-        cfg,
-        c.pid(l),
-        format!("{}/api/v1/memories/remember?space=w", c.url(l)),
-        LIGHT_CLIENTS,
-        1,
-        Arc::new(move |n| format!("{{\"id\":\"l{n}\",{}", p[n as usize % p.len()])),
-    )?;
-    let p = pool.clone();
-    let three = load(
-        rt,
-        cfg,
-        c.pid(l),
-        format!("{}/api/v1/memories/remember?space=w", c.url(l)),
-        64,
-        1,
-        Arc::new(move |n| format!("{{\"id\":\"m{n}\",{}", p[n as usize % p.len()])),
-    )?;
+    let three_light = remember_load(c.pid(l), &c.url(l), LIGHT_CLIENTS, "l")?;
+    let three = remember_load(c.pid(l), &c.url(l), 64, "m")?;
     let how = match budget {
         Some(b) => format!("each server process held to {b} cores"),
         None => "all processes on the whole machine".into(),
