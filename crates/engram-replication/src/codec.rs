@@ -1,6 +1,8 @@
 //! The messages nodes send each other, in a versioned binary encoding (not JSON): a message is
-//! a frame `u32 length, then that many bytes`; the bytes are `u8 version (1)`, `u8 kind`,
-//! `str16 group` (the space whose raft group the message is for), then the kind's fields.
+//! a frame `u32 length, then that many bytes`; the bytes are `u8 version (2)`, `u8 kind`,
+//! `str16 group` (the space whose raft group the message is for), `u64 creation` (which
+//! creation of the space: the catalog's creation position, 0 where it does not apply or is
+//! not known; version 2), then the kind's fields.
 //! Log entries travel in their WAL encoding (`docs/format.md`, code 10), so a follower stores
 //! the bytes the leader did. Decoding never panics and refuses trailing bytes, unknown
 //! versions and kinds, and counts past their bounds (fuzzed: `fuzz/fuzz_targets/raft_codec.rs`).
@@ -21,7 +23,7 @@ use crate::types::{
 };
 
 /// The version this build speaks.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 /// The largest frame accepted (a snapshot's files travel in one frame: see `docs/cluster.md`).
 pub const MAX_FRAME: usize = 256 << 20;
 /// The most entries one append carries.
@@ -263,10 +265,17 @@ fn truncated(s: &str) -> &str {
 }
 
 impl Message {
-    /// The frame body (without the length prefix) of this message for `group`.
+    /// The frame body (without the length prefix) of this message for `group`, of no
+    /// particular creation (0).
     pub fn encode(&self, group: &SpaceId) -> Vec<u8> {
+        self.encode_for(group, 0)
+    }
+
+    /// The frame body of this message for the creation `creation` of `group`.
+    pub fn encode_for(&self, group: &SpaceId, creation: u64) -> Vec<u8> {
         let mut out = vec![CODEC_VERSION, self.kind()];
         put_str16(&mut out, group.as_str());
+        put_u64(&mut out, creation);
         match self {
             Message::Append(a) => {
                 put_vote(&mut out, &a.vote);
@@ -376,6 +385,11 @@ impl Message {
 
     /// Decodes a frame body: the group it is for and the message. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<(SpaceId, Message), CodecError> {
+        Self::decode_for(bytes).map(|(g, _, m)| (g, m))
+    }
+
+    /// Decodes a frame body: the group, the creation and the message. Never panics.
+    pub fn decode_for(bytes: &[u8]) -> Result<(SpaceId, u64, Message), CodecError> {
         if bytes.len() > MAX_FRAME {
             return bad(format!("a frame of {} bytes", bytes.len()));
         }
@@ -388,6 +402,7 @@ impl Message {
         }
         let k = r.u8("kind")?;
         let group = SpaceId::group(r.str16("group")?).map_err(|e| CodecError(e.to_string()))?;
+        let creation = r.u64("creation")?;
         let msg = match k {
             kind::APPEND => {
                 let vote = read_vote(&mut r)?;
@@ -523,7 +538,7 @@ impl Message {
             other => return bad(format!("message kind {other}")),
         };
         r.finish("message")?;
-        Ok((group, msg))
+        Ok((group, creation, msg))
     }
 }
 

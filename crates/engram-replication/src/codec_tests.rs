@@ -136,11 +136,12 @@ fn samples() -> Vec<Message> {
 fn every_message_round_trips_and_every_prefix_is_refused() {
     let g = SpaceId::new("g").unwrap();
     for m in samples() {
-        let bytes = m.encode(&g);
-        let (group, back) = Message::decode(&bytes).unwrap();
+        let bytes = m.encode_for(&g, 0x0102_0304_0506_0708);
+        let (group, creation, back) = Message::decode_for(&bytes).unwrap();
         assert_eq!(group, g);
+        assert_eq!(creation, 0x0102_0304_0506_0708);
         assert_eq!(format!("{back:?}"), format!("{m:?}"));
-        assert_eq!(back.encode(&g), bytes);
+        assert_eq!(back.encode_for(&g, creation), bytes);
         for cut in 0..bytes.len() {
             assert!(
                 Message::decode(&bytes[..cut]).is_err(),
@@ -157,8 +158,8 @@ fn every_message_round_trips_and_every_prefix_is_refused() {
 fn other_versions_and_kinds_are_refused() {
     let g = SpaceId::new("g").unwrap();
     let mut b = Message::ReadIds.encode(&g);
-    b[0] = 2;
-    assert!(Message::decode(&b).unwrap_err().0.contains("version 2"));
+    b[0] = 1;
+    assert!(Message::decode(&b).unwrap_err().0.contains("version 1"));
     let mut b = Message::ReadIds.encode(&g);
     b[1] = 99;
     assert!(Message::decode(&b).unwrap_err().0.contains("kind 99"));
@@ -174,8 +175,8 @@ fn a_proposal_at_a_log_position_is_refused() {
         .find(|m| matches!(m, Message::Propose(_)))
         .expect("a sample proposal");
     let mut b = m.encode(&g);
-    // version, kind, group (str16 "g"), payload length (u64), then the entry's term.
-    let term_at = 2 + 2 + 1 + 8;
+    // version, kind, group (str16 "g"), creation, payload length (u64), the entry's term.
+    let term_at = 2 + 2 + 1 + 8 + 8;
     b[term_at] = 7;
     assert!(Message::decode(&b).unwrap_err().0.contains("log position"));
 }

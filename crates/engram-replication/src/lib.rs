@@ -18,6 +18,7 @@
 mod batch;
 pub mod cluster;
 pub mod codec;
+mod creation;
 mod heartbeat;
 /// The consensus engine, at the exact version this crate pins (for its callers' configs).
 pub use openraft;

@@ -198,6 +198,36 @@ impl NodeLog {
         })
     }
 
+    /// Which creation of its space `group`'s raft state belongs to (0: not known), if it has
+    /// any state on this node.
+    pub fn creation(&self, group: &SpaceId) -> Option<u64> {
+        let g = self.groups.lock().get(group).cloned()?;
+        let l = g.log.lock();
+        let any = l.meta.vote.is_some() || l.meta.purged.is_some() || !l.entries.is_empty();
+        any.then_some(l.meta.creation)
+    }
+
+    /// Records, durably, that `group`'s raft state is of the creation `creation` of its
+    /// space (before the group starts: every later state record carries it).
+    pub async fn set_creation(self: &Arc<Self>, group: &SpaceId, creation: u64) -> io::Result<()> {
+        let shared = self.groups.lock().entry(group.clone()).or_default().clone();
+        let rx = {
+            let mut l = shared.log.lock();
+            if l.meta.creation == creation {
+                return Ok(());
+            }
+            l.meta.creation = creation;
+            self.write_meta(group, &shared, l.meta)?
+        };
+        if rx.await.unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(io_err(format!(
+                "the creation of group {group} did not become durable"
+            )))
+        }
+    }
+
     /// The groups that have a log on this node.
     pub fn groups(&self) -> Vec<SpaceId> {
         self.groups.lock().keys().cloned().collect()

@@ -39,6 +39,8 @@ pub trait Transport: Send + Sync + 'static {
 pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) group: SpaceId,
+    /// Which creation of the space the group is (0: not checked; `creation.rs`).
+    pub(crate) creation: u64,
     pub(crate) disk: Arc<dyn Disk>,
     pub(crate) contact: Arc<Contact>,
 }
@@ -79,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         Peer {
             transport: self.transport.clone(),
             group: self.group.clone(),
+            creation: self.creation,
             target,
             disk: self.disk.clone(),
             contact: self.contact.clone(),
@@ -91,6 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct Peer {
     transport: Arc<dyn Transport>,
     group: SpaceId,
+    creation: u64,
     target: u64,
     disk: Arc<dyn Disk>,
     contact: Arc<Contact>,
@@ -104,7 +108,9 @@ impl Peer {
     /// One request and its reply, within `ttl`. No reply (or an error the peer sent back) is
     /// "unreachable": openraft backs off and tries again.
     async fn rpc(&self, msg: Message, ttl: Duration) -> Result<Message, Unreachable<TypeConfig>> {
-        let call = self.transport.call(self.target, msg.encode(&self.group));
+        let call = self
+            .transport
+            .call(self.target, msg.encode_for(&self.group, self.creation));
         let bytes = match tokio::time::timeout(ttl, call).await {
             Err(_) => {
                 return Err(unreachable(format!(
@@ -115,15 +121,15 @@ impl Peer {
             Ok(Err(e)) => return Err(unreachable(e)),
             Ok(Ok(b)) => b,
         };
-        match Message::decode(&bytes) {
-            Ok((g, _)) if g != self.group => Err(unreachable(format!(
-                "node {} answered for group {g}",
+        match Message::decode_for(&bytes) {
+            Ok((g, c, _)) if g != self.group || c != self.creation => Err(unreachable(format!(
+                "node {} answered for group {g}, creation {c}",
                 self.target
             ))),
-            Ok((_, Message::Error(why))) => {
+            Ok((_, _, Message::Error(why))) => {
                 Err(unreachable(format!("node {}: {why}", self.target)))
             }
-            Ok((_, m)) => Ok(m),
+            Ok((_, _, m)) => Ok(m),
             Err(e) => Err(unreachable(e)),
         }
     }

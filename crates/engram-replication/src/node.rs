@@ -118,16 +118,23 @@ impl ReplicaNode {
     /// The group of `space`, started if it is not resident, woken if it was quiesced (see
     /// `residency.rs`): what every request and every message of the group goes through.
     pub async fn group(&self, space: &SpaceId) -> io::Result<Group> {
-        self.resident(space, Use::Request).await
+        self.resident(space, Use::Request, 0).await
     }
 
-    /// Starts the group of `space` (the caller holds the resident set's lock).
-    pub(crate) async fn start_group(&self, space: &SpaceId) -> io::Result<(Group, Arc<Contact>)> {
+    /// Starts the group of `space` as its creation `creation` (`creation.rs`; the caller
+    /// holds the resident set's lock).
+    pub(crate) async fn start_group(
+        &self,
+        space: &SpaceId,
+        creation: u64,
+    ) -> io::Result<(Group, Arc<Contact>)> {
+        self.claim_creation(space, creation).await?;
         self.start_heartbeats();
         let contact = Arc::new(Contact::default());
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group: space.clone(),
+            creation,
             disk: self.store.disk().clone(),
             contact: contact.clone(),
         };
@@ -163,7 +170,17 @@ impl ReplicaNode {
     /// Proposes `command` to `space`'s group: applied once committed on a majority (batched
     /// with the other writes waiting for the group: `batch.rs`).
     pub async fn propose(&self, space: &SpaceId, command: Command) -> ProposeOutcome {
-        let g = match self.group(space).await {
+        self.propose_for(space, 0, command).await
+    }
+
+    /// [`ReplicaNode::propose`] for the creation `creation` of `space` (0: the catalog's).
+    pub async fn propose_for(
+        &self,
+        space: &SpaceId,
+        creation: u64,
+        command: Command,
+    ) -> ProposeOutcome {
+        let g = match self.resident(space, Use::Request, creation).await {
             Ok(g) => g,
             Err(e) => return ProposeOutcome::Failed(e.to_string()),
         };
@@ -198,8 +215,16 @@ impl ReplicaNode {
     /// A linearizable read of the ids of `space`'s memories: confirmed by a quorum that this
     /// node leads, and after everything committed before the read is applied.
     pub async fn read_ids(&self, space: &SpaceId) -> Result<Vec<String>, ProposeOutcome> {
+        self.read_ids_for(space, 0).await
+    }
+
+    async fn read_ids_for(
+        &self,
+        space: &SpaceId,
+        creation: u64,
+    ) -> Result<Vec<String>, ProposeOutcome> {
         let g = self
-            .group(space)
+            .resident(space, Use::Request, creation)
             .await
             .map_err(|e| ProposeOutcome::Failed(e.to_string()))?;
         match g.ensure_linearizable(ReadPolicy::ReadIndex).await {
@@ -240,7 +265,7 @@ impl ReplicaNode {
 
     /// Handles a request frame from another node or a client; returns the reply frame.
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {
-        let (group, msg) = match Message::decode(request) {
+        let (group, creation, msg) = match Message::decode_for(request) {
             Ok(d) => d,
             Err(e) => {
                 // No group to answer for: the reply names none that exists.
@@ -249,11 +274,12 @@ impl ReplicaNode {
                 return Message::Error(e.to_string()).encode(&g);
             }
         };
-        let reply = self.dispatch(&group, msg).await;
-        reply.encode(&group)
+        let reply = self.dispatch(&group, creation, msg).await;
+        reply.encode_for(&group, creation)
     }
 
-    async fn dispatch(&self, space: &SpaceId, msg: Message) -> Message {
+    /// Handles a message for the creation `creation` of `space`'s group.
+    async fn dispatch(&self, space: &SpaceId, creation: u64, msg: Message) -> Message {
         let fail = |e: &dyn std::fmt::Display| Message::Error(e.to_string());
         if let Message::Status = msg {
             let (led, resident) = self.led_and_resident().await;
@@ -270,7 +296,7 @@ impl ReplicaNode {
             }
         };
         match msg {
-            Message::Append(a) => match self.resident(space, Use::Message).await {
+            Message::Append(a) => match self.resident(space, Use::Message, creation).await {
                 Ok(g) => match g.append_entries(a).await {
                     Ok(r) => {
                         // Only an append this replica took in full from the current leader
@@ -282,7 +308,7 @@ impl ReplicaNode {
                 },
                 Err(e) => fail(&e),
             },
-            Message::Vote(v) => match self.resident(space, Use::Message).await {
+            Message::Vote(v) => match self.resident(space, Use::Message, creation).await {
                 Ok(g) => match g.vote(v).await {
                     Ok(r) => Message::VoteReply(r),
                     Err(e) => fail(&e),
@@ -291,7 +317,7 @@ impl ReplicaNode {
             },
             Message::Snapshot { vote, snapshot } => {
                 let sent = vote;
-                match self.receive_snapshot(space, vote, snapshot).await {
+                match self.receive_snapshot(space, creation, vote, snapshot).await {
                     Ok(m) => {
                         // Installed: the replica answers with the sender's vote.
                         heard(matches!(&m, Message::SnapshotReply(r) if r.vote == sent));
@@ -303,9 +329,11 @@ impl ReplicaNode {
             Message::Propose(c) if matches!(c.op, engram_storage::Op::Meta(_)) => {
                 fail(&"a metadata command for a space's group")
             }
-            Message::Propose(c) => Message::ProposeReply(self.propose(space, c).await),
-            Message::ReadIds => Message::ReadIdsReply(self.read_ids(space).await),
-            Message::Quiesce { from } => match self.quiesce_follower(space, from).await {
+            Message::Propose(c) => {
+                Message::ProposeReply(self.propose_for(space, creation, c).await)
+            }
+            Message::ReadIds => Message::ReadIdsReply(self.read_ids_for(space, creation).await),
+            Message::Quiesce { from } => match self.quiesce_follower(space, creation, from).await {
                 Ok(()) => {
                     // The leader quiesces only followers that hold its whole log.
                     heard(true);
@@ -313,7 +341,7 @@ impl ReplicaNode {
                 }
                 Err(e) => fail(&e),
             },
-            Message::Wake { .. } => match self.resident(space, Use::Message).await {
+            Message::Wake { .. } => match self.resident(space, Use::Message, creation).await {
                 Ok(_) => Message::Ack,
                 Err(e) => fail(&e),
             },
@@ -379,10 +407,11 @@ impl ReplicaNode {
     async fn receive_snapshot(
         &self,
         space: &SpaceId,
+        creation: u64,
         vote: Vote,
         snapshot: SnapshotTransfer,
     ) -> io::Result<Message> {
-        let g = self.resident(space, Use::Message).await?;
+        let g = self.resident(space, Use::Message, creation).await?;
         let snap = self.receive_files(space, snapshot)?;
         let r = g
             .install_full_snapshot(vote, snap)
@@ -428,6 +457,12 @@ impl ReplicaNode {
         if let Some(r) = resident {
             let _ = r.raft.shutdown().await;
         }
+        self.erase_group_state(space).await
+    }
+
+    /// Erases the state of `space`'s group on this node (stopped, not resident): the space's
+    /// data, its snapshots, then its raft state, durably.
+    pub(crate) async fn erase_group_state(&self, space: &SpaceId) -> io::Result<()> {
         self.heard.lock().remove(space);
         self.beats.write().remove(space);
         match self.store.drop_space(space) {

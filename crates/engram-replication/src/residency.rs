@@ -51,6 +51,8 @@ impl Default for Residency {
 /// A resident group.
 pub(crate) struct Resident {
     pub(crate) raft: Group,
+    /// Which creation of the space it is (`creation.rs`).
+    pub(crate) creation: u64,
     /// Tells this start of the group from a later one.
     generation: u64,
     /// The last request or message (a `Quiesce` does not count).
@@ -91,15 +93,36 @@ impl ReplicaNode {
     /// leads it; a request to a quiesced follower asks the leader to wake first (its
     /// heartbeats then wake this node with a fresh lease), and wakes this node's ticker only
     /// if the leader cannot be reached (so that an election can replace it).
-    pub(crate) async fn resident(&self, space: &SpaceId, use_: Use) -> io::Result<Group> {
+    ///
+    /// `offered`: the creation a message is for (0 for this node's requests); the group is
+    /// the creation the catalog names (`creation.rs`), and a resident group of an earlier
+    /// one is stopped and erased first.
+    pub(crate) async fn resident(
+        &self,
+        space: &SpaceId,
+        use_: Use,
+        offered: u64,
+    ) -> io::Result<Group> {
         if space.is_metadata_group() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the metadata group is not a space's group",
             ));
         }
+        let want = self.wanted_creation(space, offered)?;
         let (raft, ask_leader) = {
             let mut groups = self.groups.lock().await;
+            let stale = groups
+                .get(space)
+                .is_some_and(|r| want != 0 && r.creation != want);
+            if stale {
+                // Started as an earlier creation (the space was dropped and created anew
+                // since): stopped here; starting it as `want` erases its state.
+                if let Some(r) = groups.remove(space) {
+                    self.beats.write().remove(space);
+                    let _ = r.raft.shutdown().await;
+                }
+            }
             match groups.get_mut(space) {
                 Some(r) => {
                     r.last_used = Instant::now();
@@ -127,7 +150,7 @@ impl ReplicaNode {
                             format!("the group of memory space {space} was retired (the space was dropped)"),
                         ));
                     }
-                    let (raft, contact) = self.start_group(space).await?;
+                    let (raft, contact) = self.start_group(space, want).await?;
                     self.beats
                         .write()
                         .insert(space.clone(), (raft.clone(), contact.clone()));
@@ -135,6 +158,7 @@ impl ReplicaNode {
                         space.clone(),
                         Resident {
                             raft: raft.clone(),
+                            creation: want,
                             generation: self.generation.fetch_add(1, Ordering::Relaxed),
                             last_used: Instant::now(),
                             contact,
@@ -145,9 +169,10 @@ impl ReplicaNode {
             }
         };
         if let Some(leader) = ask_leader {
-            let call = self
-                .transport
-                .call(leader, Message::Wake { from: self.id }.encode(space));
+            let call = self.transport.call(
+                leader,
+                Message::Wake { from: self.id }.encode_for(space, want),
+            );
             let woke = matches!(
                 tokio::time::timeout(Duration::from_secs(1), call).await,
                 Ok(Ok(_))
@@ -163,13 +188,24 @@ impl ReplicaNode {
         Ok(raft)
     }
 
-    /// A `Quiesce` from `from`: stops the group's ticker if `from` is the leader it follows.
-    pub(crate) async fn quiesce_follower(&self, space: &SpaceId, from: u64) -> io::Result<()> {
+    /// A `Quiesce` from `from` for the creation `creation`: stops the group's ticker if
+    /// `from` is the leader it follows (in the same creation).
+    pub(crate) async fn quiesce_follower(
+        &self,
+        space: &SpaceId,
+        creation: u64,
+        from: u64,
+    ) -> io::Result<()> {
         let mut groups = self.groups.lock().await;
         let Some(r) = groups.get_mut(space) else {
             // Not resident: nothing ticks.
             return Ok(());
         };
+        if creation != 0 && r.creation != 0 && creation != r.creation {
+            return Err(io::Error::other(format!(
+                "a quiesce for another creation of memory space {space}"
+            )));
+        }
         let follows = {
             let m = r.raft.metrics();
             let m = m.borrow_watched();
@@ -194,18 +230,17 @@ impl ReplicaNode {
                 if !r.contact.quiesced() && now.duration_since(r.last_used) >= policy.quiesce_after
                 {
                     if let Some(followers) = settled_followers(&r.raft) {
-                        idle.push((space.clone(), r.generation, followers));
+                        idle.push((space.clone(), r.generation, r.creation, followers));
                     }
                 }
             }
         }
         let mut out = Sweep::default();
-        for (space, generation, followers) in idle {
+        for (space, generation, creation, followers) in idle {
             let me = self.id;
             for f in followers {
-                let call = self
-                    .transport
-                    .call(f, Message::Quiesce { from: me }.encode(&space));
+                let msg = Message::Quiesce { from: me }.encode_for(&space, creation);
+                let call = self.transport.call(f, msg);
                 let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
             }
             let mut groups = self.groups.lock().await;

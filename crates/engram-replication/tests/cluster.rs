@@ -87,22 +87,29 @@ async fn write(nodes: &[Arc<ClusterNode>], space: &SpaceId, c: Command) -> u64 {
     panic!("the write never applied");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_join_over_the_cluster_port_and_replicate_a_space() {
-    let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), "n1", vec![], SECRET).await.unwrap();
-    let seed = n1.opts.cluster_addr.clone();
-    let n2 = start(dir.path(), "n2", vec![seed.clone()], SECRET)
+/// n1 bootstraps, n2 joins through it, n3 through n2; all three live.
+async fn three_nodes(dir: &Path) -> [Arc<ClusterNode>; 3] {
+    let n1 = start(dir, "n1", vec![], SECRET).await.unwrap();
+    let n2 = start(dir, "n2", vec![n1.opts.cluster_addr.clone()], SECRET)
         .await
         .unwrap();
-    let n3 = start(dir.path(), "n3", vec![n2.opts.cluster_addr.clone()], SECRET)
+    let n3 = start(dir, "n3", vec![n2.opts.cluster_addr.clone()], SECRET)
         .await
         .unwrap();
-    let mut nodes = vec![n1.clone(), n2.clone(), n3.clone()];
+    let nodes = [n1, n2, n3];
     settle(&nodes, "three live nodes", |s| {
         s.nodes.len() == 3 && s.nodes.values().all(|n| n.state == NodeState::Live)
     })
     .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_over_the_cluster_port_and_replicate_a_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let [n1, n2, n3] = three_nodes(dir.path()).await;
+    let seed = n1.opts.cluster_addr.clone();
+    let mut nodes = vec![n1.clone(), n2.clone(), n3.clone()];
 
     // Another secret: refused, and nothing changes.
     let err = start(
@@ -169,6 +176,69 @@ async fn nodes_join_over_the_cluster_port_and_replicate_a_space() {
     })
     .await;
     write(&nodes, &space, memory("m2")).await;
+    for n in &nodes {
+        n.stop().await;
+    }
+}
+
+/// Waits until `n`'s replica of `space` holds memory `id`.
+async fn holds(n: &ClusterNode, space: &SpaceId, id: &str) {
+    for _ in 0..400 {
+        if matches!(n.node.store().get(space, id), Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never held {id}", n.me.name);
+}
+
+/// A space dropped and created anew under its name while one replica was down: the replica
+/// comes back holding the dropped creation's group (a longer log, the old memories), and
+/// must erase it and join the new creation's group empty, never bring the old state in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_a_drop_joins_the_new_creation_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let [n1, n2, n3] = three_nodes(dir.path()).await;
+    let seed = n1.opts.cluster_addr.clone();
+    let nodes = vec![n1.clone(), n2.clone(), n3.clone()];
+    let space = SpaceId::new("s").unwrap();
+    let (old, _) = n1.create_space(&space, 4, "", 1, 11).await.unwrap();
+    for i in 0..20 {
+        write(&nodes, &space, memory(&format!("m{i}"))).await;
+    }
+    holds(&n3, &space, "m19").await;
+
+    // n3 goes down; the space is dropped and created again without it.
+    n3.stop().await;
+    drop(n3);
+    let live = vec![n1.clone(), n2.clone()];
+    n1.drop_space(&space, None).await.unwrap();
+    let (new, created) = n2.create_space(&space, 4, "", 2, 12).await.unwrap();
+    assert!(created);
+    assert!(new.creation > old.creation, "{new:?} after {old:?}");
+    write(&live, &space, memory("fresh")).await;
+    for n in &live {
+        holds(n, &space, "fresh").await;
+        assert!(n.node.store().get(&space, "m0").unwrap().is_none());
+    }
+
+    // n3 restarts from its directory: the old group's state is erased, the new one's taken.
+    let n3 = start(dir.path(), "n3", vec![seed], SECRET).await.unwrap();
+    let nodes = vec![n1.clone(), n2.clone(), n3.clone()];
+    write(&nodes, &space, memory("after")).await;
+    for n in &nodes {
+        holds(n, &space, "after").await;
+        holds(n, &space, "fresh").await;
+        for i in 0..20 {
+            let id = format!("m{i}");
+            assert!(
+                n.node.store().get(&space, &id).unwrap().is_none(),
+                "{} holds {id} of the dropped creation",
+                n.me.name
+            );
+        }
+        assert_eq!(n.node.group_creation(&space), Some(new.creation));
+    }
     for n in &nodes {
         n.stop().await;
     }

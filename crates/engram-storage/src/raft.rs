@@ -35,6 +35,10 @@ pub struct GroupMeta {
     pub committed: Option<LogPos>,
     /// Entries up to here are purged (in the state machine's segments, no longer in the log).
     pub purged: Option<LogPos>,
+    /// Which creation of the space the group belongs to (the cluster catalog's creation
+    /// index; 0: not known, as in records of format version 5 and before). A space dropped
+    /// and created anew under its name is another group (format version 6).
+    pub creation: u64,
 }
 
 /// A member of a group: raft's node id and what the cluster calls it.
@@ -394,7 +398,8 @@ impl GroupMeta {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let flags = u8::from(self.vote.is_some())
             | (u8::from(self.committed.is_some()) << 1)
-            | (u8::from(self.purged.is_some()) << 2);
+            | (u8::from(self.purged.is_some()) << 2)
+            | (u8::from(self.creation != 0) << 3);
         out.push(flags);
         if let Some(v) = &self.vote {
             put_u64(out, v.term);
@@ -407,11 +412,14 @@ impl GroupMeta {
         if let Some(p) = &self.purged {
             put_pos(out, p);
         }
+        if self.creation != 0 {
+            put_u64(out, self.creation);
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<GroupMeta> {
         let flags = r.u8("raft state flags")?;
-        if flags & !0b111 != 0 {
+        if flags & !0b1111 != 0 {
             return corrupted(format!("raft state flags {flags:#x}"));
         }
         let vote = if flags & 1 != 0 {
@@ -440,10 +448,19 @@ impl GroupMeta {
         } else {
             None
         };
+        let creation = if flags & 8 != 0 {
+            match r.u64("creation")? {
+                0 => return corrupted("a creation flag with creation 0"),
+                c => c,
+            }
+        } else {
+            0
+        };
         Ok(GroupMeta {
             vote,
             committed,
             purged,
+            creation,
         })
     }
 }
@@ -549,6 +566,13 @@ mod tests {
             }),
             committed: Some(pos),
             purged: Some(LogPos { term: 1, index: 4 }),
+            creation: 0,
+        }));
+        round_trip(Op::RaftMeta(GroupMeta {
+            vote: None,
+            committed: None,
+            purged: Some(LogPos { term: 1, index: 4 }),
+            creation: 41,
         }));
         round_trip(Op::RaftTruncate(None));
         round_trip(Op::RaftTruncate(Some(pos)));

@@ -34,6 +34,8 @@ mod wal_v3;
 mod wal_v4;
 #[path = "format_fixtures/wal_v5.rs"]
 mod wal_v5;
+#[path = "format_fixtures/wal_v6.rs"]
+mod wal_v6;
 
 use index_v1::{check_index_files, INDEX_FIXTURE_FILES};
 
@@ -556,8 +558,8 @@ fn check_wal_files(root: &Path) {
         assert_eq!(&bytes[0..8], b"ENGRWAL\0");
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
         assert_eq!(
-            WAL_FORMAT_VERSION, 5,
-            "this build writes version 5 and reads 1 to 4"
+            WAL_FORMAT_VERSION, 6,
+            "this build writes version 6 and reads 1 to 5"
         );
         let header = WalFileHeader::decode(&bytes).unwrap();
         assert_eq!(header.first_sequence, first, "{name}");

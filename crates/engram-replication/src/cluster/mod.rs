@@ -523,6 +523,9 @@ impl ClusterNode {
                     c.transport.set_address(*id, &n.cluster);
                 }
                 c.retire_dropped(&state).await;
+                // Before the starts: a replica holding a dropped creation's state erases it,
+                // so the new creation's group starts empty (`creation.rs`).
+                c.node.erase_stale_groups().await;
                 c.start_space_groups(&state).await;
                 drop(c);
                 tokio::select! {

@@ -49,14 +49,15 @@ impl ClusterNode {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome = if target == self.id() {
                 // A leader without a quorum never commits: bounded like a remote call.
-                match tokio::time::timeout(left, self.node.propose(space, command.clone())).await {
+                let propose = self.node.propose_for(space, rec.creation, command.clone());
+                match tokio::time::timeout(left, propose).await {
                     Ok(o) => o,
                     Err(_) => ProposeOutcome::Failed(format!(
                         "not committed within {patience:?} (no quorum of the space's replicas)"
                     )),
                 }
             } else {
-                let msg = Message::Propose(command.clone()).encode(space);
+                let msg = Message::Propose(command.clone()).encode_for(space, rec.creation);
                 match tokio::time::timeout(left, self.transport.call(target, msg)).await {
                     Ok(Ok(reply)) => match Message::decode(&reply) {
                         Ok((_, Message::ProposeReply(o))) => o,

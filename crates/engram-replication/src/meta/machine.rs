@@ -133,7 +133,7 @@ impl MetaStateMachine {
 
     /// Applies one command's bytes: its answer (a command that does not decode is refused,
     /// and changes nothing).
-    fn apply_command(&mut self, op: &Op) -> MetaAnswer {
+    fn apply_command(&mut self, position: u64, op: &Op) -> MetaAnswer {
         let Op::Meta(bytes) = op else {
             return MetaAnswer::Refused(format!(
                 "operation {} in the metadata group: only metadata commands are",
@@ -141,7 +141,7 @@ impl MetaStateMachine {
             ));
         };
         match MetaCommand::decode(bytes) {
-            Ok(cmd) => self.state.apply(&cmd),
+            Ok(cmd) => self.state.apply_at(position, &cmd),
             Err(e) => MetaAnswer::Refused(e.to_string()),
         }
     }
@@ -194,8 +194,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(req) => {
-                    for c in req.0.iter() {
-                        let a = self.apply_command(&c.op);
+                    for (slot, c) in req.0.iter().enumerate() {
+                        // Entries hold at most 1,024 commands (`MAX_ENTRY_COMMANDS`).
+                        let position = (pos.index << 10) | (slot as u64 & 1023);
+                        let a = self.apply_command(position, &c.op);
                         if let MetaAnswer::Refused(why) = &a {
                             tracing::info!(index = pos.index, %why, "metadata command refused");
                         }

@@ -12,6 +12,7 @@
 
 pub mod machine;
 pub mod state;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -26,7 +27,9 @@ use openraft::{ChangeMembers, Raft, ServerState};
 use tokio::sync::watch;
 
 pub use machine::{MetaStateMachine, CLUSTER_STATE_FILE, SNAPSHOT_EVERY};
-pub use state::{raft_id, MetaAnswer, MetaCommand, MetaState, NodeRecord, NodeState, SpaceRecord};
+pub use state::{
+    raft_id, MetaAnswer, MetaCommand, MetaState, NodeRecord, NodeState, SpaceRecord, META_VERSION,
+};
 
 use crate::codec::{Message, ProposeOutcome};
 use crate::network::{Contact, NetworkFactory};
@@ -116,6 +119,7 @@ impl ReplicaNode {
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group,
+            creation: 0,
             disk: self.store.disk().clone(),
             contact: Arc::new(Contact::default()),
         };

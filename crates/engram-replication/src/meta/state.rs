@@ -12,16 +12,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use engram_cluster::{
-    Change, Departure, Epoch, NodeId, NodeInfo, PlacementConfig, PlacementTable, Retired,
-    SpaceCatalog, TokenStrategy,
+    Change, NodeId, NodeInfo, PlacementConfig, PlacementTable, SpaceCatalog, TokenStrategy,
 };
 use engram_core::SpaceId;
-use engram_storage::codec::{put_i64, put_str16, put_u32, put_u64, Reader};
 
 use crate::codec::CodecError;
 
 /// The version of the encodings this build writes and reads.
-pub const META_VERSION: u8 = 1;
+pub const META_VERSION: u8 = 2;
 /// The most nodes a cluster records.
 pub const MAX_NODES: usize = 1024;
 /// The most spaces the catalog holds.
@@ -57,7 +55,7 @@ impl NodeState {
         }
     }
 
-    fn code(self) -> u8 {
+    pub(super) fn code(self) -> u8 {
         match self {
             NodeState::Joining => 1,
             NodeState::Live => 2,
@@ -67,7 +65,7 @@ impl NodeState {
         }
     }
 
-    fn of(code: u8) -> Result<Self, CodecError> {
+    pub(super) fn of(code: u8) -> Result<Self, CodecError> {
         Ok(match code {
             1 => NodeState::Joining,
             2 => NodeState::Live,
@@ -120,6 +118,10 @@ pub struct SpaceRecord {
     /// Drawn by the node that asked for the space: it tells that node whether its command
     /// created the space or found it.
     pub nonce: u64,
+    /// The position of the command that created it ([`MetaState::applied`] then): which
+    /// creation of the space this is. Creations of one name only grow: a replica whose group
+    /// state names a smaller one holds a dropped space's. 0: not known (version 1 state).
+    pub creation: u64,
 }
 
 /// A change to the metadata: one entry of the metadata group.
@@ -161,6 +163,10 @@ pub enum MetaAnswer {
 pub struct MetaState {
     /// Increases with every committed change of membership or placement.
     pub epoch: u64,
+    /// The position of the last command applied: its entry's log index times 1,024 plus its
+    /// place in the entry (an entry holds at most 1,024). A space created at or before it
+    /// and not in the catalog was dropped.
+    pub applied: u64,
     /// Placement of new spaces (members: every node that joined and was not removed).
     pub placement: PlacementTable,
     pub nodes: BTreeMap<u64, NodeRecord>,
@@ -172,6 +178,7 @@ pub struct MetaState {
 impl PartialEq for MetaState {
     fn eq(&self, other: &Self) -> bool {
         self.epoch == other.epoch
+            && self.applied == other.applied
             && self.nodes == other.nodes
             && self.spaces == other.spaces
             && self.placement.epoch() == other.placement.epoch()
@@ -194,6 +201,7 @@ impl Default for MetaState {
     fn default() -> Self {
         Self {
             epoch: 0,
+            applied: 0,
             placement: placement(3, 150).expect("the default placement is valid"),
             nodes: BTreeMap::new(),
             spaces: BTreeMap::new(),
@@ -212,8 +220,16 @@ impl MetaState {
         self.nodes.get(&raft_id(name)).filter(|n| n.name == name)
     }
 
-    /// Applies `cmd`: the state after it and the answer. Deterministic.
+    /// Applies `cmd` as the command after the last one applied (tests; the state machine
+    /// uses [`MetaState::apply_at`]).
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaAnswer {
+        self.apply_at(self.applied + 1, cmd)
+    }
+
+    /// Applies `cmd`, the command at `position` (see [`MetaState::applied`]): the state after
+    /// it and the answer. Deterministic.
+    pub fn apply_at(&mut self, position: u64, cmd: &MetaCommand) -> MetaAnswer {
+        self.applied = position;
         match self.try_apply(cmd) {
             Ok(a) => a,
             Err(why) => MetaAnswer::Refused(why),
@@ -311,6 +327,7 @@ impl MetaState {
                     embedder: embedder.clone(),
                     created_at_us: *created_at_us,
                     nonce: *nonce,
+                    creation: self.applied,
                 };
                 self.spaces.insert(id.clone(), record.clone());
                 return Ok(MetaAnswer::Space(record));
@@ -330,367 +347,8 @@ impl MetaState {
     }
 }
 
-fn bad<T>(what: impl Into<String>) -> Result<T, CodecError> {
+pub(super) fn bad<T>(what: impl Into<String>) -> Result<T, CodecError> {
     Err(CodecError(what.into()))
-}
-
-fn short_str<'a>(r: &mut Reader<'a>, what: &str) -> Result<&'a str, CodecError> {
-    let s = r.str16(what)?;
-    if s.len() > MAX_ADDRESS {
-        return bad(format!(
-            "{what} of {} bytes (at most {MAX_ADDRESS})",
-            s.len()
-        ));
-    }
-    Ok(s)
-}
-
-fn space_id(r: &mut Reader<'_>) -> Result<SpaceId, CodecError> {
-    SpaceId::new(r.str16("space id")?).map_err(|e| CodecError(e.to_string()))
-}
-
-fn put_node(out: &mut Vec<u8>, n: &NodeRecord) {
-    put_str16(out, &n.name);
-    put_str16(out, &n.http);
-    put_str16(out, &n.cluster);
-    put_str16(out, &n.rack);
-    put_u32(out, n.capacity);
-    out.push(n.state.code());
-    put_u64(out, n.incarnation);
-}
-
-fn node(r: &mut Reader<'_>) -> Result<NodeRecord, CodecError> {
-    let name = short_str(r, "node name")?;
-    if !SpaceId::is_valid(name) {
-        return bad(format!(
-            "node name {name:?} (1-64 characters of a-z 0-9 _ -)"
-        ));
-    }
-    Ok(NodeRecord {
-        name: name.to_string(),
-        http: short_str(r, "node URL")?.to_string(),
-        cluster: short_str(r, "cluster address")?.to_string(),
-        rack: short_str(r, "rack")?.to_string(),
-        capacity: r.u32("capacity")?,
-        state: NodeState::of(r.u8("node state")?)?,
-        incarnation: r.u64("incarnation")?,
-    })
-}
-
-fn put_space(out: &mut Vec<u8>, s: &SpaceRecord) {
-    out.push(s.replicas.len() as u8);
-    for id in &s.replicas {
-        put_u64(out, *id);
-    }
-    put_u32(out, s.dimension);
-    put_str16(out, &s.embedder);
-    put_i64(out, s.created_at_us);
-    put_u64(out, s.nonce);
-}
-
-fn space(r: &mut Reader<'_>) -> Result<SpaceRecord, CodecError> {
-    let n = r.u8("replica count")? as usize;
-    if n == 0 || n > engram_cluster::limits::MAX_COPIES {
-        return bad(format!("a replica set of {n} nodes"));
-    }
-    let replicas = (0..n)
-        .map(|_| r.u64("replica"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SpaceRecord {
-        replicas,
-        dimension: r.u32("dimension")?,
-        embedder: short_str(r, "embedder")?.to_string(),
-        created_at_us: r.i64("created at")?,
-        nonce: r.u64("nonce")?,
-    })
-}
-
-mod kind {
-    pub const INIT: u8 = 1;
-    pub const JOIN: u8 = 2;
-    pub const SET_STATE: u8 = 3;
-    pub const CREATE_SPACE: u8 = 4;
-    pub const DROP_SPACE: u8 = 5;
-    pub const DROP_CREATION: u8 = 6;
-    pub const DONE: u8 = 1;
-    pub const REFUSED: u8 = 2;
-    pub const SPACE: u8 = 3;
-    pub const NO_SPACE: u8 = 4;
-}
-
-impl MetaCommand {
-    /// `u8` version, `u8` kind, then the kind's fields.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![META_VERSION];
-        match self {
-            MetaCommand::Init { copies, vnodes } => {
-                out.push(kind::INIT);
-                put_u32(&mut out, *copies);
-                put_u32(&mut out, *vnodes);
-            }
-            MetaCommand::Join(n) => {
-                out.push(kind::JOIN);
-                put_node(&mut out, n);
-            }
-            MetaCommand::SetState { id, state } => {
-                out.push(kind::SET_STATE);
-                put_u64(&mut out, *id);
-                out.push(state.code());
-            }
-            MetaCommand::CreateSpace {
-                id,
-                dimension,
-                embedder,
-                created_at_us,
-                nonce,
-            } => {
-                out.push(kind::CREATE_SPACE);
-                put_str16(&mut out, id.as_str());
-                put_u32(&mut out, *dimension);
-                put_str16(&mut out, embedder);
-                put_i64(&mut out, *created_at_us);
-                put_u64(&mut out, *nonce);
-            }
-            MetaCommand::DropSpace { id, nonce } => {
-                out.push(if nonce.is_some() {
-                    kind::DROP_CREATION
-                } else {
-                    kind::DROP_SPACE
-                });
-                put_str16(&mut out, id.as_str());
-                if let Some(n) = nonce {
-                    put_u64(&mut out, *n);
-                }
-            }
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<MetaCommand, CodecError> {
-        let mut r = Reader::new(bytes);
-        version(&mut r)?;
-        let cmd = match r.u8("metadata command")? {
-            kind::INIT => MetaCommand::Init {
-                copies: r.u32("copies")?,
-                vnodes: r.u32("virtual nodes")?,
-            },
-            kind::JOIN => MetaCommand::Join(node(&mut r)?),
-            kind::SET_STATE => MetaCommand::SetState {
-                id: r.u64("node")?,
-                state: NodeState::of(r.u8("node state")?)?,
-            },
-            kind::CREATE_SPACE => MetaCommand::CreateSpace {
-                id: space_id(&mut r)?,
-                dimension: r.u32("dimension")?,
-                embedder: short_str(&mut r, "embedder")?.to_string(),
-                created_at_us: r.i64("created at")?,
-                nonce: r.u64("nonce")?,
-            },
-            kind::DROP_SPACE => MetaCommand::DropSpace {
-                id: space_id(&mut r)?,
-                nonce: None,
-            },
-            kind::DROP_CREATION => MetaCommand::DropSpace {
-                id: space_id(&mut r)?,
-                nonce: Some(r.u64("nonce")?),
-            },
-            other => return bad(format!("metadata command {other}")),
-        };
-        r.finish("metadata command")?;
-        Ok(cmd)
-    }
-}
-
-fn version(r: &mut Reader<'_>) -> Result<(), CodecError> {
-    match r.u8("metadata version")? {
-        META_VERSION => Ok(()),
-        v => bad(format!(
-            "metadata encoding version {v} (this build reads {META_VERSION})"
-        )),
-    }
-}
-
-impl MetaAnswer {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![META_VERSION];
-        match self {
-            MetaAnswer::Done { epoch } => {
-                out.push(kind::DONE);
-                put_u64(&mut out, *epoch);
-            }
-            MetaAnswer::Refused(why) => {
-                out.push(kind::REFUSED);
-                put_str16(&mut out, why);
-            }
-            MetaAnswer::Space(s) => {
-                out.push(kind::SPACE);
-                put_space(&mut out, s);
-            }
-            MetaAnswer::NoSpace => out.push(kind::NO_SPACE),
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<MetaAnswer, CodecError> {
-        let mut r = Reader::new(bytes);
-        version(&mut r)?;
-        let a = match r.u8("metadata answer")? {
-            kind::DONE => MetaAnswer::Done {
-                epoch: r.u64("epoch")?,
-            },
-            kind::REFUSED => MetaAnswer::Refused(r.str16("reason")?.to_string()),
-            kind::SPACE => MetaAnswer::Space(space(&mut r)?),
-            kind::NO_SPACE => MetaAnswer::NoSpace,
-            other => return bad(format!("metadata answer {other}")),
-        };
-        r.finish("metadata answer")?;
-        Ok(a)
-    }
-}
-
-impl MetaState {
-    /// `u8` version, `u64` epoch; placement: `u32` copies, `u32` virtual nodes, `u8` rack
-    /// aware, `u64` placement epoch, members (`u32` count, each `u64` id, `str16` rack,
-    /// `u32` capacity), tokens (`u32` count, each `u64` position, `u64` owner), retired
-    /// (`u32` count, each a member's fields, `u8` departure, `u64` epoch, `u32` token count
-    /// and the tokens); nodes (`u32` count, each a node record); spaces (`u32` count, each
-    /// `str16` id and a space record).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![META_VERSION];
-        put_u64(&mut out, self.epoch);
-        let p = &self.placement;
-        let c = p.config();
-        put_u32(&mut out, c.copies as u32);
-        put_u32(&mut out, c.vnodes_per_node);
-        out.push(u8::from(c.rack_aware));
-        put_u64(&mut out, p.epoch().0);
-        let put_info = |out: &mut Vec<u8>, i: &NodeInfo| {
-            put_u64(out, i.id.0);
-            put_str16(out, &i.rack);
-            put_u32(out, i.capacity);
-        };
-        put_u32(&mut out, p.members().len() as u32);
-        for i in p.members().values() {
-            put_info(&mut out, i);
-        }
-        put_u32(&mut out, p.tokens().len() as u32);
-        for (t, o) in p.tokens() {
-            put_u64(&mut out, *t);
-            put_u64(&mut out, o.0);
-        }
-        put_u32(&mut out, p.retired().len() as u32);
-        for r in p.retired().values() {
-            put_info(&mut out, &r.info);
-            out.push(match r.departure {
-                Departure::Left => 1,
-                Departure::Failed => 2,
-            });
-            put_u64(&mut out, r.epoch.0);
-            put_u32(&mut out, r.tokens.len() as u32);
-            for t in &r.tokens {
-                put_u64(&mut out, *t);
-            }
-        }
-        put_u32(&mut out, self.nodes.len() as u32);
-        for n in self.nodes.values() {
-            put_node(&mut out, n);
-        }
-        put_u32(&mut out, self.spaces.len() as u32);
-        for (id, s) in &self.spaces {
-            put_str16(&mut out, id.as_str());
-            put_space(&mut out, s);
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<MetaState, CodecError> {
-        let mut r = Reader::new(bytes);
-        version(&mut r)?;
-        let epoch = r.u64("epoch")?;
-        let copies = r.u32("copies")?;
-        let vnodes = r.u32("virtual nodes")?;
-        let rack_aware = match r.u8("rack aware")? {
-            0 => false,
-            1 => true,
-            other => return bad(format!("rack-aware flag {other}")),
-        };
-        let placement_epoch = Epoch(r.u64("placement epoch")?);
-        // Each counted item takes at least 8 bytes: a bound before allocating.
-        let count = |r: &mut Reader<'_>, what: &str, max: usize| -> Result<usize, CodecError> {
-            let n = r.u32(what)? as usize;
-            if n > max || n > r.remaining() / 8 {
-                return bad(format!("{n} {what}"));
-            }
-            Ok(n)
-        };
-        let info = |r: &mut Reader<'_>| -> Result<NodeInfo, CodecError> {
-            Ok(NodeInfo::new(NodeId(r.u64("node")?))
-                .with_rack(short_str(r, "rack")?.to_string())
-                .with_capacity(r.u32("capacity")?))
-        };
-        let mut members = BTreeMap::new();
-        for _ in 0..count(&mut r, "members", MAX_NODES)? {
-            let i = info(&mut r)?;
-            members.insert(i.id, i);
-        }
-        let mut tokens = BTreeMap::new();
-        for _ in 0..count(&mut r, "tokens", engram_cluster::limits::MAX_TOKENS)? {
-            tokens.insert(r.u64("token")?, NodeId(r.u64("token owner")?));
-        }
-        let mut retired = BTreeMap::new();
-        for _ in 0..count(&mut r, "retired nodes", MAX_NODES)? {
-            let info = info(&mut r)?;
-            let departure = match r.u8("departure")? {
-                1 => Departure::Left,
-                2 => Departure::Failed,
-                other => return bad(format!("departure {other}")),
-            };
-            let epoch = Epoch(r.u64("departure epoch")?);
-            let n = count(&mut r, "retired tokens", engram_cluster::limits::MAX_TOKENS)?;
-            let tokens = (0..n)
-                .map(|_| r.u64("retired token"))
-                .collect::<Result<Vec<_>, _>>()?;
-            retired.insert(
-                info.id,
-                Retired {
-                    info,
-                    tokens,
-                    departure,
-                    epoch,
-                },
-            );
-        }
-        let config = PlacementConfig {
-            vnodes_per_node: vnodes,
-            copies: copies as usize,
-            rack_aware,
-            strategy: TokenStrategy::Balanced,
-        };
-        let placement =
-            PlacementTable::from_parts(placement_epoch, config, members, tokens, retired)
-                .map_err(|e| CodecError(format!("placement: {e}")))?;
-        let mut nodes = BTreeMap::new();
-        for _ in 0..count(&mut r, "nodes", MAX_NODES)? {
-            let n = node(&mut r)?;
-            if nodes.insert(n.id(), n).is_some() {
-                return bad("a node twice");
-            }
-        }
-        let mut spaces = BTreeMap::new();
-        for _ in 0..count(&mut r, "spaces", MAX_SPACES)? {
-            let id = space_id(&mut r)?;
-            if spaces.insert(id, space(&mut r)?).is_some() {
-                return bad("a space twice");
-            }
-        }
-        r.finish("metadata state")?;
-        Ok(MetaState {
-            epoch,
-            placement,
-            nodes,
-            spaces,
-        })
-    }
 }
 
 #[cfg(test)]

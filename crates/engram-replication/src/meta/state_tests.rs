@@ -66,12 +66,20 @@ fn commands_apply_deterministically() {
         s.apply(&MetaCommand::Join(node("n1", 99, "b"))),
         MetaAnswer::Refused(_)
     ));
-    assert_eq!(s, before, "a refused command changes nothing");
+    let unmoved = MetaState {
+        applied: before.applied,
+        ..s.clone()
+    };
+    assert_eq!(unmoved, before, "a refused command changes nothing");
     assert_eq!(
         s.apply(&MetaCommand::Join(node("n1", 1, "b"))),
         MetaAnswer::Done { epoch: s.epoch }
     );
-    assert_eq!(s, before, "a rejoin with nothing new changes nothing");
+    let unmoved = MetaState {
+        applied: before.applied,
+        ..s.clone()
+    };
+    assert_eq!(unmoved, before, "a rejoin with nothing new changes nothing");
     let mut moved = node("n1", 1, "b");
     moved.http = "http://elsewhere:1".into();
     assert_eq!(
@@ -111,6 +119,13 @@ fn commands_apply_deterministically() {
     };
     assert!(matches!(s.apply(&drop), MetaAnswer::Done { .. }));
     assert_eq!(s.apply(&drop), MetaAnswer::NoSpace);
+    // Created anew under the name: a later creation.
+    assert!(r.creation > 0);
+    let MetaAnswer::Space(again) = s.apply(&create("s1", 11)) else {
+        panic!()
+    };
+    assert!(again.creation > r.creation, "{again:?} after {r:?}");
+    assert_eq!(again.creation, s.applied);
     // Nothing applies before the cluster is initialised, and it is initialised once.
     let mut fresh = MetaState::default();
     assert!(matches!(

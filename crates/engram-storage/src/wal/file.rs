@@ -15,11 +15,12 @@ use crate::codec::Reader;
 use crate::error::{corrupted, Result, StorageError};
 
 pub const WAL_FILE_MAGIC: [u8; 8] = *b"ENGRWAL\0";
-/// The version this build writes: 5 adds the metadata group's command (code 14, inside a log
-/// entry only) to version 4, which added the keyed write (code 13) to version 3, which added
+/// The version this build writes: 6 adds a raft group's creation to its state record (code
+/// 11, flag bit 3) to version 5, which added the metadata group's command (code 14, inside a
+/// log entry only) to version 4, which added the keyed write (code 13) to version 3, which added
 /// the raft records (codes 10 to 12) to version 2, which added the automatic-link operations
-/// (codes 8 and 9) to version 1; it reads all five.
-pub const WAL_FORMAT_VERSION: u32 = 5;
+/// (codes 8 and 9) to version 1; it reads all six.
+pub const WAL_FORMAT_VERSION: u32 = 6;
 /// The oldest version this build reads.
 pub const WAL_FORMAT_VERSION_MIN: u32 = 1;
 pub const WAL_FILE_HEADER_LEN: usize = 32;

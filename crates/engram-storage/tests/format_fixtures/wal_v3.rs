@@ -114,6 +114,7 @@ fn raft_history() -> Vec<Op> {
         }),
         committed: None,
         purged: None,
+        creation: 0,
     };
     vec![
         Op::RaftMeta(vote),

@@ -46,6 +46,7 @@ fn history() -> Vec<Op> {
         }),
         committed: None,
         purged: None,
+        creation: 0,
     };
     vec![
         Op::RaftMeta(vote),
@@ -76,16 +77,22 @@ fn history() -> Vec<Op> {
 #[test]
 #[ignore = "writes tests/fixtures/wal-v5; run only to make the fixture, with ENGRAM_WRITE_FIXTURES=1"]
 fn generate_wal_v5_fixture() {
+    write_raft_fixture(&SpaceId::metadata_group(), history(), &wal_v5_dir());
+}
+
+/// Writes `ops` as raft records of `group`, one durable append each, into a new data
+/// directory copied to `out` (replacing it).
+pub(super) fn write_raft_fixture(group: &SpaceId, ops: Vec<Op>, out: &Path) {
     super::wal_v2::require_fixture_writes();
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open_dir(dir.path(), options()).unwrap();
         store.attach_raft(Arc::new(KeepAll));
-        for op in history() {
+        for op in ops {
             let (tx, rx) = std::sync::mpsc::channel();
             store
                 .append_raft(
-                    &SpaceId::metadata_group(),
+                    group,
                     vec![op],
                     Box::new(move |durable| tx.send(durable.is_some()).unwrap()),
                 )
@@ -93,9 +100,8 @@ fn generate_wal_v5_fixture() {
             assert!(rx.recv().unwrap());
         }
     }
-    let out = wal_v5_dir();
-    let _ = std::fs::remove_dir_all(&out);
-    super::copy_dir(dir.path(), &out);
+    let _ = std::fs::remove_dir_all(out);
+    super::copy_dir(dir.path(), out);
 }
 
 #[test]
