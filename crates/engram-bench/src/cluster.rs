@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::dataset::{Clusters, Shape};
 use crate::http::{body_pool, engram_binary, load, start_server, Config, Server};
+use crate::stages;
 use crate::util::{self, compare, report, Better, DIM};
 
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
@@ -503,7 +504,9 @@ fn write_compare(
         Some(b) => Some(CpuBudget::limit(single.child.id(), b)?),
         None => None,
     };
+    let before = stages::scrape(client, &single.base);
     let one_light = remember_load(single.child.id(), &single.base, LIGHT_CLIENTS, "l")?;
+    let single_stages = stages::describe(&before, &stages::scrape(client, &single.base));
     let one = remember_load(single.child.id(), &single.base, 64, "m")?;
     drop(single);
     let c = Cluster::start(exe, &root.join(format!("write{tag}")))?;
@@ -515,7 +518,15 @@ fn write_compare(
     };
     create_space(client, &c.url(0), "w")?;
     let l = c.leader(0, "w")?;
+    let before: Vec<String> = (0..3).map(|i| stages::scrape(client, &c.url(i))).collect();
     let three_light = remember_load(c.pid(l), &c.url(l), LIGHT_CLIENTS, "l")?;
+    let three_stages: Vec<String> = (0..3)
+        .map(|i| {
+            let role = if i == l { "leader" } else { "follower" };
+            let after = stages::scrape(client, &c.url(i));
+            format!("{role}: {}", stages::describe(&before[i], &after))
+        })
+        .collect();
     let three = remember_load(c.pid(l), &c.url(l), 64, "m")?;
     let how = match budget {
         Some(b) => format!("each server process held to {b} cores"),
@@ -567,6 +578,11 @@ fn write_compare(
         three_light.per_s,
         three_light.p_ms(99.0)
     );
+    // Where the time goes (means of the servers' own stage histograms over the light run).
+    println!("#   single node: {single_stages}");
+    for s in &three_stages {
+        println!("#   {s}");
+    }
     report(
         &format!("cluster_remember_light_single{tag}_p99_ms"),
         one_light.p_ms(99.0),

@@ -12,6 +12,7 @@ mod recall;
 mod replication;
 mod restart;
 mod spreads;
+mod stages;
 mod storage;
 mod text;
 mod util;

@@ -55,6 +55,7 @@ impl Proposals {
         heartbeat: Duration,
     ) -> ProposeOutcome {
         let (tx, rx) = oneshot::channel();
+        let queued = std::time::Instant::now();
         let start = {
             let mut queues = self.queues.lock();
             let q = queues.entry(space.clone()).or_default();
@@ -69,8 +70,12 @@ impl Proposals {
             let (me, g, space) = (self.clone(), g.clone(), space.clone());
             tokio::spawn(async move { me.drive(g, space, patience, heartbeat).await });
         }
-        rx.await
-            .unwrap_or_else(|_| ProposeOutcome::Failed("the proposal was dropped".into()))
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| ProposeOutcome::Failed("the proposal was dropped".into()));
+        // A write's whole time on the leader: waiting for its entry, then the entry's.
+        metrics::histogram!("engram_raft_write_seconds").record(queued.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Proposes what waits for `space`'s group, batch after batch, until nothing does.
@@ -120,6 +125,10 @@ async fn submit(g: &Group, batch: Vec<Waiter>, patience: Duration, heartbeat: Du
     let outcomes: Vec<ProposeOutcome> = loop {
         match g.client_write(request.clone()).await {
             Ok(r) => {
+                // On the leader: an entry proposed, to its commit and apply.
+                metrics::histogram!("engram_raft_propose_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("engram_raft_propose_commands").record(n as f64);
                 let mut responses = r.data.into_iter();
                 break (0..n)
                     .map(|_| match responses.next() {

@@ -526,10 +526,17 @@ impl Message {
                 from: r.u64("from")?,
             },
             kind::ACK => Message::Ack,
-            kind::JOIN => match crate::meta::MetaCommand::decode(read_bytes(&mut r, "join")?)? {
-                crate::meta::MetaCommand::Join(n) => Message::Join(n),
-                _ => return bad("a join that is another metadata command"),
-            },
+            kind::JOIN => {
+                let b = read_bytes(&mut r, "join")?;
+                // One encoding of a message: its command in the current version only.
+                if b.first() != Some(&crate::meta::META_VERSION) {
+                    return bad("a join in another metadata version");
+                }
+                match crate::meta::MetaCommand::decode(b)? {
+                    crate::meta::MetaCommand::Join(n) => Message::Join(n),
+                    _ => return bad("a join that is another metadata command"),
+                }
+            }
             kind::STATUS => Message::Status,
             kind::STATUS_REPLY => Message::StatusReply {
                 led: r.u64("led")?,

@@ -27,7 +27,7 @@ use engram_core::SpaceId;
 
 use crate::node::ReplicaNode;
 
-fn behind(space: &SpaceId) -> io::Error {
+pub(crate) fn behind(space: &SpaceId) -> io::Error {
     io::Error::new(
         io::ErrorKind::WouldBlock,
         format!("memory space {space} was created anew, and this node's catalog does not have that creation yet; retry"),
@@ -79,13 +79,23 @@ impl ReplicaNode {
         if want == 0 {
             return Ok(());
         }
-        match self.log.creation(space) {
-            Some(have) if have != 0 && have < want => {
-                tracing::warn!(%space, old = have, new = want, "erasing the state of a dropped creation of the space");
-                self.erase_group_state(space).await?;
-            }
+        let stale = match self.log.creation(space) {
             Some(have) if have > want => return Err(behind(space)),
-            _ => {}
+            Some(have) if have != 0 => have < want,
+            // State from before creations were recorded: this creation's only if the space
+            // it made has the catalog's creation time (a space created anew has another).
+            Some(_) => {
+                let created = self.meta_state().spaces.get(space).map(|r| r.created_at_us);
+                match self.store.space_meta(space) {
+                    Ok(m) => created.is_some_and(|c| c != m.created_at_us),
+                    Err(_) => false,
+                }
+            }
+            None => false,
+        };
+        if stale {
+            tracing::warn!(%space, creation = want, "erasing the state of a dropped creation of the space");
+            self.erase_group_state(space).await?;
         }
         self.log.set_creation(space, want).await
     }
@@ -93,7 +103,8 @@ impl ReplicaNode {
     /// Erases the state of groups this node holds whose creation the catalog says is gone:
     /// dropped (not in the catalog, created at or before the last command applied) or
     /// replaced by a later creation. Returns the spaces erased. State of unknown creation
-    /// (0: written before creations were recorded) is left alone.
+    /// (0: written before creations were recorded) is left to [`ReplicaNode::claim_creation`]
+    /// when the group starts (a group whose space is not in the catalog never starts).
     pub async fn erase_stale_groups(&self) -> Vec<SpaceId> {
         let Some(_) = self.meta.get() else {
             return Vec::new();

@@ -153,10 +153,11 @@ impl NodeLog {
         });
         let records = store.attach_raft(log.clone());
         let result = log.rebuild(records);
-        // Groups whose replay ended empty (reset: their space was dropped) are forgotten.
+        // Groups whose replay ended empty (reset: their space was dropped), or with nothing
+        // but a creation (recorded by a start that went no further), are forgotten.
         log.groups.lock().retain(|_, g| {
             let l = g.log.lock();
-            l.meta != GroupMeta::default() || !l.entries.is_empty()
+            l.meta.vote.is_some() || l.meta.purged.is_some() || !l.entries.is_empty()
         });
         log.loading.store(false, Ordering::SeqCst);
         result?;
@@ -438,7 +439,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .collect();
             let done: engram_storage::DurableCallback = if c + 1 == chunks.len() {
                 let callback = callback.take().expect("the last chunk takes the callback");
+                let queued = std::time::Instant::now();
                 Box::new(move |durable: Option<u64>| {
+                    // From the append to its fsync's end (a stage of a replicated write:
+                    // `docs/cluster.md`, "Where a replicated write's time goes").
+                    metrics::histogram!("engram_raft_log_append_seconds")
+                        .record(queued.elapsed().as_secs_f64());
                     callback.io_completed(match durable {
                         Some(_) => Ok(()),
                         None => Err(io_err("the WAL refuses writes")),

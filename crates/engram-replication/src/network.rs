@@ -142,8 +142,17 @@ impl Peer {
         ttl: Duration,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.contact.mark(self.target);
+        let sent = std::time::Instant::now();
+        let entries = !req.entries.is_empty();
         match self.rpc(Message::Append(req), ttl).await? {
-            Message::AppendReply(r) => Ok(r),
+            Message::AppendReply(r) => {
+                if entries {
+                    // A round trip of entries to a follower: its fsync and the network.
+                    metrics::histogram!("engram_raft_append_rpc_seconds")
+                        .record(sent.elapsed().as_secs_f64());
+                }
+                Ok(r)
+            }
             other => Err(RPCError::Network(unexpected(&other))),
         }
     }

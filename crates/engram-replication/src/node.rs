@@ -297,15 +297,24 @@ impl ReplicaNode {
         };
         match msg {
             Message::Append(a) => match self.resident(space, Use::Message, creation).await {
-                Ok(g) => match g.append_entries(a).await {
-                    Ok(r) => {
-                        // Only an append this replica took in full from the current leader
-                        // shows it holds everything: not a conflict, not a deposed leader's.
-                        heard(r.is_success());
-                        Message::AppendReply(r)
+                Ok(g) => {
+                    let entries = !a.entries.is_empty();
+                    let r = g.append_entries(a).await;
+                    if entries {
+                        // On a follower: an append of entries, to its reply (after the fsync).
+                        metrics::histogram!("engram_raft_follower_append_seconds")
+                            .record(arrived.elapsed().as_secs_f64());
                     }
-                    Err(e) => fail(&e),
-                },
+                    match r {
+                        Ok(r) => {
+                            // Only an append this replica took in full from the current leader
+                            // shows it holds everything: not a conflict, not a deposed leader's.
+                            heard(r.is_success());
+                            Message::AppendReply(r)
+                        }
+                        Err(e) => fail(&e),
+                    }
+                }
                 Err(e) => fail(&e),
             },
             Message::Vote(v) => match self.resident(space, Use::Message, creation).await {
@@ -451,13 +460,27 @@ impl ReplicaNode {
     /// where the group had not applied the drop yet, and erases its raft state (log, vote,
     /// snapshots) durably, so that neither a restart nor a space created anew under the same
     /// name finds the old group. It is not started again until [`ReplicaNode::unretire`].
-    pub async fn retire_group(&self, space: &SpaceId) -> io::Result<()> {
+    ///
+    /// `creation`: the creation dropped (0: not known). Nothing is done (`Ok(false)`) when
+    /// the catalog holds the space again, or this node's state is of a later creation: a
+    /// new creation's group is never retired by an old drop (state of the dropped creation
+    /// is then erased by [`ReplicaNode::erase_stale_groups`]).
+    pub async fn retire_group(&self, space: &SpaceId, creation: u64) -> io::Result<bool> {
+        // Under the resident set's lock: no start of the group runs meanwhile.
+        let mut groups = self.groups.lock().await;
+        if self.meta_state().spaces.contains_key(space) {
+            return Ok(false);
+        }
+        let have = self.log.creation(space).unwrap_or(0);
+        if creation != 0 && have > creation {
+            return Ok(false);
+        }
         self.retired.lock().insert(space.clone());
-        let resident = self.groups.lock().await.remove(space);
-        if let Some(r) = resident {
+        if let Some(r) = groups.remove(space) {
             let _ = r.raft.shutdown().await;
         }
-        self.erase_group_state(space).await
+        self.erase_group_state(space).await?;
+        Ok(true)
     }
 
     /// Erases the state of `space`'s group on this node (stopped, not resident): the space's

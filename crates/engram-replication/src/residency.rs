@@ -109,13 +109,16 @@ impl ReplicaNode {
                 "the metadata group is not a space's group",
             ));
         }
-        let want = self.wanted_creation(space, offered)?;
-        let (raft, ask_leader) = {
+        let (raft, ask_leader, want) = {
             let mut groups = self.groups.lock().await;
-            let stale = groups
-                .get(space)
-                .is_some_and(|r| want != 0 && r.creation != want);
-            if stale {
+            // Read under the lock: the catalog a start or a stop below acts on.
+            let want = self.wanted_creation(space, offered)?;
+            let resident = groups.get(space).map_or(0, |r| r.creation);
+            if want != 0 && resident > want {
+                // Started as a later creation than this catalog names: it is catching up.
+                return Err(crate::creation::behind(space));
+            }
+            if want != 0 && resident != 0 && resident < want {
                 // Started as an earlier creation (the space was dropped and created anew
                 // since): stopped here; starting it as `want` erases its state.
                 if let Some(r) = groups.remove(space) {
@@ -141,7 +144,7 @@ impl ReplicaNode {
                             }
                         }
                     }
-                    (r.raft.clone(), ask)
+                    (r.raft.clone(), ask, want)
                 }
                 None => {
                     if self.retired.lock().contains(space) {
@@ -164,7 +167,7 @@ impl ReplicaNode {
                             contact,
                         },
                     );
-                    (raft, None)
+                    (raft, None, want)
                 }
             }
         };

@@ -262,10 +262,13 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
                 .iter()
                 .map(|c| c.request.as_ref().map_or(0, |(_, at)| *at))
                 .collect();
+            let started = std::time::Instant::now();
             let outcomes = self
                 .store
                 .apply_entry(&self.space, pos.index, cmds, &self.applied)
                 .map_err(io_err)?;
+            metrics::histogram!("engram_raft_apply_seconds")
+                .record(started.elapsed().as_secs_f64());
             if let Some(r) = responder {
                 let responses = outcomes
                     .into_iter()

@@ -34,6 +34,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     Matcher::Full("engram_wal_batch_records".into()),
                     RECORDS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("engram_raft_propose_commands".into()),
+                        RECORDS,
+                    )
+                })
                 .and_then(|b| b.set_buckets(SECONDS));
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(h) => Some(h),

@@ -36,7 +36,7 @@ pub struct GroupMeta {
     /// Entries up to here are purged (in the state machine's segments, no longer in the log).
     pub purged: Option<LogPos>,
     /// Which creation of the space the group belongs to (the cluster catalog's creation
-    /// index; 0: not known, as in records of format version 5 and before). A space dropped
+    /// position; 0: not known, as in records of format version 5 and before). A space dropped
     /// and created anew under its name is another group (format version 6).
     pub creation: u64,
 }

@@ -17,29 +17,30 @@ impl ClusterNode {
     /// and lets those it holds now start (one dropped and created anew).
     pub(super) async fn retire_dropped(&self, state: &MetaState) {
         let me = self.id();
-        let now: std::collections::HashSet<SpaceId> = state
+        let now: std::collections::HashMap<SpaceId, u64> = state
             .spaces
             .iter()
             .filter(|(_, r)| r.replicas.contains(&me))
-            .map(|(s, _)| s.clone())
+            .map(|(s, r)| (s.clone(), r.creation))
             .collect();
-        for s in &now {
+        for s in now.keys() {
             self.node.unretire(s);
         }
-        let gone: Vec<SpaceId> = {
+        let gone: Vec<(SpaceId, u64)> = {
             let mut held = self.held.lock();
             let gone = held
                 .iter()
-                .filter(|s| !state.spaces.contains_key(*s))
-                .cloned()
+                .filter(|(s, _)| !state.spaces.contains_key(*s))
+                .map(|(s, c)| (s.clone(), *c))
                 .collect();
             *held = now;
             gone
         };
-        for space in gone {
+        for (space, creation) in gone {
             self.leaders.lock().remove(&space);
-            match self.node.retire_group(&space).await {
-                Ok(()) => tracing::info!(%space, "dropped space's group retired"),
+            match self.node.retire_group(&space, creation).await {
+                Ok(true) => tracing::info!(%space, "dropped space's group retired"),
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(%space, error = %e, "retiring a dropped space's group failed")
                 }

@@ -154,7 +154,8 @@ pub struct ClusterNode {
     /// tick loop, which must keep marking nodes down meanwhile).
     creating_default: std::sync::atomic::AtomicBool,
     /// The spaces this node held in the last catalog it handled (`retire_dropped`).
-    held: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
+    /// With the creation of each (`creation.rs`).
+    held: parking_lot::Mutex<std::collections::HashMap<SpaceId, u64>>,
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
