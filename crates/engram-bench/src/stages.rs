@@ -51,6 +51,44 @@ pub fn mean(before: &str, after: &str, metric: &str, labels: &[&str]) -> (f64, f
     ((s1 - s0) / n, n)
 }
 
+/// The upper bound of the histogram bucket holding `metric`'s `q` quantile between the
+/// scrapes (the buckets' bounds are the server's: `engram-server/src/metrics.rs`).
+pub fn quantile_bound(before: &str, after: &str, metric: &str, labels: &[&str], q: f64) -> f64 {
+    let name = format!("{metric}_bucket");
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let mut by_le: HashMap<String, f64> = HashMap::new();
+        for (k, v) in samples(text) {
+            let Some((n, rest)) = k.split_once('{') else {
+                continue;
+            };
+            if n != name || !labels.iter().all(|l| rest.contains(l)) {
+                continue;
+            }
+            if let Some(le) = rest.split("le=\"").nth(1).and_then(|r| r.split('"').next()) {
+                *by_le.entry(le.to_string()).or_default() += v;
+            }
+        }
+        let mut out: Vec<(f64, f64)> = by_le
+            .into_iter()
+            .map(|(le, v)| (le.parse().unwrap_or(f64::INFINITY), v))
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    };
+    let (b0, b1) = (buckets(before), buckets(after));
+    let cum: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|(le, v)| {
+            let old = b0.iter().find(|(l, _)| l == le).map_or(0.0, |(_, v)| *v);
+            (*le, v - old)
+        })
+        .collect();
+    let total = cum.last().map_or(0.0, |(_, v)| *v);
+    cum.iter()
+        .find(|(_, v)| *v >= q * total && total > 0.0)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
 /// The stages of a remember, each as `name mean (count)`, in milliseconds.
 pub fn describe(before: &str, after: &str) -> String {
     const STAGES: &[(&str, &str, &[&str])] = &[
@@ -75,7 +113,12 @@ pub fn describe(before: &str, after: &str) -> String {
     for (name, metric, labels) in STAGES {
         let (m, n) = mean(before, after, metric, labels);
         if n > 0.0 {
-            parts.push(format!("{name} {:.3} ms ({n:.0})", m * 1e3));
+            let p99 = quantile_bound(before, after, metric, labels, 0.99);
+            parts.push(format!(
+                "{name} {:.3} ms, P99 <= {:.2} ms ({n:.0})",
+                m * 1e3,
+                p99 * 1e3
+            ));
         }
     }
     let (c, n) = mean(before, after, "engram_raft_propose_commands", &[]);
@@ -97,5 +140,15 @@ mod tests {
             (3.0, 1.0)
         );
         assert!(super::mean(before, after, "z", &[]).0.is_nan());
+        let before =
+            "h_bucket{le=\"0.001\"} 10\nh_bucket{le=\"0.01\"} 10\nh_bucket{le=\"+Inf\"} 10\n";
+        let after =
+            "h_bucket{le=\"0.001\"} 108\nh_bucket{le=\"0.01\"} 109\nh_bucket{le=\"+Inf\"} 110\n";
+        assert_eq!(super::quantile_bound(before, after, "h", &[], 0.98), 0.001);
+        assert_eq!(super::quantile_bound(before, after, "h", &[], 0.99), 0.01);
+        assert_eq!(
+            super::quantile_bound(before, after, "h", &[], 1.0),
+            f64::INFINITY
+        );
     }
 }

@@ -343,9 +343,10 @@ impl ReplicaNode {
             }
             Message::ReadIds => Message::ReadIdsReply(self.read_ids_for(space, creation).await),
             Message::Quiesce { from } => match self.quiesce_follower(space, creation, from).await {
-                Ok(()) => {
-                    // The leader quiesces only followers that hold its whole log.
-                    heard(true);
+                Ok(follows) => {
+                    // The leader quiesces only followers that hold its whole log: fresh, if
+                    // this replica follows it.
+                    heard(follows);
                     Message::Ack
                 }
                 Err(e) => fail(&e),
@@ -526,11 +527,8 @@ impl ReplicaNode {
             let metrics = g.metrics();
             let m = metrics.borrow_watched();
             if m.state == openraft::ServerState::Leader {
-                return Some(
-                    m.last_quorum_acked
-                        .as_ref()
-                        .map_or(std::time::Duration::ZERO, |t| t.elapsed()),
-                );
+                // A leader no quorum has acknowledged yet: not known.
+                return m.last_quorum_acked.as_ref().map(|t| t.elapsed());
             }
         }
         self.since_leader(space)

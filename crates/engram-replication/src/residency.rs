@@ -192,17 +192,17 @@ impl ReplicaNode {
     }
 
     /// A `Quiesce` from `from` for the creation `creation`: stops the group's ticker if
-    /// `from` is the leader it follows (in the same creation).
+    /// `from` is the leader it follows (in the same creation). Whether it follows `from`.
     pub(crate) async fn quiesce_follower(
         &self,
         space: &SpaceId,
         creation: u64,
         from: u64,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let mut groups = self.groups.lock().await;
         let Some(r) = groups.get_mut(space) else {
             // Not resident: nothing ticks.
-            return Ok(());
+            return Ok(false);
         };
         if creation != 0 && r.creation != 0 && creation != r.creation {
             return Err(io::Error::other(format!(
@@ -218,7 +218,7 @@ impl ReplicaNode {
             r.contact.set_quiesced(true);
             r.raft.runtime_config().tick(false);
         }
-        Ok(())
+        Ok(follows)
     }
 
     /// Quiesces the idle groups this node leads and stops quiesced groups beyond the resident

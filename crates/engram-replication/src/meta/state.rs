@@ -220,6 +220,26 @@ impl MetaState {
         self.nodes.get(&raft_id(name)).filter(|n| n.name == name)
     }
 
+    /// Where a new space goes: the nodes placement names for it, nodes marked down passed
+    /// over while live ones remain (a new space starts with every replica it can have; the
+    /// ring's order, rack-aware, is kept among the live ones; down ones fill what is left).
+    pub fn place(&self, id: &SpaceId) -> Vec<u64> {
+        let copies = self.placement.config().copies;
+        let down = |n: &u64| {
+            self.nodes
+                .get(n)
+                .is_some_and(|r| r.state == NodeState::Down)
+        };
+        let wide = self.placement.replica_set_with(
+            engram_cluster::SpaceKey::of(id.as_str()),
+            copies + self.nodes.keys().filter(|n| down(n)).count(),
+            self.placement.config().rack_aware,
+        );
+        let (live, dead): (Vec<u64>, Vec<u64>) =
+            wide.nodes().iter().map(|n| n.0).partition(|n| !down(n));
+        live.into_iter().chain(dead).take(copies).collect()
+    }
+
     /// Applies `cmd` as the command after the last one applied (tests; the state machine
     /// uses [`MetaState::apply_at`]).
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaAnswer {
@@ -317,12 +337,12 @@ impl MetaState {
                 if self.spaces.len() >= MAX_SPACES {
                     return Err(format!("a cluster holds at most {MAX_SPACES} spaces"));
                 }
-                let set = self.placement.replica_set(id.as_str());
-                if set.is_empty() {
+                let replicas = self.place(id);
+                if replicas.is_empty() {
                     return Err("the cluster has no node to place a space on".into());
                 }
                 let record = SpaceRecord {
-                    replicas: set.nodes().iter().map(|n| n.0).collect(),
+                    replicas,
                     dimension: *dimension,
                     embedder: embedder.clone(),
                     created_at_us: *created_at_us,

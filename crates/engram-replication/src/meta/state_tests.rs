@@ -211,3 +211,49 @@ fn voters_target_is_odd_and_at_most_five() {
     let t: Vec<usize> = (0..8).map(super::super::target_voters).collect();
     assert_eq!(t, [1, 1, 1, 3, 3, 5, 5, 5]);
 }
+
+#[test]
+fn new_spaces_pass_over_down_nodes() {
+    let mut s = cluster();
+    let n1 = raft_id("n1");
+    // Spaces placement puts on n1.
+    let on_n1: Vec<SpaceId> = (0..200)
+        .map(|i| SpaceId::new(format!("s{i}")).unwrap())
+        .filter(|id| {
+            s.placement
+                .replica_set(id.as_str())
+                .nodes()
+                .iter()
+                .any(|n| n.0 == n1)
+        })
+        .take(5)
+        .collect();
+    assert_eq!(on_n1.len(), 5);
+    for id in &on_n1 {
+        let placed = s.place(id);
+        assert!(placed.contains(&n1), "all live: the ring's set");
+    }
+    s.apply(&MetaCommand::SetState {
+        id: n1,
+        state: NodeState::Down,
+    });
+    for (i, id) in on_n1.iter().enumerate() {
+        let MetaAnswer::Space(r) = s.apply(&create(id.as_str(), 100 + i as u64)) else {
+            panic!()
+        };
+        assert_eq!(r.replicas.len(), 3);
+        assert!(!r.replicas.contains(&n1), "{r:?}");
+        let distinct: std::collections::BTreeSet<u64> = r.replicas.iter().copied().collect();
+        assert_eq!(distinct.len(), 3);
+    }
+    // With too few live nodes, down ones fill the set.
+    for n in ["n0", "n2"] {
+        s.apply(&MetaCommand::SetState {
+            id: raft_id(n),
+            state: NodeState::Down,
+        });
+    }
+    let placed = s.place(&SpaceId::new("late").unwrap());
+    assert_eq!(placed.len(), 3);
+    assert_eq!(placed[0], raft_id("n3"), "the live node first");
+}
