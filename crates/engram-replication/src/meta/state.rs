@@ -170,7 +170,10 @@ pub struct MetaState {
     /// Placement of new spaces (members: every node that joined and was not removed).
     pub placement: PlacementTable,
     pub nodes: BTreeMap<u64, NodeRecord>,
-    pub spaces: BTreeMap<SpaceId, SpaceRecord>,
+    /// A persistent map: the state machine publishes a copy of the state after every
+    /// applied batch, which shares the catalog instead of copying it (a copy per creation
+    /// made N creations cost O(N²)).
+    pub spaces: imbl::OrdMap<SpaceId, SpaceRecord>,
 }
 
 /// Equal metadata: the same epochs, nodes, spaces and placement (members, tokens, settings
@@ -204,7 +207,7 @@ impl Default for MetaState {
             applied: 0,
             placement: placement(3, 150).expect("the default placement is valid"),
             nodes: BTreeMap::new(),
-            spaces: BTreeMap::new(),
+            spaces: imbl::OrdMap::new(),
         }
     }
 }

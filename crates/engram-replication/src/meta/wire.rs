@@ -362,7 +362,7 @@ impl MetaState {
                 return bad("a node twice");
             }
         }
-        let mut spaces = BTreeMap::new();
+        let mut spaces = imbl::OrdMap::new();
         for _ in 0..count(&mut r, "spaces", MAX_SPACES)? {
             let id = space_id(&mut r)?;
             if spaces.insert(id, space(&mut r, v)?).is_some() {
