@@ -44,29 +44,34 @@ struct Queue {
     proposing: usize,
 }
 
-/// The writes waiting to be proposed, per group.
+/// The writes waiting to be proposed, per group: per start of a space's group (a task keeps
+/// proposing to the group it was started for; one stopped and started again, or replaced by
+/// a later creation's, gets a queue of its own).
 #[derive(Default)]
 pub(crate) struct Proposals {
-    queues: Mutex<HashMap<SpaceId, Queue>>,
+    queues: Mutex<HashMap<(SpaceId, u64), Queue>>,
 }
 
 impl Proposals {
-    /// Proposes `command` to the group `g` of `space` with the writes waiting beside it, and
+    /// Proposes `command` to the group `g` of `space` (its start `start`: see
+    /// `ReplicaNode::resident_start`) with the writes waiting beside it, and
     /// waits for its outcome. `patience`: how long a leader whose lease is being renewed (woken
     /// from quiescence) is waited for; `heartbeat`: the group's heartbeat interval.
     pub(crate) async fn propose(
         self: &Arc<Self>,
         g: &Group,
         space: &SpaceId,
+        start: u64,
         command: Command,
         patience: Duration,
         heartbeat: Duration,
     ) -> ProposeOutcome {
+        let key = (space.clone(), start);
         let (tx, rx) = oneshot::channel();
         let queued = std::time::Instant::now();
         let start = {
             let mut queues = self.queues.lock();
-            let q = queues.entry(space.clone()).or_default();
+            let q = queues.entry(key.clone()).or_default();
             q.waiting.push((command, tx));
             let start = q.running < MAX_IN_FLIGHT
                 || (q.running < MAX_IN_FLIGHT_LIGHT
@@ -77,8 +82,8 @@ impl Proposals {
             start
         };
         if start {
-            let (me, g, space) = (self.clone(), g.clone(), space.clone());
-            tokio::spawn(async move { me.drive(g, space, patience, heartbeat).await });
+            let (me, g) = (self.clone(), g.clone());
+            tokio::spawn(async move { me.drive(g, key, patience, heartbeat).await });
         }
         let outcome = rx
             .await
@@ -89,19 +94,19 @@ impl Proposals {
     }
 
     /// Proposes what waits for `space`'s group, batch after batch, until nothing does.
-    async fn drive(&self, g: Group, space: SpaceId, patience: Duration, heartbeat: Duration) {
+    async fn drive(&self, g: Group, key: (SpaceId, u64), patience: Duration, heartbeat: Duration) {
         let mut first = true;
         loop {
             let batch = {
                 let mut queues = self.queues.lock();
-                let Some(q) = queues.get_mut(&space) else {
+                let Some(q) = queues.get_mut(&key) else {
                     return;
                 };
                 // An extra task (beyond MAX_IN_FLIGHT) proposes one entry and ends.
                 if q.waiting.is_empty() || (q.running > MAX_IN_FLIGHT && !first) {
                     q.running -= 1;
                     if q.running == 0 {
-                        queues.remove(&space);
+                        queues.remove(&key);
                     }
                     return;
                 }
@@ -111,7 +116,7 @@ impl Proposals {
             };
             let n = batch.len();
             submit(&g, batch, patience, heartbeat).await;
-            if let Some(q) = self.queues.lock().get_mut(&space) {
+            if let Some(q) = self.queues.lock().get_mut(&key) {
                 q.proposing -= n;
             }
             first = false;

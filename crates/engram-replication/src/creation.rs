@@ -132,6 +132,7 @@ impl ReplicaNode {
                 continue;
             }
             if let Some(r) = groups.remove(&space) {
+                r.contact.close();
                 let _ = r.raft.shutdown().await;
             }
             let result = self.erase_group_state(&space).await;

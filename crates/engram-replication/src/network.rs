@@ -53,9 +53,26 @@ pub struct NetworkFactory {
 pub(crate) struct Contact {
     sent: parking_lot::Mutex<std::collections::HashMap<u64, Instant>>,
     quiesced: std::sync::atomic::AtomicBool,
+    /// The group's state machine's closing flag (`SpaceStateMachine::closer`).
+    closer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Contact {
+    /// For a group whose state machine closes with `closer`.
+    pub(crate) fn with_closer(closer: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            closer,
+            ..Default::default()
+        }
+    }
+
+    /// Closes the group's state machine: nothing it has not applied yet is applied (before
+    /// its state is erased).
+    pub(crate) fn close(&self) {
+        self.closer
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn mark(&self, to: u64) {
         self.sent.lock().insert(to, Instant::now());
     }

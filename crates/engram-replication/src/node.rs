@@ -130,7 +130,9 @@ impl ReplicaNode {
     ) -> io::Result<(Group, Arc<Contact>)> {
         self.claim_creation(space, creation).await?;
         self.start_heartbeats();
-        let contact = Arc::new(Contact::default());
+        let log = self.log.group(space);
+        let sm = SpaceStateMachine::open(self.store.clone(), space.clone(), log.purged())?;
+        let contact = Arc::new(Contact::with_closer(sm.closer()));
         let network = NetworkFactory {
             transport: self.transport.clone(),
             group: space.clone(),
@@ -138,8 +140,6 @@ impl ReplicaNode {
             disk: self.store.disk().clone(),
             contact: contact.clone(),
         };
-        let log = self.log.group(space);
-        let sm = SpaceStateMachine::open(self.store.clone(), space.clone(), log.purged())?;
         let raft = Raft::new(self.id, self.config.clone(), network, log, sm)
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -180,7 +180,7 @@ impl ReplicaNode {
         creation: u64,
         command: Command,
     ) -> ProposeOutcome {
-        let g = match self.resident(space, Use::Request, creation).await {
+        let (g, start) = match self.resident_start(space, Use::Request, creation).await {
             Ok(g) => g,
             Err(e) => return ProposeOutcome::Failed(e.to_string()),
         };
@@ -205,6 +205,7 @@ impl ReplicaNode {
             .propose(
                 &g,
                 space,
+                start,
                 command,
                 Duration::from_millis(self.config.election_timeout_max),
                 self.heartbeat,
@@ -478,6 +479,7 @@ impl ReplicaNode {
         }
         self.retired.lock().insert(space.clone());
         if let Some(r) = groups.remove(space) {
+            r.contact.close();
             let _ = r.raft.shutdown().await;
         }
         self.erase_group_state(space).await?;

@@ -103,13 +103,26 @@ impl ReplicaNode {
         use_: Use,
         offered: u64,
     ) -> io::Result<Group> {
+        self.resident_start(space, use_, offered)
+            .await
+            .map(|(g, _)| g)
+    }
+
+    /// [`ReplicaNode::resident`], with the number of this start of the group (a group
+    /// stopped and started again, or replaced by a later creation's, has another).
+    pub(crate) async fn resident_start(
+        &self,
+        space: &SpaceId,
+        use_: Use,
+        offered: u64,
+    ) -> io::Result<(Group, u64)> {
         if space.is_metadata_group() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the metadata group is not a space's group",
             ));
         }
-        let (raft, ask_leader, want) = {
+        let (raft, ask_leader, want, generation) = {
             let mut groups = self.groups.lock().await;
             // Read under the lock: the catalog a start or a stop below acts on.
             let want = self.wanted_creation(space, offered)?;
@@ -123,6 +136,7 @@ impl ReplicaNode {
                 // since): stopped here; starting it as `want` erases its state.
                 if let Some(r) = groups.remove(space) {
                     self.beats.write().remove(space);
+                    r.contact.close();
                     let _ = r.raft.shutdown().await;
                 }
             }
@@ -144,7 +158,7 @@ impl ReplicaNode {
                             }
                         }
                     }
-                    (r.raft.clone(), ask, want)
+                    (r.raft.clone(), ask, want, r.generation)
                 }
                 None => {
                     if self.retired.lock().contains(space) {
@@ -157,17 +171,18 @@ impl ReplicaNode {
                     self.beats
                         .write()
                         .insert(space.clone(), (raft.clone(), contact.clone()));
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                     groups.insert(
                         space.clone(),
                         Resident {
                             raft: raft.clone(),
                             creation: want,
-                            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+                            generation,
                             last_used: Instant::now(),
                             contact,
                         },
                     );
-                    (raft, None, want)
+                    (raft, None, want, generation)
                 }
             }
         };
@@ -188,7 +203,7 @@ impl ReplicaNode {
                 }
             }
         }
-        Ok(raft)
+        Ok((raft, generation))
     }
 
     /// A `Quiesce` from `from` for the creation `creation`: stops the group's ticker if

@@ -46,9 +46,28 @@ pub struct SpaceStateMachine {
     /// `snapshots/<space>/` below the node's root.
     snapshots: PathBuf,
     current: Current,
+    /// Set when the group is stopped for its state to be erased (`creation.rs`): openraft's
+    /// state-machine worker may still hold applies sent before the stop, which must not
+    /// write the space again.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SpaceStateMachine {
+    /// The flag that closes this state machine (see the field).
+    pub fn closer(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.closed.clone()
+    }
+
+    fn check_open(&self) -> io::Result<()> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io_err(format!(
+                "the group of {} was stopped to be erased",
+                self.space
+            )));
+        }
+        Ok(())
+    }
+
     /// The state machine of `space`, with what the store holds of it applied. The newest
     /// complete snapshot an earlier run left (see [`keep_snapshot`]) is its current one, so a
     /// restart builds none (building one flushes the memtable); the others are removed.
@@ -67,6 +86,7 @@ impl SpaceStateMachine {
             applied,
             snapshots,
             current: Arc::new(Mutex::new(kept)),
+            closed: Default::default(),
         })
     }
 
@@ -236,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            self.check_open()?;
             let pos = log_pos(&entry.log_id);
             self.applied.applied = Some(pos);
             let cmds = match entry.payload {
@@ -318,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         meta: &Meta,
         snapshot: SnapshotFiles,
     ) -> Result<(), io::Error> {
+        self.check_open()?;
         // The files are kept as this node's current snapshot, then put in place.
         let disk = self.store.disk().clone();
         let dir = self.snapshots.join(snapshot_dir_name("installed"));

@@ -206,17 +206,18 @@ async fn metadata_group_bootstraps_joins_places_and_restarts() {
         assert_eq!(propose(via, cmd).await, MetaAnswer::Space(rec));
     }
     settle(&nodes, "20 spaces everywhere", |s| s.spaces.len() == 20).await;
-    // Every node comes to hold the same metadata: the furthest one's (the last command, a
-    // repeat, changes only the position applied).
-    let before = nodes
-        .iter()
-        .map(|n| n.meta_state())
-        .max_by_key(|s| s.applied)
-        .unwrap();
-    settle(&nodes, "every node holds the same metadata", |s| {
-        *s == *before
-    })
-    .await;
+    // Every node comes to hold the same metadata (the last command, a repeat, changes only
+    // the position applied, which reaches each node in its time).
+    let mut same = None;
+    for _ in 0..400 {
+        let states: Vec<_> = nodes.iter().map(|n| n.meta_state()).collect();
+        if states.iter().all(|s| **s == *states[0]) {
+            same = Some(states[0].clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = same.expect("every node holds the same metadata");
     let snapshots = dir.path().join("n1/snapshots/cluster.meta");
     assert!(
         std::fs::read_dir(&snapshots).unwrap().count() >= 1,

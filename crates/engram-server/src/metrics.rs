@@ -43,7 +43,21 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 })
                 .and_then(|b| b.set_buckets(SECONDS));
             match builder.and_then(|b| b.install_recorder()) {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    // Histogram samples wait in the recorder until upkeep folds them into
+                    // their buckets: without a scraper they would pile up (several per write).
+                    let upkeep = h.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || loop {
+                            std::thread::sleep(std::time::Duration::from_secs(5));
+                            upkeep.run_upkeep();
+                        });
+                    if let Err(e) = spawned {
+                        tracing::error!(error = %e, "the metrics upkeep thread did not start");
+                    }
+                    Some(h)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "metrics recorder not installed; /metrics will be empty");
                     None

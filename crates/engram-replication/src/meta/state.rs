@@ -224,10 +224,13 @@ impl MetaState {
     }
 
     /// Where a new space goes: the nodes placement names for it, nodes marked down passed
-    /// over while live ones remain (a new space starts with every replica it can have; the
-    /// ring's order, rack-aware, is kept among the live ones; down ones fill what is left).
+    /// over while live ones remain (a new space starts with every replica it can have). The
+    /// candidates are the ring's (rack-aware) for the copies plus one per down node (at most
+    /// the ring's limit of 8); among the live ones, one per rack first, in the ring's order,
+    /// then the others; down ones fill what is left. With no node down: the ring's set.
     pub fn place(&self, id: &SpaceId) -> Vec<u64> {
-        let copies = self.placement.config().copies;
+        let config = self.placement.config();
+        let copies = config.copies;
         let down = |n: &u64| {
             self.nodes
                 .get(n)
@@ -236,11 +239,26 @@ impl MetaState {
         let wide = self.placement.replica_set_with(
             engram_cluster::SpaceKey::of(id.as_str()),
             copies + self.nodes.keys().filter(|n| down(n)).count(),
-            self.placement.config().rack_aware,
+            config.rack_aware,
         );
         let (live, dead): (Vec<u64>, Vec<u64>) =
             wide.nodes().iter().map(|n| n.0).partition(|n| !down(n));
-        live.into_iter().chain(dead).take(copies).collect()
+        let rack = |n: &u64| self.nodes.get(n).map(|r| r.rack.as_str());
+        let mut chosen: Vec<u64> = Vec::with_capacity(copies);
+        if config.rack_aware {
+            let mut racks = std::collections::HashSet::new();
+            for n in &live {
+                if chosen.len() < copies && racks.insert(rack(n)) {
+                    chosen.push(*n);
+                }
+            }
+        }
+        for n in live.iter().chain(&dead) {
+            if chosen.len() < copies && !chosen.contains(n) {
+                chosen.push(*n);
+            }
+        }
+        chosen
     }
 
     /// Applies `cmd` as the command after the last one applied (tests; the state machine
