@@ -27,6 +27,18 @@ use engram_core::SpaceId;
 
 use crate::node::ReplicaNode;
 
+/// A group being erased (see [`ReplicaNode::mark_erasing`]).
+pub(crate) struct Erasing<'a> {
+    node: &'a ReplicaNode,
+    space: SpaceId,
+}
+
+impl Drop for Erasing<'_> {
+    fn drop(&mut self) {
+        self.node.erasing.lock().remove(&self.space);
+    }
+}
+
 pub(crate) fn behind(space: &SpaceId) -> io::Error {
     io::Error::new(
         io::ErrorKind::WouldBlock,
@@ -100,6 +112,27 @@ impl ReplicaNode {
         self.log.set_creation(space, want).await
     }
 
+    /// Marks `space`'s group as being erased until the guard is dropped: it does not start
+    /// meanwhile (requests and messages are refused, to be retried).
+    pub(crate) fn mark_erasing(&self, space: &SpaceId) -> Erasing<'_> {
+        self.erasing.lock().insert(space.clone());
+        Erasing {
+            node: self,
+            space: space.clone(),
+        }
+    }
+
+    /// Refused while `space`'s group is being erased.
+    pub(crate) fn check_not_erasing(&self, space: &SpaceId) -> io::Result<()> {
+        if self.erasing.lock().contains(space) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("the group of memory space {space} is being erased; retry"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Erases the state of groups this node holds whose creation the catalog says is gone:
     /// dropped (not in the catalog, created at or before the last command applied) or
     /// replaced by a later creation. Returns the spaces erased. State of unknown creation
@@ -125,19 +158,22 @@ impl ReplicaNode {
             if !stale {
                 continue;
             }
-            // Under the resident set's lock: no start of the group runs meanwhile.
-            let mut groups = self.groups.lock().await;
-            // Checked again: a message may have started the group anew meanwhile.
-            if self.log.creation(&space) != Some(have) {
-                continue;
-            }
-            if let Some(r) = groups.remove(&space) {
+            // Taken out of the resident set under its lock, then marked as being erased: no
+            // start of the group runs until the erasure ends, and the other groups are not
+            // held up meanwhile.
+            let (resident, _erasing) = {
+                let mut groups = self.groups.lock().await;
+                // Checked again: a message may have started the group anew meanwhile.
+                if self.log.creation(&space) != Some(have) {
+                    continue;
+                }
+                (groups.remove(&space), self.mark_erasing(&space))
+            };
+            if let Some(r) = resident {
                 r.contact.close();
                 let _ = r.raft.shutdown().await;
             }
-            let result = self.erase_group_state(&space).await;
-            drop(groups);
-            match result {
+            match self.erase_group_state(&space).await {
                 Ok(()) => {
                     tracing::info!(%space, creation = have, "erased a dropped creation's group");
                     erased.push(space);

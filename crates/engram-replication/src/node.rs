@@ -38,6 +38,8 @@ pub struct ReplicaNode {
     /// Groups of dropped spaces: never started again (a late message from a peer that has
     /// not yet seen the drop would give them raft state) until their space is created anew.
     pub(crate) retired: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
+    /// Groups being erased (`creation.rs`): not started until the erasure ends.
+    pub(crate) erasing: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
     pub(crate) log: Arc<NodeLog>,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) config: Arc<openraft::Config>,
@@ -104,6 +106,7 @@ impl ReplicaNode {
             meta: Default::default(),
             heard: Default::default(),
             retired: Default::default(),
+            erasing: Default::default(),
         }))
     }
 
@@ -468,17 +471,21 @@ impl ReplicaNode {
     /// new creation's group is never retired by an old drop (state of the dropped creation
     /// is then erased by [`ReplicaNode::erase_stale_groups`]).
     pub async fn retire_group(&self, space: &SpaceId, creation: u64) -> io::Result<bool> {
-        // Under the resident set's lock: no start of the group runs meanwhile.
-        let mut groups = self.groups.lock().await;
-        if self.meta_state().spaces.contains_key(space) {
-            return Ok(false);
-        }
-        let have = self.log.creation(space).unwrap_or(0);
-        if creation != 0 && have > creation {
-            return Ok(false);
-        }
-        self.retired.lock().insert(space.clone());
-        if let Some(r) = groups.remove(space) {
+        // Decided under the resident set's lock, then marked as being erased: no start of
+        // the group runs until the erasure ends, and the other groups are not held up.
+        let (resident, _erasing) = {
+            let mut groups = self.groups.lock().await;
+            if self.meta_state().spaces.contains_key(space) {
+                return Ok(false);
+            }
+            let have = self.log.creation(space).unwrap_or(0);
+            if creation != 0 && have > creation {
+                return Ok(false);
+            }
+            self.retired.lock().insert(space.clone());
+            (groups.remove(space), self.mark_erasing(space))
+        };
+        if let Some(r) = resident {
             r.contact.close();
             let _ = r.raft.shutdown().await;
         }

@@ -124,6 +124,7 @@ impl ReplicaNode {
         }
         let (raft, ask_leader, want, generation) = {
             let mut groups = self.groups.lock().await;
+            self.check_not_erasing(space)?;
             // Read under the lock: the catalog a start or a stop below acts on.
             let want = self.wanted_creation(space, offered)?;
             let resident = groups.get(space).map_or(0, |r| r.creation);

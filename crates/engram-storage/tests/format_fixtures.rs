@@ -1,6 +1,5 @@
 //! On-disk format version 1 fixtures (`tests/fixtures/v1/`): a store written once by the engine
-//! that introduced format version 1, checked in, and read back by every later build. The layout
-//! and the versioning policy are in `docs/format.md`.
+//! that introduced version 1, checked in, read back by every later build (`docs/format.md`).
 //!
 //! Regenerate (only to replace the v1 fixtures deliberately, never once they are released):
 //! ```text
@@ -8,9 +7,8 @@
 //!     -- --ignored generate_v1_fixtures
 //! ```
 //!
-//! The store is written by a single thread with the background compactor off, so sequences,
-//! file names and contents are deterministic; only the wall-clock timestamps inside WAL records
-//! and `space.meta` (`created_at_us`) differ between generations.
+//! Written by one thread with the compactor off: deterministic, but for the wall-clock times in
+//! WAL records and `space.meta` (`created_at_us`).
 //!
 //! `tests/fixtures/index-v1/` holds HNSW index files of index format version 1 (graph only, no
 //! codes) for alpha's and beta's segments, written by the build of commit 888c40b (the last
