@@ -54,23 +54,23 @@ pub(crate) struct Contact {
     sent: parking_lot::Mutex<std::collections::HashMap<u64, Instant>>,
     quiesced: std::sync::atomic::AtomicBool,
     /// The group's state machine's closing flag (`SpaceStateMachine::closer`).
-    closer: Arc<std::sync::atomic::AtomicBool>,
+    closer: crate::state_machine::Closer,
 }
 
 impl Contact {
     /// For a group whose state machine closes with `closer`.
-    pub(crate) fn with_closer(closer: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    pub(crate) fn with_closer(closer: crate::state_machine::Closer) -> Self {
         Self {
             closer,
             ..Default::default()
         }
     }
 
-    /// Closes the group's state machine: nothing it has not applied yet is applied (before
-    /// its state is erased).
+    /// Closes the group's state machine (before its state is erased): returns once no write
+    /// to the space is under way (an apply, a snapshot installed or built); none starts
+    /// after.
     pub(crate) fn close(&self) {
-        self.closer
-            .store(true, std::sync::atomic::Ordering::Release);
+        *self.closer.write() = true;
     }
 
     fn mark(&self, to: u64) {

@@ -47,25 +47,34 @@ pub struct SpaceStateMachine {
     snapshots: PathBuf,
     current: Current,
     /// Set when the group is stopped for its state to be erased (`creation.rs`): openraft's
-    /// state-machine worker may still hold applies sent before the stop, which must not
-    /// write the space again.
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    /// state-machine worker (and a snapshot build) may outlive the group's stop, and must
+    /// not write the space again.
+    closed: Closer,
+}
+
+/// A state machine's closing flag: each write to the space (an entry's apply, a snapshot
+/// installed or built) holds it for reading from its check to its end; closing takes it for
+/// writing, so it returns once no write is under way, and none starts after.
+pub type Closer = Arc<parking_lot::RwLock<bool>>;
+
+/// Held across a write to the space: refused once closed.
+fn open_guard<'a>(
+    closed: &'a Closer,
+    space: &SpaceId,
+) -> io::Result<parking_lot::RwLockReadGuard<'a, bool>> {
+    let g = closed.read();
+    if *g {
+        return Err(io_err(format!(
+            "the group of {space} was stopped to be erased"
+        )));
+    }
+    Ok(g)
 }
 
 impl SpaceStateMachine {
     /// The flag that closes this state machine (see the field).
-    pub fn closer(&self) -> Arc<std::sync::atomic::AtomicBool> {
+    pub fn closer(&self) -> Closer {
         self.closed.clone()
-    }
-
-    fn check_open(&self) -> io::Result<()> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(io_err(format!(
-                "the group of {} was stopped to be erased",
-                self.space
-            )));
-        }
-        Ok(())
     }
 
     /// The state machine of `space`, with what the store holds of it applied. The newest
@@ -212,12 +221,14 @@ pub struct SpaceSnapshotBuilder {
     applied: RaftApplied,
     snapshots: PathBuf,
     current: Current,
+    closed: Closer,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SpaceSnapshotBuilder {
     type SnapshotData = SnapshotFiles;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let _open = open_guard(&self.closed, &self.space)?;
         let dir = self.snapshots.join(snapshot_dir_name("built"));
         let state = self
             .store
@@ -256,7 +267,9 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            self.check_open()?;
+            // Held to the end of this entry (no await meanwhile).
+            let closed = self.closed.clone();
+            let _open = open_guard(&closed, &self.space)?;
             let pos = log_pos(&entry.log_id);
             self.applied.applied = Some(pos);
             let cmds = match entry.payload {
@@ -331,6 +344,7 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
             applied: self.applied.clone(),
             snapshots: self.snapshots.clone(),
             current: self.current.clone(),
+            closed: self.closed.clone(),
         }
     }
 
@@ -339,7 +353,8 @@ impl RaftStateMachine<TypeConfig> for SpaceStateMachine {
         meta: &Meta,
         snapshot: SnapshotFiles,
     ) -> Result<(), io::Error> {
-        self.check_open()?;
+        let closed = self.closed.clone();
+        let _open = open_guard(&closed, &self.space)?;
         // The files are kept as this node's current snapshot, then put in place.
         let disk = self.store.disk().clone();
         let dir = self.snapshots.join(snapshot_dir_name("installed"));

@@ -386,7 +386,9 @@ extern "C" {
 }
 
 /// A leader paused (SIGSTOP) while the others elect a new one cannot acknowledge the write it
-/// was sent once it resumes: the write is refused with 503 and `Retry-After`, and is nowhere.
+/// was sent once it resumes: the write is refused with 503 and `Retry-After` and is nowhere,
+/// or, if the resumed node has learned of the new leader before it reads the request,
+/// forwarded there (one hop), acknowledged by the new leader and held everywhere.
 #[test]
 fn a_paused_leader_cannot_acknowledge_after_losing_leadership() {
     use reqwest::Method;
